@@ -1,0 +1,59 @@
+"""``monitor db``: schema migrations and the private PostGIS cluster."""
+
+from __future__ import annotations
+
+import typer
+
+from monitor.cli.common import new_app, state
+
+app = new_app("Create, migrate and inspect the database.")
+
+
+@app.command()
+def upgrade(ctx: typer.Context, revision: str = typer.Argument("head", help="Target revision.")) -> None:
+    """Create or migrate the schema up to REVISION (default: the newest)."""
+    from monitor.db import migrate
+
+    engine = state(ctx).engine
+    migrate.upgrade(engine, revision)
+    typer.echo(f"database at revision {migrate.current(engine)}")
+
+
+@app.command()
+def downgrade(ctx: typer.Context, revision: str = typer.Argument(..., help="Target revision; 'base' drops everything.")) -> None:
+    """Migrate the schema down to REVISION ('base' removes the whole schema)."""
+    from monitor.db import migrate
+
+    engine = state(ctx).engine
+    migrate.downgrade(engine, revision)
+    typer.echo(f"database at revision {migrate.current(engine) or 'base'}")
+
+
+@app.command()
+def current(ctx: typer.Context) -> None:
+    """Print the schema revision of the database and the newest one this code knows."""
+    from monitor.db import migrate
+
+    rev = migrate.current(state(ctx).engine)
+    head = migrate.head()
+    typer.echo(f"current: {rev or 'base (empty)'}\nhead:    {head}")
+    if rev != head:
+        typer.echo("run `monitor db upgrade` to migrate")
+
+
+@app.command()
+def url(ctx: typer.Context) -> None:
+    """Print the database URL in use (starting the private cluster if needed), for psql/QGIS."""
+    typer.echo(state(ctx).engine.url.render_as_string(hide_password=True))
+
+
+@app.command()
+def stop(ctx: typer.Context) -> None:
+    """Stop the private PostGIS cluster (no effect with DATABASE_URL)."""
+    from monitor.db.embedded import Cluster
+
+    s = state(ctx).settings
+    if s.database_url:
+        typer.echo("DATABASE_URL is set: there is no private cluster to stop")
+        return
+    typer.echo("stopped" if Cluster(s).stop() else "not running")

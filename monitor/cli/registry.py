@@ -1,0 +1,118 @@
+"""``monitor areas``, ``monitor parcels``, ``monitor permits``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from monitor.cli.common import echo_json, new_app, state, table, warn
+
+areas = new_app("Register and inspect watched areas.")
+parcels = new_app("Import cadastral parcels.")
+permits = new_app("Import building permits.")
+
+
+@areas.command("add")
+def areas_add(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="A unique name for the area."),
+    geometry: Path = typer.Option(..., "--geometry", help="GeoJSON, GeoPackage or Shapefile with the area's "
+                                  "polygon(s), any CRS; several features are united."),
+    cadence: str = typer.Option(None, help="How often to look for new imagery (30m, 12h, 5d, 2w). "
+                                "Default: MONITOR_DEFAULT_CADENCE."),
+    provider: str = typer.Option(None, help="Provider order, tried in turn: stac,sentinelsat,local. "
+                                 "Default: MONITOR_DEFAULT_PROVIDERS."),
+    max_cloud: float = typer.Option(None, "--max-cloud", help="Max cloud/nodata % over the area. "
+                                    "Default: MONITOR_DEFAULT_MAX_CLOUD."),
+    source: list[str] = typer.Option([], "--source", help="PROVIDER=URL_OR_DIR endpoint for this area "
+                                     "(repeatable), e.g. local=/data/drops/ba."),
+) -> None:
+    """Register a watched area."""
+    from monitor.registry.areas import AreaSpec, add_area, describe, parse_providers, parse_sources
+
+    st = state(ctx)
+    s = st.settings
+    spec = AreaSpec(name=name, geometry_file=str(geometry), cadence=cadence or s.default_cadence,
+                    providers=parse_providers(provider or s.default_providers),
+                    max_cloud=s.default_max_cloud if max_cloud is None else max_cloud,
+                    sources=parse_sources(source))
+    with st.transaction() as session:
+        area = add_area(session, spec)
+        info = describe(session, area)
+    typer.echo(f"area {info['name']!r} added: {info['area_km2']} km2, UTM EPSG:{info['utm_epsg']}, "
+               f"every {info['cadence']}, providers {','.join(info['providers'])}, max cloud {info['max_cloud']}%")
+
+
+@areas.command("list")
+def areas_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List watched areas."""
+    from monitor.registry.areas import describe, list_areas
+
+    with state(ctx).transaction() as session:
+        infos = [describe(session, a) for a in list_areas(session)]
+    if as_json:
+        echo_json(infos)
+        return
+    if not infos:
+        typer.echo("no areas yet: add one with `monitor areas add NAME --geometry FILE`")
+        return
+    typer.echo(table([(i["name"], i["area_km2"], f"EPSG:{i['utm_epsg']}", i["cadence"], ",".join(i["providers"]),
+                       i["max_cloud"], i["parcels"], i["scenes"], i["open_alerts"], "yes" if i["active"] else "no")
+                      for i in infos],
+                     ["name", "km2", "utm", "cadence", "providers", "max_cloud", "parcels", "scenes",
+                      "open_alerts", "active"]))
+
+
+@areas.command("show")
+def areas_show(ctx: typer.Context, name: str) -> None:
+    """Show one area as JSON."""
+    from monitor.registry.areas import describe, get_area
+
+    with state(ctx).transaction() as session:
+        echo_json(describe(session, get_area(session, name)))
+
+
+@areas.command("remove")
+def areas_remove(ctx: typer.Context, name: str) -> None:
+    """Remove an area with its parcels, permits, scenes, detections and alerts."""
+    from monitor.registry.areas import remove_area
+
+    with state(ctx).transaction() as session:
+        remove_area(session, name)
+    typer.echo(f"area {name!r} removed")
+
+
+@parcels.command("import")
+def parcels_import(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="GeoJSON, GeoPackage or Shapefile of parcel polygons, any CRS."),
+    area: str = typer.Option(..., "--area", help="The area the parcels belong to."),
+    id_field: str = typer.Option(None, "--id-field", help="Attribute holding the cadastral id "
+                                 "(default: the first of parcel_id, id, external_id, lot_id, fid)."),
+) -> None:
+    """Import parcels, inserting new ones and updating known ones by their cadastral id."""
+    from monitor.registry.areas import get_area
+    from monitor.registry.parcels import import_parcels
+
+    with state(ctx).transaction() as session:
+        result = import_parcels(session, get_area(session, area), file, id_field)
+    for w in result.warnings:
+        warn(w)
+    typer.echo(f"{result.total} parcels imported into {area!r}: {result.inserted} new, {result.updated} updated")
+
+
+@permits.command("import")
+def permits_import(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="CSV or GeoJSON with parcel_id, permit_id, valid_from, valid_to "
+                                "(empty valid_to: open-ended), optional kind."),
+    area: str = typer.Option(None, "--area", help="Match parcel ids in this area only."),
+) -> None:
+    """Import building permits (upserted by parcel and permit id)."""
+    from monitor.registry.areas import get_area
+    from monitor.registry.permits import import_permits
+
+    with state(ctx).transaction() as session:
+        count = import_permits(session, file, get_area(session, area) if area else None)
+    typer.echo(f"{count} permits imported")

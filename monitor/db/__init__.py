@@ -1,0 +1,1 @@
+"""Database: tables, engine, the private PostGIS cluster and migrations."""

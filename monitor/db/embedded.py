@@ -1,0 +1,162 @@
+"""The private PostGIS cluster used when no DATABASE_URL is set.
+
+It lives under ``MONITOR_HOME/pg`` and listens on 127.0.0.1 at ``MONITOR_PG_PORT``
+with a socket of its own. ``initdb`` refuses to run as root, so as root the
+cluster belongs to the ``postgres`` system user and is driven through ``runuser``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import os
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from monitor.errors import ConfigError, DatabaseError
+from monitor.settings import Settings
+
+SUPERUSER = "monitor"
+DBNAME = "monitor"
+
+
+def find_bindir(settings: Settings) -> Path:
+    """The folder holding initdb and pg_ctl (newest installed PostgreSQL)."""
+    if settings.pg_bin:
+        return Path(settings.pg_bin)
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
+    if candidates:
+        return Path(candidates[-1]).parent
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    raise ConfigError("PostgreSQL server binaries (initdb, pg_ctl) were not found: install "
+                      "`postgresql-15-postgis-3` (Debian/Ubuntu), set MONITOR_PG_BIN, or point "
+                      "DATABASE_URL at an existing PostGIS database")
+
+
+def _check_postgis(bindir: Path) -> None:
+    major = bindir.parent.name
+    pg_config = shutil.which("pg_config")
+    share = None
+    if pg_config:
+        out = subprocess.run([pg_config, "--sharedir"], capture_output=True, text=True)
+        share = out.stdout.strip() or None
+    paths = [Path(share) / "extension"] if share else []
+    paths.append(Path(f"/usr/share/postgresql/{major}/extension"))
+    if not any((p / "postgis.control").exists() for p in paths):
+        raise ConfigError(f"PostGIS is not installed for PostgreSQL {major}: run "
+                          f"`apt-get install postgresql-{major}-postgis-3` as root "
+                          "(`make test` and `make demo` do it when run as root), "
+                          "or set DATABASE_URL to an existing PostGIS database")
+
+
+class Cluster:
+    """Create, start and stop the private cluster; everything idempotent and locked."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.pg_dir.resolve()
+        self.data = self.root / "data"
+        self.run_dir = self.root / "run"
+        self.log = self.root / "postgres.log"
+        self.port = settings.pg_port
+        self.as_root = os.geteuid() == 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{DBNAME}"
+
+    def admin_url(self, dbname: str = "postgres") -> str:
+        return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+
+    def _cmd(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        if self.as_root:
+            args = ["runuser", "-u", "postgres", "--", *args]
+        proc = subprocess.run(args, capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise DatabaseError(f"`{' '.join(args)}` failed ({proc.returncode}): "
+                                f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+        return proc
+
+    @contextmanager
+    def _lock(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _prepare_dirs(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.as_root:
+            shutil.chown(self.root, "postgres", "postgres")
+            shutil.chown(self.run_dir, "postgres", "postgres")
+            # postgres must be able to reach the folder through every parent
+            for parent in self.root.parents:
+                if not os.stat(parent).st_mode & 0o001:
+                    raise ConfigError(f"the private database folder {self.root} is inside {parent}, "
+                                      "which the postgres system user cannot enter: set MONITOR_HOME "
+                                      "to a folder outside it, or set DATABASE_URL")
+
+    def running(self) -> bool:
+        if not (self.data / "PG_VERSION").exists():
+            return False
+        bindir = find_bindir(self.settings)
+        return self._cmd([str(bindir / "pg_ctl"), "-D", str(self.data), "status"], check=False).returncode == 0
+
+    def ensure(self) -> str:
+        """Make sure the cluster exists, runs and has the ``monitor`` database; return its URL."""
+        with self._lock():
+            bindir = find_bindir(self.settings)
+            _check_postgis(bindir)
+            self._prepare_dirs()
+            if not (self.data / "PG_VERSION").exists():
+                if self.data.exists():
+                    shutil.rmtree(self.data)
+                self._cmd([str(bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
+                           "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"])
+            if not self.running():
+                if self.log.exists() and self.as_root:
+                    shutil.chown(self.log, "postgres", "postgres")
+                opts = (f"-p {self.port} -k {self.run_dir} -c listen_addresses=127.0.0.1 "
+                        "-c fsync=off -c max_connections=200")
+                self._cmd([str(bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                           "-o", opts, "-w", "-t", "60", "start"])
+            self._create_database(DBNAME)
+        return self.url
+
+    def _create_database(self, name: str) -> None:
+        import psycopg2
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres")
+                break
+            except psycopg2.OperationalError as e:
+                if time.monotonic() > deadline:
+                    raise DatabaseError(f"the private PostGIS cluster does not answer on port "
+                                        f"{self.port}: {e}") from e
+                time.sleep(0.3)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+
+    def stop(self) -> bool:
+        if not self.running():
+            return False
+        bindir = find_bindir(self.settings)
+        self._cmd([str(bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        return True

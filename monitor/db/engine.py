@@ -1,0 +1,50 @@
+"""Engine and session handling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.errors import DatabaseError
+from monitor.settings import Settings
+
+
+def database_url(settings: Settings) -> str:
+    """DATABASE_URL when set, else the private cluster's URL (started on demand)."""
+    if settings.database_url:
+        url = settings.database_url
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+        return url
+    from monitor.db.embedded import Cluster
+
+    return Cluster(settings).ensure()
+
+
+def make_engine(settings: Settings | None = None, url: str | None = None) -> Engine:
+    if url is None:
+        url = database_url(settings or Settings())
+    pool = settings.db_pool_size if settings else 5
+    engine = create_engine(url, pool_pre_ping=True, pool_size=pool, max_overflow=pool * 2)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as e:
+        raise DatabaseError(f"cannot connect to the database {engine.url.render_as_string(hide_password=True)}: "
+                            f"{e.orig}".strip()) from e
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One session, one transaction: committed on success, rolled back on any error."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session

@@ -1,0 +1,1 @@
+"""Import and validate what users tell the monitor to watch: areas, parcels, permits."""

@@ -1,0 +1,82 @@
+"""Cadastral parcels: bulk upsert by the cadastre's id."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import shapely
+from psycopg2.extras import execute_values
+from sqlalchemy.orm import Session
+
+from monitor.db.tables import Area
+from monitor.errors import BadInput
+from monitor.geo import area_m2
+from monitor.registry.readers import read_polygons
+
+ID_FIELD_GUESSES = ("parcel_id", "id", "external_id", "lot_id", "fid")
+
+
+@dataclass
+class ImportResult:
+    inserted: int
+    updated: int
+    warnings: list[str]
+
+    @property
+    def total(self) -> int:
+        return self.inserted + self.updated
+
+
+def _pick_id_field(path: Path, fields: list[str], id_field: str | None) -> str:
+    if id_field:
+        if id_field not in fields:
+            raise BadInput(f"has no id field {id_field!r} (fields: {', '.join(fields) or 'none'})",
+                           file=path, field=id_field)
+        return id_field
+    lower = {f.lower(): f for f in fields}
+    for guess in ID_FIELD_GUESSES:
+        if guess in lower:
+            return lower[guess]
+    raise BadInput(f"has no id field: pass --id-field (fields: {', '.join(fields) or 'none'})", file=path)
+
+
+def import_parcels(session: Session, area: Area, path: str | Path, id_field: str | None = None) -> ImportResult:
+    """Upsert every feature of a vector file as a parcel of the area, in the session's transaction."""
+    feats = read_polygons(path, what="parcels")
+    path = feats.path
+    fields = list(feats.rows[0].keys())
+    key = _pick_id_field(path, fields, id_field)
+    ids: list[str] = []
+    for number, row in zip(feats.numbers, feats.rows):
+        value = row.get(key)
+        if value is None or str(value).strip() == "":
+            raise BadInput("has an empty id", file=path, row=number, field=key)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ids.append(str(value).strip())
+    dupes = [i for i, c in Counter(ids).items() if c > 1]
+    if dupes:
+        first = ids.index(dupes[0])
+        again = ids.index(dupes[0], first + 1)
+        raise BadInput(f"id {dupes[0]!r} appears more than once (features {feats.numbers[first]} and "
+                       f"{feats.numbers[again]}; {len(dupes)} duplicated ids in all)", file=path, field=key)
+    areas = area_m2(feats.geoms, area.utm_epsg)
+    wkb = shapely.to_wkb(feats.geoms, hex=True, include_srid=False)
+    records = [(i, w, float(a), json.dumps(r)) for i, w, a, r in zip(ids, wkb, areas, feats.rows)]
+    conn = session.connection().connection.dbapi_connection
+    with conn.cursor() as cur:
+        rows = execute_values(cur, f"""
+            INSERT INTO parcels (area_id, external_id, geom, area_m2, attributes)
+            SELECT {int(area.id)}, v.external_id, ST_SetSRID(ST_GeomFromWKB(decode(v.wkb, 'hex')), 4326), v.area_m2,
+                   v.attributes::jsonb
+            FROM (VALUES %s) AS v(external_id, wkb, area_m2, attributes)
+            ON CONFLICT (area_id, external_id) DO UPDATE
+               SET geom = EXCLUDED.geom, area_m2 = EXCLUDED.area_m2, attributes = EXCLUDED.attributes,
+                   updated_at = now()
+            RETURNING (xmax = 0)
+        """, records, page_size=5000, fetch=True)
+    inserted = sum(1 for (new,) in rows if new)
+    return ImportResult(inserted=inserted, updated=len(rows) - inserted, warnings=feats.warnings)

@@ -1,0 +1,80 @@
+"""Reading vector files (GeoJSON, GeoPackage, Shapefile) with pyogrio, into 4326 shapes."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import shapely
+from pyproj import CRS
+
+from monitor.errors import BadInput
+from monitor.geo import polygonal, reproject
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Features:
+    """Polygonal features of a file, in EPSG:4326, with their attribute rows (1-based numbers)."""
+
+    path: Path
+    crs: CRS
+    geoms: np.ndarray  # shapely MultiPolygons in 4326
+    rows: list[dict]
+    numbers: list[int]
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def read_polygons(path: str | Path, *, what: str = "features") -> Features:
+    """Read every feature of a vector file; refuse what is not usable, naming file and feature."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInput("file does not exist", file=path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta, _fids, wkb, field_data = pyogrio.raw.read(path)
+    except Exception as e:  # pyogrio raises DataSourceError, DataLayerError, ...
+        raise BadInput(f"not a readable vector file (GeoJSON, GeoPackage, Shapefile): {e}", file=path) from e
+    if wkb is None or len(wkb) == 0:
+        raise BadInput(f"holds no {what}", file=path)
+    if not meta.get("crs"):
+        raise BadInput("has no coordinate reference system (add a .prj or a CRS to the file)", file=path)
+    crs = CRS.from_user_input(meta["crs"])
+    names = list(meta["fields"])
+    geoms = shapely.from_wkb(wkb)
+    rows, numbers, good, notes = [], [], [], []
+    for i, g in enumerate(geoms):
+        number = i + 1
+        fix = polygonal(g)
+        if fix.geometry is None:
+            raise BadInput(fix.problem or "unusable geometry", file=path, row=f"{number} (feature)")
+        if fix.repaired:
+            notes.append(f"{path}: feature {number}: repaired invalid geometry ({fix.problem})")
+        good.append(fix.geometry)
+        rows.append({n: _jsonable(field_data[j][i]) for j, n in enumerate(names)})
+        numbers.append(number)
+    for n in notes:
+        log.warning(n)
+    out = reproject(np.array(good, dtype=object), crs, 4326)
+    return Features(path=path, crs=crs, geoms=out, rows=rows, numbers=numbers, warnings=notes)

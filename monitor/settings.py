@@ -1,0 +1,100 @@
+"""Settings: the only module that reads the environment.
+
+Every setting is an environment variable ``MONITOR_<NAME>`` (``DATABASE_URL``
+has no prefix) or a line in a ``.env`` file in the working directory. The README's
+configuration table lists them all; ``monitor settings`` prints the values in force.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MONITOR_", env_file=".env", extra="ignore")
+
+    # --- storage
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "MONITOR_DATABASE_URL"),
+        description="SQLAlchemy URL of an existing PostGIS database. Unset: the project starts "
+                    "its own private PostGIS cluster under MONITOR_HOME/pg.")
+    home: Path = Field(Path(".monitor"), description="Folder for the private database, scenes, models "
+                       "and evidence chips (relative to the working directory).")
+    pg_port: int = Field(55432, description="TCP port of the private PostGIS cluster (127.0.0.1 only).")
+    pg_bin: Path | None = Field(None, description="Folder with initdb/pg_ctl of the private cluster; "
+                                "found automatically when unset.")
+    db_pool_size: int = Field(5, description="Database connection pool size.")
+
+    # --- areas
+    default_cadence: str = Field("5d", description="Cadence of a new area when `areas add` names none "
+                                 "(e.g. 12h, 5d, 1w).")
+    default_providers: str = Field("stac,sentinelsat", description="Provider order of a new area when "
+                                   "`areas add` names none.")
+    default_max_cloud: float = Field(20.0, description="Max cloud/nodata percentage over the area for a "
+                                     "scene to be used, when `areas add` names none.")
+
+    # --- imagery providers
+    stac_url: str = Field("https://earth-search.aws.element84.com/v1",
+                          description="STAC API of the `stac` provider. Others: "
+                          "https://stac.dataspace.copernicus.eu/v1 (Copernicus Data Space), "
+                          "https://planetarycomputer.microsoft.com/api/stac/v1 (Planetary Computer).")
+    stac_collection: str = Field("sentinel-2-l2a", description="STAC collection searched.")
+    dhus_url: str = Field("https://apihub.copernicus.eu/apihub/",
+                          description="DHuS API URL of the `sentinelsat` provider.")
+    dhus_user: str | None = Field(None, description="DHuS user name (never logged).")
+    dhus_password: SecretStr | None = Field(None, description="DHuS password (never logged).")
+    local_dir: Path | None = Field(None, description="Default drop folder of the `local` provider.")
+    http_timeout_s: float = Field(60.0, description="Timeout of one HTTP request to a provider, seconds.")
+    download_retries: int = Field(5, description="Download attempts before a scene is marked failed.")
+    download_backoff_s: float = Field(2.0, description="First retry delay; doubles each attempt.")
+    download_backoff_max_s: float = Field(60.0, description="Cap of the retry delay, seconds.")
+    resolution_m: float = Field(10.0, description="Ground resolution scenes are prepared at, metres.")
+    crop_margin_m: float = Field(100.0, description="Margin around the area when cropping a scene, metres.")
+
+    # --- models and inference
+    segmenter_model: Path | None = Field(None, description="Model directory of the built-up segmenter.")
+    classifier_model: Path | None = Field(None, description="Model directory of the settlement classifier.")
+    change_model: Path | None = Field(None, description="Model directory of the change model (optional).")
+    inference_batch: int = Field(8, description="Tiles per inference batch.")
+    inference_overlap: float = Field(0.25, description="Overlap of inference windows, fraction of the tile.")
+
+    # --- vectorize, diff, alerts
+    min_region_m2: float = Field(20.0, description="Detected regions smaller than this are dropped, m2.")
+    median_filter_px: int = Field(3, description="Median filter size applied to masks before polygonizing.")
+    shift_tolerance_m: float = Field(10.0, description="Misregistration tolerance of the date-to-date "
+                                     "diff, metres (about one pixel).")
+    min_change_m2: float = Field(20.0, description="Changes smaller than this are dropped, m2.")
+    alert_min_m2: float = Field(50.0, description="New built area on a parcel that raises an alert, m2.")
+    alert_min_fraction: float = Field(0.0, description="Also require this fraction of the parcel to be new "
+                                      "construction (0 disables).")
+
+    # --- daemon, API, metrics, webhooks
+    api_host: str = Field("127.0.0.1", description="Address the API and /metrics listen on.")
+    api_port: int = Field(8000, description="Port of the API and /metrics.")
+    scheduler_jitter_s: int = Field(300, description="Random delay added to each scheduled area run, s.")
+    webhook_timeout_s: float = Field(10.0, description="Timeout of one webhook POST, seconds.")
+    webhook_max_attempts: int = Field(12, description="Delivery attempts before a webhook is given up.")
+    log_level: str = Field("INFO", description="Logging level.")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.home / "pg"
+
+    def provider_list(self) -> list[str]:
+        return [p.strip() for p in self.default_providers.split(",") if p.strip()]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (and .env), with explicit overrides on top."""
+    return Settings(**overrides)
