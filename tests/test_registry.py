@@ -243,3 +243,21 @@ def test_permit_file_problems(cli, area, tmp_path):
     x = tmp_path / "p.xlsx"
     x.write_text("x")
     assert "not a CSV or GeoJSON" in cli("permits", "import", x, expect=2).stderr
+
+
+def test_area_configure_and_models(cli, engine, area, tmp_path):
+    model_dir = tmp_path / "change-model"
+    model_dir.mkdir()
+    (model_dir / "model.json").write_text(json.dumps({"kind": "change", "version": "change-test-1"}))
+    info = json.loads(cli("areas", "configure", area, "--cadence", "1w", "--max-cloud", "10", "--inactive",
+                          "--source", "stac=http://127.0.0.1:9/v1", "--change-model", model_dir).stdout)
+    assert info["cadence"] == "1w" and info["max_cloud"] == 10 and info["active"] is False
+    assert info["sources"] == {"local": "/tmp/drops", "stac": "http://127.0.0.1:9/v1"}
+    assert info["models"]["change"] is not None
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT kind, version FROM models")).one() == ("change", "change-test-1")
+    result = cli("areas", "configure", area, "--segmenter-model", model_dir, expect=2)
+    assert "is a change model, not a segmenter model" in result.stderr
+    assert "no model.json" in cli("areas", "configure", area, "--segmenter-model", tmp_path, expect=2).stderr
+    info = json.loads(cli("areas", "configure", area, "--change-model", "").stdout)
+    assert info["models"]["change"] is None

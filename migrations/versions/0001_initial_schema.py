@@ -49,6 +49,7 @@ def upgrade() -> None:
     sa.Column('providers', sa.ARRAY(sa.Text()), nullable=False),
     sa.Column('sources', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False),
     sa.Column('max_cloud', sa.Float(), nullable=False),
+    sa.Column('resolution_m', sa.Float(), nullable=True),
     sa.Column('active', sa.Boolean(), server_default=sa.text('true'), nullable=False),
     sa.Column('segmenter_model_id', sa.Integer(), nullable=True),
     sa.Column('classifier_model_id', sa.Integer(), nullable=True),

@@ -27,6 +27,8 @@ def areas_add(
                                     "Default: MONITOR_DEFAULT_MAX_CLOUD."),
     source: list[str] = typer.Option([], "--source", help="PROVIDER=URL_OR_DIR endpoint for this area "
                                      "(repeatable), e.g. local=/data/drops/ba."),
+    resolution: float = typer.Option(None, "--resolution", help="Pixel size scenes are prepared at, metres. "
+                                     "Default: MONITOR_RESOLUTION_M."),
 ) -> None:
     """Register a watched area."""
     from monitor.registry.areas import AreaSpec, add_area, describe, parse_providers, parse_sources
@@ -36,12 +38,37 @@ def areas_add(
     spec = AreaSpec(name=name, geometry_file=str(geometry), cadence=cadence or s.default_cadence,
                     providers=parse_providers(provider or s.default_providers),
                     max_cloud=s.default_max_cloud if max_cloud is None else max_cloud,
-                    sources=parse_sources(source))
+                    sources=parse_sources(source), resolution_m=resolution)
     with st.transaction() as session:
         area = add_area(session, spec)
         info = describe(session, area)
     typer.echo(f"area {info['name']!r} added: {info['area_km2']} km2, UTM EPSG:{info['utm_epsg']}, "
                f"every {info['cadence']}, providers {','.join(info['providers'])}, max cloud {info['max_cloud']}%")
+
+
+@areas.command("configure")
+def areas_configure(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The area to change."),
+    cadence: str = typer.Option(None, help="How often to look for new imagery (30m, 12h, 5d, 2w)."),
+    provider: str = typer.Option(None, help="Provider order, e.g. local,stac."),
+    max_cloud: float = typer.Option(None, "--max-cloud", help="Max cloud/nodata % over the area."),
+    source: list[str] = typer.Option([], "--source", help="PROVIDER=URL_OR_DIR (repeatable)."),
+    resolution: float = typer.Option(None, "--resolution", help="Pixel size scenes are prepared at, metres."),
+    active: bool = typer.Option(None, "--active/--inactive", help="Watch the area, or pause it."),
+    segmenter_model: str = typer.Option(None, "--segmenter-model", help="Model directory ('' to unset)."),
+    classifier_model: str = typer.Option(None, "--classifier-model", help="Model directory ('' to unset)."),
+    change_model: str = typer.Option(None, "--change-model", help="Model directory ('' to unset)."),
+) -> None:
+    """Change an area's cadence, providers, sources, resolution, models or activity."""
+    from monitor.registry.areas import configure_area, describe, parse_sources
+
+    models = {k: v for k, v in (("segmenter", segmenter_model), ("classifier", classifier_model),
+                                ("change", change_model)) if v is not None}
+    with state(ctx).transaction() as session:
+        area = configure_area(session, name, cadence=cadence, providers=provider, max_cloud=max_cloud,
+                              sources=parse_sources(source), resolution_m=resolution, active=active, models=models)
+        echo_json(describe(session, area))
 
 
 @areas.command("list")

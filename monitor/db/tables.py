@@ -74,6 +74,7 @@ class Area(Base):
     providers: Mapped[list[str]] = mapped_column(ARRAY(Text))
     sources: Mapped[dict] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     max_cloud: Mapped[float] = mapped_column(Float)
+    resolution_m: Mapped[float | None] = mapped_column(Float)  # NULL: MONITOR_RESOLUTION_M
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     segmenter_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
     classifier_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))

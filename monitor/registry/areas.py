@@ -26,6 +26,7 @@ class AreaSpec:
     providers: list[str]
     max_cloud: float
     sources: dict[str, str]
+    resolution_m: float | None = None
 
 
 def parse_providers(text: str) -> list[str]:
@@ -63,12 +64,15 @@ def add_area(session: Session, spec: AreaSpec) -> Area:
     if not 0 <= spec.max_cloud <= 100:
         raise BadInput(f"{spec.max_cloud} is not a percentage 0-100", field="max-cloud")
     providers = parse_providers(",".join(spec.providers))
+    if spec.resolution_m is not None and spec.resolution_m <= 0:
+        raise BadInput(f"{spec.resolution_m} is not a positive pixel size in metres", field="resolution")
     feats = read_polygons(spec.geometry_file, what="polygons")
     footprint = as_multipolygon(shapely.union_all(feats.geoms))
     if session.scalar(select(Area.id).where(Area.name == name)) is not None:
         raise Conflict(f"an area named {name!r} exists already", field="name")
     area = Area(name=name, footprint=from_shape(footprint, srid=4326), utm_epsg=utm_epsg_for(footprint),
-                cadence=cadence, providers=providers, sources=spec.sources, max_cloud=spec.max_cloud)
+                cadence=cadence, providers=providers, sources=spec.sources, max_cloud=spec.max_cloud,
+                resolution_m=spec.resolution_m)
     session.add(area)
     session.flush()
     return area
@@ -105,6 +109,8 @@ def describe(session: Session, area: Area) -> dict:
         "providers": list(area.providers),
         "sources": dict(area.sources or {}),
         "max_cloud": area.max_cloud,
+        "resolution_m": area.resolution_m,
+        "models": {kind: getattr(area, f"{kind}_model_id") for kind in ("segmenter", "classifier", "change")},
         "active": area.active,
         "parcels": parcels,
         "scenes": scenes,
@@ -115,3 +121,43 @@ def describe(session: Session, area: Area) -> dict:
 
 def remove_area(session: Session, name: str) -> None:
     session.delete(get_area(session, name))
+
+
+def configure_area(session: Session, name: str, *, cadence: str | None = None, providers: str | None = None,
+                   max_cloud: float | None = None, sources: dict[str, str] | None = None,
+                   resolution_m: float | None = None, active: bool | None = None,
+                   models: dict[str, str] | None = None) -> Area:
+    """Change an area's settings; ``models`` maps a kind (segmenter, classifier, change) to a model
+    directory, registered on the way, or to '' to unset it."""
+    from monitor.registry.models import register_model
+
+    area = get_area(session, name)
+    if cadence is not None:
+        try:
+            area.cadence = parse_duration(cadence)
+        except ValueError as e:
+            raise BadInput(str(e), field="cadence") from e
+    if providers is not None:
+        area.providers = parse_providers(providers)
+    if max_cloud is not None:
+        if not 0 <= max_cloud <= 100:
+            raise BadInput(f"{max_cloud} is not a percentage 0-100", field="max-cloud")
+        area.max_cloud = max_cloud
+    if sources:
+        area.sources = {**(area.sources or {}), **sources}
+    if resolution_m is not None:
+        if resolution_m <= 0:
+            raise BadInput(f"{resolution_m} is not a positive pixel size in metres", field="resolution")
+        area.resolution_m = resolution_m
+    if active is not None:
+        area.active = active
+    for kind, model_dir in (models or {}).items():
+        if not model_dir:
+            setattr(area, f"{kind}_model_id", None)
+            continue
+        model = register_model(session, model_dir)
+        if model.kind != kind:
+            raise BadInput(f"is a {model.kind} model, not a {kind} model", file=model_dir, field=f"{kind}-model")
+        setattr(area, f"{kind}_model_id", model.id)
+    session.flush()
+    return area

@@ -1,0 +1,1 @@
+"""Alerts: lifecycle, evidence chips and webhook deliveries."""
