@@ -8,6 +8,7 @@ configuration table lists them all; ``monitor settings`` prints the values in fo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,17 @@ class Settings(BaseSettings):
                           "https://stac.dataspace.copernicus.eu/v1 (Copernicus Data Space), "
                           "https://planetarycomputer.microsoft.com/api/stac/v1 (Planetary Computer).")
     stac_collection: str = Field("sentinel-2-l2a", description="STAC collection searched.")
+    stac_query: str = Field("", description="Extra terms of the STAC `query` extension, as JSON, e.g. "
+                            '{"s2:processing_baseline": {"eq": "05.00"}}.')
+    stac_cloud_filter: Literal["none", "query", "cql2"] = Field(
+        "none", description="Also send the area's cloud limit to the STAC server: none (filter on this "
+        "side only), query (the `query` extension) or cql2 (a CQL2-JSON filter).")
+    dhus_platform: str = Field("Sentinel-2", description="platformname of DHuS searches (empty: any).")
+    dhus_product_type: str = Field("S2MSI2A", description="producttype of DHuS searches (empty: any).")
+    search_lookback_days: int = Field(30, description="How far back the first search of an area looks, "
+                                      "days (later searches start from the newest scene found).")
+    offline_retry_s: float = Field(3600.0, description="Wait before fetching again a product that was "
+                                   "offline (long-term archive), seconds.")
     dhus_url: str = Field("https://apihub.copernicus.eu/apihub/",
                           description="DHuS API URL of the `sentinelsat` provider.")
     dhus_user: str | None = Field(None, description="DHuS user name (never logged).")
@@ -77,6 +89,12 @@ class Settings(BaseSettings):
     scheduler_jitter_s: int = Field(300, description="Random delay added to each scheduled area run, s.")
     webhook_timeout_s: float = Field(10.0, description="Timeout of one webhook POST, seconds.")
     webhook_max_attempts: int = Field(12, description="Delivery attempts before a webhook is given up.")
+    webhook_backoff_s: float = Field(30.0, description="Delay before the first webhook retry, seconds; "
+                                     "doubles each attempt.")
+    webhook_backoff_max_s: float = Field(3600.0, description="Cap of the webhook retry delay, seconds.")
+    webhook_poll_s: float = Field(15.0, description="How often the daemon sends due webhook deliveries, s.")
+    scheduler_sync_s: float = Field(30.0, description="How often the daemon re-reads the areas, checks its "
+                                    "leadership, and (standby) tries to take over, seconds.")
     log_level: str = Field("INFO", description="Logging level.")
 
     @property

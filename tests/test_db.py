@@ -38,7 +38,7 @@ def test_every_geometry_has_a_gist_index(engine):
     with engine.connect() as conn:
         geom_cols = conn.execute(sa.text(
             "SELECT f_table_name, f_geometry_column, srid FROM geometry_columns "
-            "WHERE f_table_schema = 'public'")).all()
+            "WHERE f_table_schema = 'public' AND f_table_name IN (SELECT tablename FROM pg_tables)")).all()
         gist = conn.execute(sa.text(
             "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'public' AND indexdef ILIKE '%gist%'"
         )).all()
@@ -57,7 +57,7 @@ def test_timestamps_have_time_zones(engine):
 
 
 def test_cli_db_commands(cli):
-    assert "current: 0001" in cli("db", "current").stdout
+    assert f"current: {migrate.head()}" in cli("db", "current").stdout
     cli("db", "downgrade", "base")
     assert "base" in cli("db", "current").stdout
-    assert "revision 0001" in cli("db", "upgrade").stdout
+    assert f"revision {migrate.head()}" in cli("db", "upgrade").stdout

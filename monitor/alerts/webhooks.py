@@ -1,14 +1,30 @@
 """Webhook deliveries, written as an outbox in the same transaction as the alert they announce,
-so that an alert is never raised without its deliveries nor announced without being stored."""
+so that an alert is never raised without its deliveries nor announced without being stored.
+``deliver_pending`` sends them signed (HMAC-SHA256) and retries failures with capped exponential
+backoff, keeping every attempt."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import time
+
+import requests
 from geoalchemy2.shape import to_shape
 from shapely.geometry import mapping
-from sqlalchemy import or_, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session
 
+from monitor.db.engine import transaction
 from monitor.db.tables import Alert, Area, Delivery, Parcel, Subscription
+from monitor.errors import BadInput, NotFound
+from monitor.metrics import Metrics
+from monitor.settings import Settings
+
+log = logging.getLogger(__name__)
 
 CONFIDENCE_RANK = {"probable": 0, "confirmed": 1}
 EVENTS = ("alert.created", "alert.escalated", "alert.updated", "alert.resolved")
@@ -55,3 +71,134 @@ def enqueue(session: Session, alert: Alert, event: str) -> int:
         count += 1
     session.flush()
     return count
+
+
+# --- subscriptions
+
+def add_subscription(session: Session, url: str, secret: str, *, area: str | None = None,
+                     min_confidence: str = "probable") -> Subscription:
+    """Subscribe ``url`` to new and escalated alerts (of one area, or of every area)."""
+    from urllib.parse import urlsplit
+
+    from monitor.registry.areas import get_area
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadInput(f"{url!r} is not an http(s) URL", field="url")
+    if not secret:
+        raise BadInput("a subscription needs a secret to sign its deliveries", field="secret")
+    if min_confidence not in CONFIDENCE_RANK:
+        raise BadInput(f"{min_confidence!r} is not one of {', '.join(CONFIDENCE_RANK)}", field="min-confidence")
+    area_id = get_area(session, area).id if area else None
+    sub = Subscription(url=url, secret=secret, area_id=area_id, min_confidence=min_confidence)
+    session.add(sub)
+    session.flush()
+    return sub
+
+
+def list_subscriptions(session: Session) -> list[dict]:
+    """Every subscription with its area name and delivery counts by status (secrets left out)."""
+    counts: dict[int, dict[str, int]] = {}
+    for sub_id, status, n in session.execute(
+            select(Delivery.subscription_id, Delivery.status, func.count()).group_by(
+                Delivery.subscription_id, Delivery.status)):
+        counts.setdefault(sub_id, {})[status] = n
+    rows = session.execute(select(Subscription, Area.name).outerjoin(Area, Area.id == Subscription.area_id)
+                           .order_by(Subscription.id))
+    return [{"id": s.id, "url": s.url, "area": name, "min_confidence": s.min_confidence, "active": s.active,
+             "deliveries": {k: counts.get(s.id, {}).get(k, 0) for k in ("pending", "succeeded", "failed")}}
+            for s, name in rows]
+
+
+def remove_subscription(session: Session, subscription_id: int) -> None:
+    """Delete a subscription with its deliveries."""
+    sub = session.get(Subscription, subscription_id) if 0 < subscription_id < 2**31 else None
+    if sub is None:
+        raise NotFound(f"no subscription with id {subscription_id} (see `monitor subscriptions list`)",
+                       field="id")
+    session.delete(sub)
+    session.flush()
+
+
+# --- sending
+
+SIGNATURE_HEADER = "X-Monitor-Signature"
+DELIVERY_HEADER = "X-Monitor-Delivery"
+EVENT_HEADER = "X-Monitor-Event"
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header value of ``body``: ``sha256=<hex HMAC-SHA256 with the secret>``."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
+    """What a receiver checks: the header matches the body signed with the shared secret."""
+    return bool(header) and hmac.compare_digest(sign(secret, body), header)
+
+
+def backoff(attempt: int, settings: Settings) -> dt.timedelta:
+    """Delay after failed attempt number ``attempt`` (1-based): doubling from the base, capped."""
+    seconds = settings.webhook_backoff_s * 2 ** min(attempt - 1, 32)
+    return dt.timedelta(seconds=min(seconds, settings.webhook_backoff_max_s))
+
+
+def _post(http: requests.Session, sub: Subscription, delivery: Delivery, timeout: float) -> tuple[int | None, str | None]:
+    body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    headers = {"Content-Type": "application/json", "User-Agent": "monitor-webhooks",
+               SIGNATURE_HEADER: sign(sub.secret, body), DELIVERY_HEADER: str(delivery.delivery_id),
+               EVENT_HEADER: delivery.event}
+    try:
+        resp = http.post(sub.url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+    except requests.RequestException as e:
+        return None, f"{type(e).__name__}: {e}"[:500]
+    if 200 <= resp.status_code < 300:
+        return resp.status_code, None
+    return resp.status_code, f"HTTP {resp.status_code}: {resp.text[:200]}"
+
+
+def deliver_pending(engine: Engine, settings: Settings, metrics: Metrics | None = None,
+                    now: dt.datetime | None = None) -> int:
+    """Attempt every delivery that is due at ``now`` once; returns how many were attempted.
+
+    Each delivery is claimed with ``FOR UPDATE SKIP LOCKED`` and its attempt is committed on its
+    own, so concurrent senders never post the same attempt twice and a crash loses nothing.
+    """
+    clock = (lambda: now) if now is not None else (lambda: dt.datetime.now(dt.timezone.utc))
+    cutoff = clock()
+    done = 0
+    with requests.Session() as http:
+        while True:
+            with transaction(engine) as session:
+                row = session.execute(
+                    select(Delivery, Subscription).join(Subscription, Subscription.id == Delivery.subscription_id)
+                    .where(Delivery.status == "pending", Delivery.next_attempt_at <= cutoff,
+                           Subscription.active.is_(True))
+                    .order_by(Delivery.next_attempt_at, Delivery.id)
+                    .limit(1).with_for_update(of=Delivery, skip_locked=True)).first()
+                if row is None:
+                    return done
+                delivery, sub = row
+                started = time.monotonic()
+                at = clock()
+                status, error = _post(http, sub, delivery, settings.webhook_timeout_s)
+                attempt = {"at": at.isoformat(), "status": status, "error": error,
+                           "duration_s": round(time.monotonic() - started, 3)}
+                delivery.attempts = [*delivery.attempts, attempt]
+                delivery.attempt_count += 1
+                if error is None:
+                    delivery.status = "succeeded"
+                elif delivery.attempt_count >= settings.webhook_max_attempts:
+                    delivery.status = "failed"
+                else:
+                    delivery.next_attempt_at = at + backoff(delivery.attempt_count, settings)
+                done += 1
+            if metrics is not None:
+                metrics.webhook_deliveries.labels("succeeded" if error is None else "failed").inc()
+                if delivery.status == "failed":
+                    metrics.webhook_failures.inc()
+            if error is None:
+                log.info("webhook %s delivered to %s", delivery.delivery_id, sub.url)
+            else:
+                log.warning("webhook %s to %s failed (attempt %d, %s): %s", delivery.delivery_id, sub.url,
+                            delivery.attempt_count, delivery.status, error)

@@ -1,0 +1,149 @@
+"""The FastAPI application: routes, auth, the error -> HTTP status map, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import Engine, func, select
+
+from monitor import __version__
+from monitor.errors import BadInput, Conflict, DatabaseError, MonitorError, NotFound
+from monitor.metrics import Metrics, default_metrics
+from monitor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Watches land parcels from space and reports new construction without a building permit.
+
+Every endpoint except `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <token>`;
+tokens come from `monitor tokens create NAME --scope read|write`. `read` allows every GET, `write`
+(which includes `read`) every change. Errors are JSON: `{"detail": message, "field": ..., "row": ...}`;
+bad input gets 422, an unknown name or id 404, a clash with stored data 409. A request that fails
+writes nothing.
+"""
+
+
+def status_of(error: MonitorError) -> int:
+    """The HTTP status of a project error."""
+    if isinstance(error, NotFound):
+        return 404
+    if isinstance(error, Conflict):
+        return 409
+    if isinstance(error, BadInput):
+        return 422
+    if isinstance(error, DatabaseError):
+        return 503
+    return 500
+
+
+def _body(message: str, **extra) -> dict:
+    return {"detail": message, **{k: v for k, v in extra.items() if v is not None}}
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MonitorError)
+    async def monitor_error(request: Request, e: MonitorError) -> JSONResponse:
+        status = status_of(e)
+        if status >= 500:
+            log.error("%s %s: %s", request.method, request.url.path, e)
+        extra = {k: (str(v) if k == "file" and v is not None else v) for k, v in e.data.items()
+                 if k in ("file", "row", "field")}
+        return JSONResponse(_body(e.message, **extra), status_code=status)
+
+    @app.exception_handler(sa.exc.IntegrityError)
+    async def integrity(request: Request, e: sa.exc.IntegrityError) -> JSONResponse:
+        # A unique key taken by a concurrent request between our check and our insert.
+        return JSONResponse(_body(f"conflicts with stored data: {str(e.orig).splitlines()[0]}"), status_code=409)
+
+    @app.exception_handler(sa.exc.DataError)
+    async def data_error(request: Request, e: sa.exc.DataError) -> JSONResponse:
+        return JSONResponse(_body(f"the database refused a value: {str(e.orig).splitlines()[0]}"), status_code=422)
+
+    @app.exception_handler(sa.exc.OperationalError)
+    async def unavailable(request: Request, e: sa.exc.OperationalError) -> JSONResponse:
+        log.error("%s %s: database unavailable: %s", request.method, request.url.path, e)
+        return JSONResponse(_body("the database is unavailable"), status_code=503)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse(_body(f"internal error ({type(e).__name__}); see the server log"), status_code=500)
+
+
+def refresh_gauges(engine: Engine, metrics: Metrics) -> None:
+    """Gauges that the database knows best, refreshed at scrape time so that every replica, and a
+    freshly restarted one, reports them: open alerts and the newest processed scene per area."""
+    from monitor.db.engine import transaction
+    from monitor.db.tables import OPEN_ALERT_STATUSES, Alert, Area, Scene
+
+    with transaction(engine) as s:
+        open_alerts = dict(s.execute(select(Area.name, func.count(Alert.id)).outerjoin(
+            Alert, (Alert.area_id == Area.id) & Alert.status.in_(OPEN_ALERT_STATUSES)).group_by(Area.name)).all())
+        newest = s.execute(select(Area.name, func.max(Scene.acquired_at)).join(Scene, Scene.area_id == Area.id)
+                           .where(Scene.status == "processed").group_by(Area.name)).all()
+    metrics.open_alerts.clear()
+    for name, n in open_alerts.items():
+        metrics.open_alerts.labels(name).set(n)
+    for name, when in newest:
+        metrics.newest_scene.labels(name).set(when.timestamp())
+
+
+def create_app(settings: Settings, engine: Engine | None = None, metrics: Metrics | None = None,
+               scheduler_state: Callable[[], str] | None = None) -> FastAPI:
+    """The API. ``engine`` defaults to ``make_engine(settings)``, ``metrics`` to the process-wide
+    ones; ``scheduler_state`` returns ``leader``, ``standby`` or ``stopped`` for ``/readyz``
+    (``Scheduler.role``); without it ``/readyz`` reports the scheduler as ``off``."""
+    from monitor.api import registry, results
+    from monitor.db import migrate
+
+    if engine is None:
+        from monitor.db.engine import make_engine
+
+        engine = make_engine(settings)
+    metrics = metrics if metrics is not None else default_metrics()
+    head = migrate.head()
+
+    app = FastAPI(title="monitor", version=__version__, description=DESCRIPTION, docs_url="/docs",
+                  redoc_url=None)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.metrics = metrics
+    _install_error_handlers(app)
+    app.include_router(registry.router)
+    app.include_router(results.router)
+
+    @app.get("/healthz", tags=["service"], summary="The process is up")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["service"], summary="Database reachable, schema at head, scheduler role",
+             responses={503: {"description": "Not ready: the body says why."}})
+    def readyz() -> JSONResponse:
+        out: dict = {"database": "ok", "schema": {"current": None, "head": head},
+                     "scheduler": scheduler_state() if scheduler_state else "off"}
+        ready = True
+        try:
+            out["schema"]["current"] = migrate.current(engine)
+        except sa.exc.SQLAlchemyError as e:
+            out["database"] = f"unreachable: {(str(getattr(e, 'orig', None) or e).splitlines() or [''])[0]}"
+            ready = False
+        if ready and out["schema"]["current"] != head:
+            out["schema"]["problem"] = "not at head: run `monitor db upgrade`"
+            ready = False
+        out["status"] = "ready" if ready else "not ready"
+        return JSONResponse(out, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        try:
+            refresh_gauges(engine, metrics)
+        except sa.exc.SQLAlchemyError as e:
+            log.warning("metrics: cannot refresh database gauges: %s", str(e).splitlines()[0])
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

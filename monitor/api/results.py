@@ -1,0 +1,193 @@
+"""What the monitor found: alerts (with review and evidence), history, scenes and runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path as FsPath
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from monitor.api.deps import NO_NUL, BboxQuery, BigId, ExternalId, Limit, Name, Offset, Reader, Writer, parse_bbox, tx
+from monitor.db.tables import Alert, Area, Run, Scene
+from monitor.errors import BadInput, NotFound
+
+router = APIRouter()
+
+AlertStatus = Literal["open", "new", "acknowledged", "confirmed", "dismissed", "resolved"]
+SceneStatus = Literal["found", "downloaded", "prepared", "processed", "skipped", "failed", "offline"]
+AreaQuery = Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="Area name.")]
+Since = Annotated[dt.date | None, Query(description="On or after this date (YYYY-MM-DD).")]
+Until = Annotated[dt.date | None, Query(description="On or before this date (YYYY-MM-DD).")]
+
+
+def _dates(since: dt.date | None, until: dt.date | None) -> None:
+    if since and until and until < since:
+        raise BadInput(f"until {until} is before since {since}", field="until")
+
+
+def _alert(s, alert_id: int) -> Alert:
+    alert = s.get(Alert, alert_id)
+    if alert is None:
+        raise NotFound(f"no alert with id {alert_id}", field="id")
+    return alert
+
+
+# --- alerts
+
+@router.get("/alerts", tags=["alerts"], summary="Alerts as a GeoJSON FeatureCollection")
+def list_alerts(request: Request, _: Reader, area: AreaQuery = None,
+                status: Annotated[AlertStatus | None, Query(description="open: new, acknowledged or confirmed")] = None,
+                since: Since = None, until: Until = None, bbox: BboxQuery = None) -> dict:
+    from monitor.alerts.lifecycle import list_alerts, to_geojson
+    from monitor.registry.areas import get_area
+
+    _dates(since, until)
+    box = parse_bbox(bbox)
+    with tx(request) as s:
+        if area is not None:
+            get_area(s, area)  # a 404 for an unknown area rather than an empty list
+        return to_geojson(s, list_alerts(s, area=area, status=status, since=since, until=until, bbox=box))
+
+
+@router.get("/alerts/{alert_id}", tags=["alerts"], summary="One alert as a GeoJSON Feature")
+def get_alert(request: Request, alert_id: BigId, _: Reader) -> dict:
+    from monitor.alerts.lifecycle import to_geojson
+
+    with tx(request) as s:
+        return to_geojson(s, [_alert(s, alert_id)])["features"][0]
+
+
+class Review(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"action": "confirm", "note": "seen on site 2024-05-02"}]})
+
+    action: Literal["ack", "confirm", "dismiss"] = Field(description="ack: acknowledged; confirm: real "
+                                                         "unpermitted construction; dismiss: not a problem.")
+    note: str | None = Field(None, max_length=5000, pattern=NO_NUL)
+
+
+@router.post("/alerts/{alert_id}/review", tags=["alerts"],
+             summary="Acknowledge, confirm or dismiss an alert, with a note")
+def review_alert(request: Request, alert_id: BigId, body: Review, who: Writer) -> dict:
+    from monitor.alerts.lifecycle import review, to_geojson
+
+    with tx(request) as s:
+        alert = review(s, alert_id, body.action, body.note, who.name)
+        return to_geojson(s, [alert])["features"][0]
+
+
+
+
+@router.get("/alerts/{alert_id}/evidence", tags=["alerts"], summary="The names and URLs of an alert's evidence images")
+def list_evidence(request: Request, alert_id: BigId, _: Reader) -> dict[str, str]:
+    with tx(request) as s:
+        evidence = _alert(s, alert_id).evidence or {}
+    return {name: str(request.url_for("get_evidence", alert_id=alert_id, name=name)) for name in sorted(evidence)}
+
+
+@router.get("/alerts/{alert_id}/evidence/{name}", tags=["alerts"], summary="One evidence image (PNG)",
+            response_class=FileResponse, responses={200: {"content": {"image/png": {}}}})
+def get_evidence(request: Request, alert_id: BigId, name: Annotated[str, Path(max_length=200, pattern=NO_NUL)],
+                 _: Reader) -> FileResponse:
+    with tx(request) as s:
+        evidence = _alert(s, alert_id).evidence or {}
+    if name not in evidence:
+        raise NotFound(f"alert {alert_id} has no evidence named {name!r} (it has: {', '.join(sorted(evidence)) or 'none'})",
+                       field="name")
+    path = FsPath(evidence[name])  # relative paths are relative to the daemon's working folder
+    if not path.is_file():
+        raise NotFound(f"the evidence file of {name!r} is missing on the server", field="name")
+    return FileResponse(path, media_type="image/png", filename=f"alert-{alert_id}-{name}.png")
+
+
+# --- history
+
+@router.get("/areas/{area}/history", tags=["history"], summary="An area's history, date by date")
+def area_history(request: Request, area: Name, _: Reader) -> list[dict]:
+    from monitor.history import area_history
+    from monitor.registry.areas import get_area
+
+    with tx(request) as s:
+        get_area(s, area)
+        return area_history(s, area)
+
+
+@router.get("/areas/{area}/parcels/{external_id}/history", tags=["history"], summary="A parcel's history")
+def parcel_history(request: Request, area: Name, external_id: ExternalId, _: Reader) -> list[dict]:
+    from monitor.history import parcel_history
+    from monitor.registry.areas import get_area
+
+    with tx(request) as s:
+        get_area(s, area)
+        return parcel_history(s, external_id, area)
+
+
+# --- scenes and runs
+
+def _scene(sc: Scene) -> dict:
+    return {"id": sc.id, "area_id": sc.area_id, "provider": sc.provider, "product_id": sc.product_id,
+            "acquired_at": sc.acquired_at.isoformat(), "cloud_cover": sc.cloud_cover, "status": sc.status,
+            "status_reason": sc.status_reason, "attempts": sc.attempts,
+            "next_attempt_at": sc.next_attempt_at.isoformat() if sc.next_attempt_at else None,
+            "file_path": sc.file_path, "checksum": sc.checksum, "size_bytes": sc.size_bytes}
+
+
+@router.get("/areas/{area}/scenes", tags=["scenes"], summary="An area's scenes, newest first")
+def list_scenes(request: Request, area: Name, _: Reader, status: SceneStatus | None = None, since: Since = None,
+                until: Until = None, limit: Limit = 1000, offset: Offset = 0) -> list[dict]:
+    from monitor.registry.areas import get_area
+
+    _dates(since, until)
+    with tx(request) as s:
+        q = select(Scene).where(Scene.area_id == get_area(s, area).id)
+        if status:
+            q = q.where(Scene.status == status)
+        if since:
+            q = q.where(Scene.acquired_at >= dt.datetime.combine(since, dt.time(), dt.timezone.utc))
+        if until:
+            q = q.where(Scene.acquired_at <= dt.datetime.combine(until, dt.time.max, dt.timezone.utc))
+        return [_scene(sc) for sc in s.scalars(q.order_by(Scene.acquired_at.desc(), Scene.id).limit(limit).offset(offset))]
+
+
+@router.get("/scenes/{scene_id}", tags=["scenes"], summary="One scene")
+def get_scene(request: Request, scene_id: BigId, _: Reader) -> dict:
+    with tx(request) as s:
+        sc = s.get(Scene, scene_id)
+        if sc is None:
+            raise NotFound(f"no scene with id {scene_id}", field="id")
+        return _scene(sc)
+
+
+def _run(r: Run, area: str) -> dict:
+    return {"id": r.id, "area": area, "scene_id": r.scene_id, "status": r.status, "steps": r.steps,
+            "model_versions": r.model_versions, "error": r.error, "started_at": r.started_at.isoformat(),
+            "finished_at": r.finished_at.isoformat() if r.finished_at else None}
+
+
+@router.get("/runs", tags=["runs"], summary="Pipeline runs, newest first")
+def list_runs(request: Request, _: Reader, area: AreaQuery = None,
+              status: Annotated[str | None, Query(max_length=32, pattern=NO_NUL,
+                                                  description="running, succeeded or failed")] = None,
+              limit: Limit = 100, offset: Offset = 0) -> list[dict]:
+    from monitor.registry.areas import get_area
+
+    with tx(request) as s:
+        q = select(Run, Area.name).join(Area, Area.id == Run.area_id)
+        if area is not None:
+            q = q.where(Run.area_id == get_area(s, area).id)
+        if status:
+            q = q.where(Run.status == status)
+        return [_run(r, name) for r, name in s.execute(q.order_by(Run.id.desc()).limit(limit).offset(offset))]
+
+
+@router.get("/runs/{run_id}", tags=["runs"], summary="One run with its steps")
+def get_run(request: Request, run_id: BigId, _: Reader) -> dict:
+    with tx(request) as s:
+        row = s.execute(select(Run, Area.name).join(Area, Area.id == Run.area_id).where(Run.id == run_id)).first()
+        if row is None:
+            raise NotFound(f"no run with id {run_id}", field="id")
+        return _run(*row)

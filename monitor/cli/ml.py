@@ -1,0 +1,275 @@
+"""``monitor dataset``, ``monitor train``, ``monitor models``, ``monitor predict``, ``monitor evaluate``.
+
+TensorFlow is imported only inside the commands that need it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from monitor.cli.common import echo_json, new_app, state, table
+
+dataset = new_app("Build training datasets from scenes and labels.")
+train = new_app("Train the segmenter, the settlement classifier or the change model.")
+models = new_app("Model directories and the registry of models.")
+
+
+def _bands(text: str | None) -> list[str] | None:
+    return [b.strip() for b in text.split(",") if b.strip()] if text else None
+
+
+def _out_dir(ctx: typer.Context, out: Path | None, kind: str) -> tuple[Path, str]:
+    from monitor.ml.modelstore import new_version
+
+    version = new_version(kind)
+    return (out if out is not None else state(ctx).settings.models_dir / version), version
+
+
+def _report(model_dir: Path) -> None:
+    from monitor.ml.modelstore import read_meta
+
+    meta = read_meta(model_dir)
+    v = meta["metrics"]["validation"]
+    typer.echo(f"saved {meta['kind']} model {meta['version']} to {model_dir}\n"
+               f"threshold {meta['threshold']:.2f}; validation precision {v['precision']:.3f} recall {v['recall']:.3f} "
+               f"F1 {v['f1']:.3f} IoU {v['iou']:.3f}; {meta['training']['epochs_run']} epochs "
+               f"({meta['training']['stopped']}), {meta['training']['seconds']} s")
+
+
+# ---------------------------------------------------------------- dataset
+
+@dataset.command("build")
+def dataset_build(
+    scene: Path = typer.Option(..., "--scene", help="GeoTIFF to cut into tiles."),
+    labels: Path = typer.Option(..., "--labels", help="Polygons (settlements or buildings): GeoJSON, GeoPackage or "
+                                "Shapefile, any CRS."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to write."),
+    tile: int = typer.Option(256, "--tile", help="Tile side, pixels."),
+    kind: str = typer.Option("classifier", "--kind", help="classifier (train|validation/true|false/) or segmenter "
+                             "(image/mask pairs)."),
+    min_cover: float = typer.Option(0.0, "--min-cover", help="A tile is true when polygons cover more than this "
+                                    "fraction of it."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of tiles (per class) for validation."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/validation split."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Cut a scene into tiles labelled by polygons, split into train and validation."""
+    from monitor.ml.datasets import build_tiles
+
+    s = build_tiles(scene, labels, out, kind=kind, tile=tile, min_cover=min_cover, val_fraction=val_fraction,
+                    seed=seed, overwrite=overwrite, progress=True)
+    t = s["tiles"]
+    typer.echo(table([(split, c["true"], c["false"]) for split, c in t.items()], ["split", "true", "false"]))
+    typer.echo(f"{kind} dataset written to {out} ({s['polygons']} polygons, {s['skipped_without_data']} tiles "
+               f"without data skipped)")
+
+
+@dataset.command("oscd")
+def dataset_oscd(
+    src: Path = typer.Argument(..., help="OSCD folder: images/<city>/imgs_1|imgs_2, labels/<city>/cm/<city>-cm.tif."),
+    out: Path = typer.Option(..., "--out", help="Change dataset folder to write."),
+    city: list[str] = typer.Option([], "--city", help="Convert only this city (repeatable). Default: every city."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Convert OSCD Sentinel-2 pairs and change maps into the change-training layout."""
+    from monitor.ml.oscd import convert_oscd
+
+    s = convert_oscd(src, out, cities=city or None, overwrite=overwrite, progress=True)
+    typer.echo(table([(c, e["width"], e["height"], " / ".join(e["dates"] or []), e.get("change_fraction", ""))
+                      for c, e in s["cities"].items()], ["city", "width", "height", "dates", "change_fraction"]))
+    typer.echo(f"{len(s['cities'])} cities, {len(s['bands'])} bands, written to {out}")
+
+
+# ---------------------------------------------------------------- train
+
+_DATA = typer.Option(..., "--data", help="Dataset folder (from `monitor dataset ...`).")
+_OUT = typer.Option(None, "--out", help="Model directory to write. Default: MONITOR_HOME/models/<version>.")
+_SEED = typer.Option(0, "--seed", help="Random seed; the same seed repeats a run.")
+_BANDS = typer.Option(None, "--bands", help="Comma-separated input bands in order. Default: the dataset's.")
+_LIMIT = typer.Option(0.0, "--time-limit", help="Stop after this many minutes, keeping the best epoch (0: none).")
+
+
+@train.command("segmenter")
+def train_segmenter(
+    ctx: typer.Context, data: Path = _DATA, out: Path = _OUT, epochs: int = typer.Option(50, "--epochs"),
+    seed: int = _SEED, bands: str = _BANDS,
+    depth: int = typer.Option(4, "--depth", help="U-Net levels (poolings)."),
+    base_filters: int = typer.Option(16, "--base-filters", help="Filters of the first level, doubled per level."),
+    batch: int = typer.Option(8, "--batch"), lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    patience: int = typer.Option(10, "--patience", help="Early-stopping patience, epochs."),
+    time_limit: float = _LIMIT,
+) -> None:
+    """U-Net on image/mask tiles; loss BCE + Dice; IoU and F1 metrics."""
+    from monitor.ml import training
+
+    out, version = _out_dir(ctx, out, "segmenter")
+    _report(training.train_segmenter(data, out, epochs=epochs, seed=seed, bands=_bands(bands), depth=depth,
+                                     base_filters=base_filters, batch=batch, lr=lr, patience=patience, progress=True,
+                                     time_limit_s=time_limit * 60 or None, version=version))
+
+
+@train.command("classifier")
+def train_classifier(
+    ctx: typer.Context, data: Path = _DATA, out: Path = _OUT, epochs: int = typer.Option(50, "--epochs"),
+    seed: int = _SEED, bands: str = _BANDS,
+    backbone: str = typer.Option("resnet50", "--backbone", help="resnet50, mobilenetv2, or small (a light CNN "
+                                 "for CPU-only machines)."),
+    weights: Path = typer.Option(None, "--weights", help="Local weights file of the backbone without top "
+                                 "(ImageNet, say). Without it the backbone starts from random weights."),
+    freeze: int = typer.Option(60, "--freeze", help="Backbone layers kept frozen."),
+    dense: int = typer.Option(1024, "--dense", help="Units of the dense layer of the head."),
+    batch: int = typer.Option(8, "--batch"), lr: float = typer.Option(1e-4, "--lr", help="SGD learning rate."),
+    patience: int = typer.Option(10, "--patience", help="Early-stopping patience, epochs."),
+    time_limit: float = _LIMIT,
+) -> None:
+    """Settlement classifier on train|validation/true|false tiles (ResNet50 recipe by default)."""
+    from monitor.ml import training
+
+    out, version = _out_dir(ctx, out, "classifier")
+    _report(training.train_classifier(data, out, epochs=epochs, seed=seed, bands=_bands(bands), backbone=backbone,
+                                      weights=weights, freeze=freeze, dense=dense, batch=batch, lr=lr,
+                                      patience=patience, progress=True, time_limit_s=time_limit * 60 or None,
+                                      version=version))
+
+
+@train.command("change")
+def train_change(
+    ctx: typer.Context, data: Path = _DATA, out: Path = _OUT, epochs: int = typer.Option(60, "--epochs"),
+    seed: int = _SEED,
+    bands: str = typer.Option(None, "--bands", help="Comma-separated bands per date. Default: the 10 m and 20 m "
+                              "bands (B02-B08, B8A, B11, B12)."),
+    city: list[str] = typer.Option([], "--city", help="Train on this city (repeatable). Default: every labelled city."),
+    patch: int = typer.Option(64, "--patch", help="Training patch side, pixels."),
+    steps: int = typer.Option(60, "--steps", help="Batches per epoch."),
+    batch: int = typer.Option(16, "--batch"),
+    pos_weight: float = typer.Option(2.0, "--pos-weight", help="Weight of change pixels in the cross-entropy."),
+    base_filters: int = typer.Option(16, "--base-filters", help="Filters of the first U-Net level."),
+    patience: int = typer.Option(15, "--patience", help="Early-stopping patience, epochs."),
+    time_limit: float = typer.Option(15.0, "--time-limit", help="Stop after this many minutes, keeping the best "
+                                     "epoch (0: none)."),
+) -> None:
+    """Early-fusion U-Net on before/after pairs (`monitor dataset oscd` layout)."""
+    from monitor.ml import training
+
+    out, version = _out_dir(ctx, out, "change")
+    _report(training.train_change(data, out, epochs=epochs, seed=seed, bands=_bands(bands), cities=city or None,
+                                  patch=patch, steps_per_epoch=steps, batch=batch, pos_weight=pos_weight,
+                                  base_filters=base_filters, patience=patience, progress=True,
+                                  time_limit_s=time_limit * 60 or None, version=version))
+
+
+# ---------------------------------------------------------------- models
+
+@models.command("list")
+def models_list(ctx: typer.Context,
+                register: bool = typer.Option(False, "--register", help="Register the model directories found "
+                                              "under MONITOR_HOME/models that are not registered yet."),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Registered models, and model directories under MONITOR_HOME/models not registered yet."""
+    from sqlalchemy import select
+
+    from monitor.db.tables import Model
+    from monitor.registry.models import read_meta, register_model
+
+    st = state(ctx)
+    root = st.settings.models_dir
+    found = sorted(p.parent.resolve() for p in root.glob("*/model.json")) if root.is_dir() else []
+    with st.transaction() as session:
+        known = {r.path for r in session.scalars(select(Model))}
+        new = [d for d in found if str(d) not in known]
+        if register:
+            for d in new:
+                register_model(session, d)
+        rows = [{"id": r.id, "kind": r.kind, "version": r.version, "path": r.path, "registered": True,
+                 "created_at": r.created_at, "threshold": (r.meta or {}).get("threshold")}
+                for r in session.scalars(select(Model).order_by(Model.id))]
+    if not register:
+        for d in new:
+            meta = read_meta(d)
+            rows.append({"id": None, "kind": meta["kind"], "version": meta["version"], "path": str(d),
+                         "registered": False, "created_at": meta.get("created_at"), "threshold": meta.get("threshold")})
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        typer.echo(f"no models yet: train one with `monitor train ...` (directories under {root} are listed)")
+        return
+    typer.echo(table([(r["id"] or "-", r["kind"], r["version"], r["threshold"], "yes" if r["registered"] else "no",
+                       r["path"]) for r in rows], ["id", "kind", "version", "threshold", "registered", "path"]))
+
+
+@models.command("register")
+def models_register(ctx: typer.Context, model_dir: Path = typer.Argument(..., help="Model directory.")) -> None:
+    """Register a model directory (model.keras + model.json)."""
+    from monitor.registry.models import register_model
+
+    with state(ctx).transaction() as session:
+        row = register_model(session, model_dir)
+        typer.echo(f"model {row.id}: {row.kind} {row.version} at {row.path}")
+
+
+# ---------------------------------------------------------------- predict, evaluate
+
+def predict(
+    ctx: typer.Context,
+    model: Path = typer.Option(..., "--model", help="Model directory."),
+    scene: Path = typer.Option(..., "--scene", help="GeoTIFF; bands are found by description (B02, ...), by "
+                               "position when it has none."),
+    before: Path = typer.Option(None, "--before", help="Earlier scene on the same grid (change models)."),
+    out: Path = typer.Option(..., "--out", help="Probability GeoTIFF to write (float32, nodata -1)."),
+    batch: int = typer.Option(None, "--batch", help="Windows per batch. Default: MONITOR_INFERENCE_BATCH."),
+    overlap: float = typer.Option(None, "--overlap", help="Window overlap, fraction. Default: "
+                                  "MONITOR_INFERENCE_OVERLAP."),
+) -> None:
+    """Probability raster of a scene on its own grid (one value per tile for a classifier)."""
+    from monitor.ml.modelstore import load_model
+
+    s = state(ctx).settings
+    m = load_model(model)
+    batch = batch or s.inference_batch
+    if m.kind == "classifier":
+        if before is not None:
+            from monitor.errors import BadInput
+
+            raise BadInput("a classifier takes one scene, not --before", field="before")
+        _write_tile_grid(m, scene, out, batch)
+    else:
+        from monitor.ml.inference import predict_raster
+
+        predict_raster(m, scene, out, before=before, progress=True, batch=batch,
+                       overlap=s.inference_overlap if overlap is None else overlap)
+    typer.echo(f"{m.kind} probability of {scene} written to {out} (model {m.version}, threshold {m.threshold:.2f})")
+
+
+def _write_tile_grid(m, scene: Path, out: Path, batch: int) -> None:
+    import numpy as np
+    import rasterio
+
+    from monitor.ml.inference import NODATA, classify_tiles
+
+    grid, transform = classify_tiles(m, scene, batch=batch, progress=True)
+    with rasterio.open(scene) as src:
+        crs = src.crs
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(out, "w", driver="GTiff", width=grid.shape[1], height=grid.shape[0], count=1,
+                       dtype="float32", crs=crs, transform=transform, nodata=NODATA) as dst:
+        dst.write(np.where(np.isnan(grid), NODATA, grid)[None].astype("float32"))
+        dst.update_tags(model_version=m.version, model_kind=m.kind, threshold=str(m.threshold))
+
+
+def evaluate(
+    ctx: typer.Context,
+    model: Path = typer.Option(..., "--model", help="Model directory."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder of the model's kind."),
+    split: str = typer.Option("validation", "--split", help="Tile datasets: train or validation."),
+    city: list[str] = typer.Option([], "--city", help="Change datasets: score this city (repeatable). Default: "
+                                   "every labelled city."),
+) -> None:
+    """Precision, recall, F1 and IoU of the positive class as JSON (per city and pooled for change data)."""
+    from monitor.ml.evaluation import evaluate as run
+    from monitor.ml.modelstore import load_model
+
+    s = state(ctx).settings
+    echo_json(run(load_model(model), data, split=split, cities=city or None, batch=s.inference_batch, progress=True))

@@ -1,0 +1,236 @@
+"""Acquisition for an area: search its providers (with failover) and record new scenes; fetch,
+verify and prepare one scene, recording its outcome. These are the functions the pipeline,
+the scheduler and the ``monitor scenes`` command call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import shapely
+from geoalchemy2.shape import from_shape, to_shape
+from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from monitor.db.engine import transaction
+from monitor.db.tables import Area, Model, Scene
+from monitor.errors import DownloadError, ImageryError, MonitorError, NotFound, ProductOffline, ProviderError
+from monitor.geo import as_multipolygon
+from monitor.imagery.base import DEFAULT_BANDS, AreaInfo, Candidate, band_sort_key, get_provider, safe_name
+from monitor.imagery.grid import Grid, area_grid
+from monitor.metrics import Metrics, default_metrics
+
+log = logging.getLogger(__name__)
+UTC = dt.timezone.utc
+# A scene in one of these states is done with acquisition; fetching it again changes nothing.
+DONE = ("prepared", "processed", "skipped")
+
+
+def _utc(value: dt.datetime | dt.date | None, end_of_day: bool = False) -> dt.datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, dt.datetime):
+        t = dt.time(23, 59, 59) if end_of_day else dt.time(0, 0, 0)
+        return dt.datetime.combine(value, t, tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def search_window(session: Session, area: Area, settings, since=None, until=None) -> tuple[dt.datetime, dt.datetime]:
+    """[since, until] in UTC; a date ``until`` means the end of that day. Without ``since``: a day
+    before the newest scene already found, or ``MONITOR_SEARCH_LOOKBACK_DAYS`` for a new area."""
+    until_ = _utc(until, end_of_day=True) or dt.datetime.now(UTC).replace(microsecond=0)
+    since_ = _utc(since)
+    if since_ is None:
+        newest = session.scalar(select(func.max(Scene.acquired_at)).where(Scene.area_id == area.id))
+        since_ = (newest - dt.timedelta(days=1)) if newest else until_ - dt.timedelta(days=settings.search_lookback_days)
+    return since_, until_
+
+
+def area_info(area: Area, provider: str) -> AreaInfo:
+    return AreaInfo(area.id, area.name, to_shape(area.footprint), area.max_cloud, (area.sources or {}).get(provider))
+
+
+def model_bands(session: Session, area: Area) -> list[str]:
+    """The union of the ``bands`` of the area's models (model.json), in Sentinel-2 order;
+    B02, B03, B04, B08 when the area has no model."""
+    ids = [i for i in (area.segmenter_model_id, area.classifier_model_id, area.change_model_id) if i]
+    bands: set[str] = set()
+    for meta in session.scalars(select(Model.meta).where(Model.id.in_(ids))) if ids else []:
+        bands.update((meta or {}).get("bands") or [])
+    return sorted(bands, key=band_sort_key) or list(DEFAULT_BANDS)
+
+
+def grid_for(area: Area, settings) -> Grid:
+    return area_grid(to_shape(area.footprint), area.utm_epsg, area.resolution_m or settings.resolution_m,
+                     settings.crop_margin_m)
+
+
+def scene_path(settings, area_id: int, acquired_at: dt.datetime, provider: str, product_id: str) -> Path:
+    """Where the prepared COG of a scene lives (absolute)."""
+    name = f"{acquired_at.astimezone(UTC):%Y%m%d}_{provider}_{safe_name(product_id)}.tif"
+    return (Path(settings.data_dir) / "scenes" / str(area_id) / name).resolve()
+
+
+def _footprint(geom):
+    if geom is None:
+        return None
+    geom = as_multipolygon(shapely.make_valid(geom)) if not geom.is_valid else as_multipolygon(geom)
+    return None if geom.is_empty else from_shape(geom, srid=4326)
+
+
+def _record(session: Session, area: Area, provider: str, candidates: list[Candidate]) -> list[Scene]:
+    rows, seen = [], set()
+    for c in candidates:
+        if c.product_id in seen:
+            continue
+        seen.add(c.product_id)
+        rows.append({"area_id": area.id, "provider": provider, "product_id": c.product_id,
+                     "acquired_at": _utc(c.acquired_at), "footprint": _footprint(c.footprint),
+                     "remote": {**c.remote, "scene_cloud_cover": c.cloud_cover}, "status": "found"})
+    if not rows:
+        return []
+    stmt = (insert(Scene).on_conflict_do_nothing(constraint="uq_scenes_area_provider_product")
+            .returning(Scene))
+    new = list(session.scalars(stmt, rows))
+    return sorted(new, key=lambda s: (s.acquired_at, s.id))
+
+
+def search_scenes(session: Session, area: Area, settings, metrics: Metrics | None = None,
+                  since=None, until=None) -> list[Scene]:
+    """Search the area's providers in order (the next one when one fails) and record new scenes
+    (status ``found``); returns those. Raises the last ``ProviderError`` when every provider failed."""
+    metrics = metrics or default_metrics()
+    since_, until_ = search_window(session, area, settings, since, until)
+    providers = list(area.providers or [])
+    error: ProviderError | None = None
+    for i, name in enumerate(providers):
+        info = area_info(area, name)
+        try:
+            candidates = get_provider(name, settings, info, metrics).search(info, since_, until_)
+        except Exception as e:  # one provider's failure, whatever it is, must not stop the others
+            if not isinstance(e, ProviderError):
+                log.exception("area %s: provider %s failed", area.name, name)
+                e = ProviderError(f"{type(e).__name__}: {e}", provider=name)
+            metrics.provider_errors.labels(name, "search").inc()
+            log.warning("area %s: search failed: %s", area.name, e)
+            error = e
+            if i + 1 < len(providers):
+                metrics.provider_failovers.labels(area.name, name, providers[i + 1]).inc()
+                log.warning("area %s: falling over from %s to %s", area.name, name, providers[i + 1])
+            continue
+        new = _record(session, area, name, candidates)
+        metrics.scenes_found.labels(area.name, name).inc(len(new))
+        log.info("area %s: %s found %d product(s), %d new", area.name, name, len(candidates), len(new))
+        return new
+    raise error or ProviderError(f"area {area.name!r} has no imagery provider")
+
+
+def pending_scenes(session: Session, area: Area) -> list[Scene]:
+    """Scenes to fetch: found, or offline and due again; oldest acquisition first."""
+    due = or_(Scene.next_attempt_at.is_(None), Scene.next_attempt_at <= func.now())
+    return list(session.scalars(
+        select(Scene).where(Scene.area_id == area.id,
+                            or_(Scene.status == "found", and_(Scene.status == "offline", due)))
+        .order_by(Scene.acquired_at, Scene.id)))
+
+
+@dataclass
+class _Outcome:
+    status: str
+    reason: str | None = None
+    metric_reason: str | None = None
+    values: dict = field(default_factory=dict)
+
+
+def _failure_reason(e: Exception) -> str:
+    text = str(e)
+    if isinstance(e, DownloadError):
+        if "checksum" in text:
+            return "checksum"
+        if "size mismatch" in text:
+            return "size"
+        return f"http_{e.data['status']}" if e.data.get("status") else "download"
+    if isinstance(e, ProviderError):
+        return f"http_{e.status}" if e.status else "provider"
+    if isinstance(e, ImageryError):
+        return "no_crs" if "no CRS" in text else "imagery"
+    return "error"
+
+
+def _acquire(settings, metrics: Metrics, area: dict, scene: dict, progress: bool) -> _Outcome:
+    provider_name, product_id = scene["provider"], scene["product_id"]
+    workdir = Path(settings.data_dir) / "downloads" / provider_name / safe_name(product_id)
+    out = scene_path(settings, area["id"], scene["acquired_at"], provider_name, product_id)
+    try:
+        from monitor.imagery.prepare import clear_path_for, prepare
+
+        provider = get_provider(provider_name, settings, area["info"], metrics)
+        product = provider.fetch(product_id, scene["remote"], area["bands"], workdir, progress)
+        metrics.scenes_downloaded.labels(area["name"], provider_name).inc()
+        prepared = prepare(product, area["grid"], area["info"].footprint, out)
+        remote = {**scene["remote"], "files": product.files, "bands": prepared.bands}
+        common = {"cloud_cover": prepared.cloud_cover, "remote": remote, "next_attempt_at": None,
+                  "clear_geom": from_shape(prepared.clear_geom, srid=4326) if prepared.clear_geom else None}
+        if prepared.cloud_cover > area["max_cloud"]:
+            out.unlink(missing_ok=True)
+            clear_path_for(out).unlink(missing_ok=True)
+            reason = (f"cloud/nodata {prepared.cloud_cover:.1f}% over the area exceeds the maximum "
+                      f"{area['max_cloud']:g}%")
+            return _Outcome("skipped", reason, "cloud", common)
+        return _Outcome("prepared", None, None, {**common, "file_path": str(prepared.path),
+                                                 "checksum": prepared.checksum, "size_bytes": prepared.size_bytes})
+    except ProductOffline as e:
+        when = dt.datetime.now(UTC) + dt.timedelta(seconds=settings.offline_retry_s)
+        return _Outcome("offline", f"{e} (next try after {when:%Y-%m-%d %H:%M} UTC)", None,
+                        {"next_attempt_at": when})
+    except MonitorError as e:
+        return _Outcome("failed", str(e), _failure_reason(e))
+    except Exception as e:  # a bug or an unexpected library error must not stop the other scenes
+        log.exception("scene %s of area %s: unexpected error", product_id, area["name"])
+        return _Outcome("failed", f"unexpected error: {type(e).__name__}: {e}", "error")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def fetch_scene(engine: Engine, scene_id: int, settings, metrics: Metrics | None = None,
+                progress: bool = False) -> Scene:
+    """Download, verify and prepare one scene, committing its outcome: ``prepared``, ``skipped``
+    (too cloudy over the area), ``offline`` (retrieval requested; due again after
+    ``next_attempt_at``) or ``failed`` with the reason. Never raises for a failure of the scene."""
+    metrics = metrics or default_metrics()
+    with transaction(engine) as session:
+        scene = session.get(Scene, scene_id, with_for_update=True)
+        if scene is None:
+            raise NotFound(f"no scene with id {scene_id}")
+        if scene.status in DONE:
+            return scene
+        area_row = session.get(Area, scene.area_id)
+        scene.attempts = (scene.attempts or 0) + 1
+        area = {"id": area_row.id, "name": area_row.name, "max_cloud": area_row.max_cloud,
+                "info": area_info(area_row, scene.provider), "bands": model_bands(session, area_row),
+                "grid": grid_for(area_row, settings)}
+        snapshot = {"provider": scene.provider, "product_id": scene.product_id,
+                    "acquired_at": scene.acquired_at, "remote": dict(scene.remote or {})}
+    outcome = _acquire(settings, metrics, area, snapshot, progress)
+    with transaction(engine) as session:
+        scene = session.get(Scene, scene_id, with_for_update=True)
+        scene.status, scene.status_reason = outcome.status, outcome.reason
+        for key, value in outcome.values.items():
+            setattr(scene, key, value)
+        if outcome.status == "failed":
+            metrics.scenes_failed.labels(area["name"], scene.provider, outcome.metric_reason).inc()
+            log.warning("area %s: scene %s failed: %s", area["name"], scene.product_id, outcome.reason)
+        elif outcome.status == "skipped":
+            metrics.scenes_skipped.labels(area["name"], scene.provider, outcome.metric_reason).inc()
+        elif outcome.status == "prepared":
+            session.flush()
+            newest = session.scalar(select(func.max(Scene.acquired_at)).where(
+                Scene.area_id == area["id"], Scene.status.in_(("prepared", "processed"))))
+            if newest:
+                metrics.newest_scene.labels(area["name"]).set(newest.timestamp())
+    return scene

@@ -1,0 +1,74 @@
+"""Evaluation of a model on a dataset folder: precision, recall, F1 and IoU of the positive class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from monitor.errors import BadInput
+from monitor.ml import scores
+from monitor.ml.modelstore import LoadedModel
+
+
+def _result(model: LoadedModel, data_dir, cm: dict, **extra) -> dict:
+    return {"model": model.version, "kind": model.kind, "data": str(Path(data_dir).resolve()),
+            "threshold": model.threshold, **extra, **scores.scores(cm), "confusion": cm}
+
+
+def evaluate(model: LoadedModel, data_dir: str | Path, *, split: str = "validation", cities: list[str] | None = None,
+             batch: int = 8, progress: bool = False) -> dict:
+    """Scores of ``model`` (at its threshold) on ``data_dir``.
+
+    Change datasets: every labelled city (or those named), each whole, plus all of them pooled (the sum
+    of their confusion counts). Tile datasets: the tiles of ``split`` (pixels for a segmenter, tiles for a
+    classifier).
+    """
+    from monitor.ml.datasets import load_classifier_split, load_segmenter_split, read_summary
+
+    summary = read_summary(data_dir)
+    kind = summary.get("kind")
+    expected = {"change": "change", "segmenter": "segmenter", "classifier": "classifier"}.get(kind)
+    if expected != model.kind:
+        raise BadInput(f"is a {kind} dataset but model {model.version} is a {model.kind}", file=data_dir)
+    if kind == "change":
+        return _evaluate_change(model, data_dir, summary, cities, batch, progress)
+    if split not in ("train", "validation"):
+        raise BadInput("split must be train or validation", field="split")
+    if kind == "classifier":
+        x, y, _ = load_classifier_split(data_dir, split, model.bands)
+        valid = None
+    else:
+        x, y = load_segmenter_split(data_dir, split, model.bands)
+        valid = np.all(np.isfinite(x), axis=-1)
+    xn = model.normalize(x)
+    prob = np.concatenate([model(xn[i:i + batch]) for i in tqdm(range(0, len(xn), batch), desc="evaluate",
+                                                                disable=not progress)])
+    cm = scores.confusion(prob > model.threshold, y > 0.5, valid)
+    return _result(model, data_dir, cm, split=split, tiles=len(x))
+
+
+def _evaluate_change(model: LoadedModel, data_dir, summary: dict, cities, batch: int, progress: bool) -> dict:
+    from monitor.ml.inference import predict_array
+    from monitor.ml.oscd import load_city
+
+    labelled = [c for c, e in summary["cities"].items() if e.get("labelled")]
+    cities = list(cities) if cities else labelled
+    unknown = [c for c in cities if c not in labelled]
+    if unknown:
+        raise BadInput(f"has no labelled city {', '.join(unknown)} (labelled: {', '.join(labelled)})",
+                       file=data_dir, field="cities")
+    per_city, cms = {}, []
+    for c in tqdm(cities, desc="evaluate", unit="city", disable=not progress):
+        d = load_city(data_dir, c, model.bands)
+        prob = predict_array(model, d["x"], ~d["valid"], batch=batch)
+        cm = scores.confusion(prob > model.threshold, d["change"] == 1, d["valid"])
+        cms.append(cm)
+        per_city[c] = {**scores.scores(cm), "confusion": cm}
+    cm = scores.add(*cms)
+    trained_on = (model.meta.get("training") or {}).get("cities") or []
+    return {"model": model.version, "kind": model.kind, "data": str(Path(data_dir).resolve()),
+            "threshold": model.threshold, "cities": per_city,
+            "pooled": {**scores.scores(cm), "confusion": cm, "cities": cities},
+            "seen_in_training": [c for c in cities if c in trained_on]}

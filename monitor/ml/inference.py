@@ -1,0 +1,247 @@
+"""Tiled inference: overlapping windows, batched through one compiled call, blended without seams.
+
+Scenes are read and written in strips of rows, so memory depends on the scene's width and the
+window size, not on its height. Probability rasters are float32 on exactly the input's grid, with
+nodata -1 where any input band had no data. A pixel is positive where its probability is above the
+model's threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from monitor.errors import BadInput, ModelError
+from monitor.ml.modelstore import LoadedModel
+from monitor.ml.rasters import band_indexes, open_raster, pixel_size_m, same_grid, valid_mask
+from monitor.ml.tiling import blend_weights, starts, stride_for
+
+log = logging.getLogger(__name__)
+
+NODATA = -1.0
+
+# read(row0, nrows) -> (normalized (nrows, W, C) float32, valid (nrows, W) bool)
+Reader = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+# write(row0, probabilities (nrows, W) float32 with NODATA where invalid)
+Writer = Callable[[int, np.ndarray], None]
+
+
+def _window_size(model: LoadedModel, tile: int | None) -> int:
+    tile = tile or model.tile
+    step = 2 ** model.depth
+    if model.kind == "classifier":
+        raise ModelError(f"{model.path}: a classifier gives one value per tile; use classify_tiles")
+    if tile % step:
+        raise BadInput(f"window {tile} must be a multiple of {step} for this model", field="tile")
+    return tile
+
+
+def _pad_to(a: np.ndarray, rows: int, cols: int, mode: str = "symmetric") -> np.ndarray:
+    pr, pc = rows - a.shape[0], cols - a.shape[1]
+    if pr <= 0 and pc <= 0:
+        return a
+    widths = [(0, max(pr, 0)), (0, max(pc, 0))] + [(0, 0)] * (a.ndim - 2)
+    return np.pad(a, widths, mode=mode) if mode != "constant" else np.pad(a, widths)
+
+
+def run_tiled(model: LoadedModel, height: int, width: int, read: Reader, write: Writer, *, tile: int | None = None,
+              overlap: float = 0.25, batch: int = 8, progress: bool = False) -> None:
+    """The engine: every window of ``tile`` (overlapping by ``overlap``) through the model, blended.
+
+    Window rows are processed in groups big enough to fill a batch; a strip of rows is written as
+    soon as no later window can touch it, so only one group of rows is held in memory.
+    """
+    tile = _window_size(model, tile)
+    stride = stride_for(tile, overlap)
+    weights = blend_weights(tile, tile - stride)
+    rows, cols = starts(height, tile, stride), starts(width, tile, stride)
+    per_group = max(1, math.ceil(batch / len(cols)))
+    groups = [rows[i:i + per_group] for i in range(0, len(rows), per_group)]
+    buf_h = max(g[-1] + tile - g[0] for g in groups)
+    wp = max(width, tile)
+    acc = np.zeros((buf_h, wp), np.float32)
+    wsum = np.zeros((buf_h, wp), np.float32)
+    valid_buf = np.zeros((buf_h, wp), bool)
+    top = 0  # scene row of the buffer's first row
+
+    def flush(upto: int) -> None:
+        nonlocal top
+        n = upto - top
+        if n <= 0:
+            return
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(valid_buf[:n] & (wsum[:n] > 0), acc[:n] / wsum[:n], NODATA)[:, :width]
+        write(top, out.astype(np.float32))
+        for a in (acc, wsum, valid_buf):
+            a[:-n] = a[n:].copy()
+            a[-n:] = 0
+        top = upto
+
+    bar = tqdm(total=len(rows) * len(cols), unit="window", disable=not progress, desc="predict")
+    for group in groups:
+        flush(group[0])
+        r0, r1 = group[0], min(group[-1] + tile, height)
+        x, valid = read(r0, r1 - r0)
+        x[~valid] = 0.0
+        need = group[-1] + tile - r0
+        x, valid = _pad_to(x, need, wp), _pad_to(valid, need, wp, mode="constant")
+        valid_buf[: r1 - r0] = valid[: r1 - r0]
+        todo = [(r - r0, c) for r in group for c in cols if valid[r - r0:r - r0 + tile, c:c + tile].any()]
+        bar.update(len(group) * len(cols) - len(todo))
+        for i in range(0, len(todo), batch):
+            chunk = todo[i:i + batch]
+            probs = model(np.stack([x[r:r + tile, c:c + tile] for r, c in chunk]))
+            for (r, c), p in zip(chunk, probs):
+                acc[r:r + tile, c:c + tile] += p * weights
+                wsum[r:r + tile, c:c + tile] += weights
+            bar.update(len(chunk))
+    flush(height)
+    bar.close()
+
+
+def predict_array(model: LoadedModel, array_hwc: np.ndarray, nodata_mask: np.ndarray | None = None, *,
+                  tile: int | None = None, overlap: float = 0.25, batch: int = 8) -> np.ndarray:
+    """Probabilities (H, W) float32 of raw band values (H, W, C) in the model's input order.
+
+    For a change model C is the before bands then the after bands. ``nodata_mask`` (H, W) is True
+    where there is no data; those pixels come out as -1.
+    """
+    a = np.asarray(array_hwc)
+    if a.ndim != 3 or a.shape[2] != model.channels:
+        raise BadInput(f"array of shape {a.shape} does not fit a model of {model.channels} input channels")
+    valid = np.all(np.isfinite(a), axis=2) if np.issubdtype(a.dtype, np.floating) else np.ones(a.shape[:2], bool)
+    if nodata_mask is not None:
+        valid &= ~np.asarray(nodata_mask, bool)
+    out = np.empty(a.shape[:2], np.float32)
+
+    def read(r0: int, n: int):
+        return model.normalize(a[r0:r0 + n]), valid[r0:r0 + n]
+
+    def write(r0: int, p: np.ndarray):
+        out[r0:r0 + p.shape[0]] = p
+
+    run_tiled(model, a.shape[0], a.shape[1], read, write, tile=tile, overlap=overlap, batch=batch)
+    return out
+
+
+def _check_resolution(model: LoadedModel, src) -> None:
+    want, have = model.meta.get("resolution_m"), pixel_size_m(src)
+    if want and have and abs(have - want) / want > 0.2:
+        log.warning("%s has %.2f m pixels but model %s was trained at %.2f m", src.name, have, model.version, want)
+
+
+def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | None = None, progress: bool = False,
+                   batch: int = 8, overlap: float = 0.25, tile: int | None = None) -> Path:
+    """Probability GeoTIFF (float32, nodata -1) of ``scene`` on exactly its grid.
+
+    A change model needs ``before``, a scene of the same grid from the earlier date. Bands are taken
+    by description (B02, ...), by position from files without band descriptions.
+    """
+    scene, out = Path(scene), Path(out)
+    if model.kind == "change" and before is None:
+        raise BadInput(f"model {model.version} is a change model: give the earlier scene with --before", field="before")
+    if model.kind != "change" and before is not None:
+        raise BadInput(f"model {model.version} is a {model.kind}, it takes one scene, not --before", field="before")
+    srcs = [open_raster(before)] if before is not None else []
+    srcs.append(open_raster(scene))
+    try:
+        if len(srcs) == 2 and not same_grid(srcs[0], srcs[1]):
+            raise BadInput(f"is not on the grid of {scene} (CRS, size and transform must match)", file=before)
+        idx = [band_indexes(s, model.bands) for s in srcs]
+        _check_resolution(model, srcs[-1])
+        ref = srcs[-1]
+        height, width = ref.height, ref.width
+
+        def read(r0: int, n: int):
+            parts, valid = [], np.ones((n, width), bool)
+            for s, ix in zip(srcs, idx):
+                d = s.read(ix, window=Window(0, r0, width, n))
+                valid &= valid_mask(s, d)
+                parts.append(np.moveaxis(d, 0, -1))
+            return model.normalize(np.concatenate(parts, axis=-1)), valid
+
+        profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32",
+                   "crs": ref.crs, "transform": ref.transform, "nodata": NODATA, "compress": "deflate",
+                   "predictor": 3, "BIGTIFF": "IF_SAFER"}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{secrets.token_hex(3)}.tmp")
+        try:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.set_band_description(1, f"{model.kind} probability")
+                dst.update_tags(model_version=model.version, model_kind=model.kind, threshold=str(model.threshold))
+
+                def write(r0: int, p: np.ndarray):
+                    dst.write(p[None], window=Window(0, r0, width, p.shape[0]))
+
+                run_tiled(model, height, width, read, write, tile=tile, overlap=overlap, batch=batch,
+                          progress=progress)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        for s in srcs:
+            s.close()
+    return out
+
+
+def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid: float = 0.5,
+                   progress: bool = False) -> tuple[np.ndarray, Affine]:
+    """Settlement probability of every tile of ``scene``: a (rows, cols) float32 grid and its transform.
+
+    A cell covers ``tile`` model pixels; when the model records its training resolution and the scene's
+    differs, a cell covers the same ground as a training tile and is resampled to the model's input.
+    Cells run past the scene's right and bottom edges; a cell with less than ``min_valid`` of its
+    pixels holding data is NaN.
+    """
+    if model.kind != "classifier":
+        raise ModelError(f"{model.path}: classify_tiles needs a classifier, not a {model.kind} model")
+    tile = model.tile
+    with open_raster(scene) as src:
+        ix = band_indexes(src, model.bands)
+        have, want = pixel_size_m(src), model.meta.get("resolution_m")
+        step = max(1, int(round(tile * want / have))) if have and want else tile
+        ny, nx = math.ceil(src.height / step), math.ceil(src.width / step)
+        grid = np.full((ny, nx), np.nan, np.float32)
+        cells = [(r, c) for r in range(ny) for c in range(nx)]
+        bar = tqdm(total=len(cells), unit="tile", disable=not progress, desc="classify")
+        pending: list[tuple[tuple[int, int], np.ndarray]] = []
+
+        def run() -> None:
+            probs = model(np.stack([x for _, x in pending]))
+            for ((r, c), _), p in zip(pending, probs):
+                grid[r, c] = p
+            bar.update(len(pending))
+            pending.clear()
+
+        for r, c in cells:
+            win = Window(c * step, r * step, step, step)
+            d = src.read(ix, window=win, out_shape=(len(ix), tile, tile), boundless=True,
+                         fill_value=src.nodata if src.nodata is not None else 0,
+                         resampling=rasterio.enums.Resampling.bilinear)
+            inside = np.zeros((tile, tile), bool)
+            h = min(tile, int(round((src.height - r * step) * tile / step)))
+            w = min(tile, int(round((src.width - c * step) * tile / step)))
+            inside[:h, :w] = True
+            valid = valid_mask(src, d) & inside
+            if valid.mean() < min_valid:
+                bar.update(1)
+                continue
+            x = model.normalize(np.moveaxis(d, 0, -1))
+            x[~valid] = 0.0
+            pending.append(((r, c), x))
+            if len(pending) == batch:
+                run()
+        if pending:
+            run()
+        bar.close()
+        transform = src.transform @ Affine.scale(step)
+    return grid, transform

@@ -1,0 +1,57 @@
+"""TensorFlow and Keras, imported on first use: device detection, mixed precision, seeding."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def keras():
+    """The Keras 3 module on the TensorFlow backend (TensorFlow's C++ log noise silenced)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras as _keras
+
+    return _keras
+
+
+@lru_cache(maxsize=1)
+def tf():
+    keras()
+    import tensorflow as _tf
+
+    return _tf
+
+
+@lru_cache(maxsize=1)
+def has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU (it then places the work there by itself)."""
+    return bool(tf().config.list_physical_devices("GPU"))
+
+
+def precision_policy(precision: str = "auto") -> str:
+    """Keras dtype policy for ``precision`` in auto|float32|mixed: auto is mixed on a GPU, float32 on CPU."""
+    if precision not in ("auto", "float32", "mixed"):
+        raise ValueError(f"precision must be auto, float32 or mixed, not {precision!r}")
+    if precision == "auto":
+        return "mixed_float16" if has_gpu() else "float32"
+    return "mixed_float16" if precision == "mixed" else "float32"
+
+
+@contextmanager
+def dtype_policy(policy: str):
+    """Build layers under a Keras dtype policy, restoring the previous one afterwards."""
+    k = keras()
+    before = k.config.dtype_policy()
+    k.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        k.config.set_dtype_policy(before)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow so that a training run repeats."""
+    keras().utils.set_random_seed(seed)

@@ -1,0 +1,58 @@
+"""Positive-class scores from confusion counts, and the threshold that maximises F1 (NumPy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> dict[str, int]:
+    """Counts of true/false positives/negatives of boolean arrays, over ``valid`` pixels only."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
+    if valid is not None:
+        valid = np.asarray(valid, bool)
+        pred, truth = pred[valid], truth[valid]
+    tp = int(np.count_nonzero(pred & truth))
+    fp = int(np.count_nonzero(pred & ~truth))
+    fn = int(np.count_nonzero(~pred & truth))
+    tn = int(pred.size - tp - fp - fn)
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def add(*cms: dict[str, int]) -> dict[str, int]:
+    return {k: sum(cm[k] for cm in cms) for k in ("tp", "fp", "fn", "tn")}
+
+
+def scores(cm: dict[str, int]) -> dict[str, float]:
+    """Precision, recall, F1 and IoU of the positive class (0 where undefined, e.g. nothing predicted)."""
+    tp, fp, fn = cm["tp"], cm["fp"], cm["fn"]
+    ratio = lambda a, b: round(a / b, 4) if b else 0.0  # noqa: E731
+    return {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+            "f1": ratio(2 * tp, 2 * tp + fp + fn), "iou": ratio(tp, tp + fp + fn)}
+
+
+def best_threshold(prob: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None,
+                   candidates: np.ndarray | None = None) -> tuple[float, dict[str, float]]:
+    """The candidate threshold (default 0.05 ... 0.95) with the highest F1, and the scores there."""
+    prob, truth = np.asarray(prob, np.float32), np.asarray(truth, bool)
+    if valid is not None:
+        prob, truth = prob[np.asarray(valid, bool)], truth[np.asarray(valid, bool)]
+    prob, truth = prob.ravel(), truth.ravel()
+    if candidates is None:
+        candidates = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    # One sort instead of one pass per threshold: counts of positives/negatives at or above each value.
+    order = np.argsort(prob)
+    p_sorted, t_sorted = prob[order], truth[order]
+    pos_above = np.concatenate([np.cumsum(t_sorted[::-1])[::-1], [0]])
+    neg_above = np.concatenate([np.cumsum(~t_sorted[::-1])[::-1], [0]])
+    n_pos = int(truth.sum())
+    best = (-1.0, 0.5, None)
+    for t in candidates:
+        i = int(np.searchsorted(p_sorted, t, side="right"))  # predicted positive: prob > t
+        tp, fp = int(pos_above[i]), int(neg_above[i])
+        cm = {"tp": tp, "fp": fp, "fn": n_pos - tp, "tn": int(truth.size - n_pos - fp)}
+        s = scores(cm)
+        if s["f1"] > best[0]:
+            best = (s["f1"], float(t), s)
+    return best[1], best[2]

@@ -1,0 +1,427 @@
+"""Training of the three model kinds; each returns the saved model directory.
+
+Common discipline: a fixed seed makes a run repeat; the weights of the best validation epoch are kept
+(early stopping with patience restores them); the decision threshold is the one with the best F1 on
+validation data; ``model.json`` records bands, normalization, tile, threshold, data and metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from monitor.errors import BadInput
+from monitor.ml import scores
+from monitor.ml.modelstore import LoadedModel, save_model
+from monitor.ml.runtime import keras, precision_policy, seed_everything
+
+# The 10 m and 20 m bands: what Sentinel-2 L1C and L2A products share at a useful resolution
+# (B01, B09 and B10 are 60 m atmospheric bands, and B10 is absent from L2A).
+DEFAULT_CHANGE_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+
+
+# ---------------------------------------------------------------- losses, metrics, callbacks
+
+def bce_dice(pos_weight: float = 1.0, eps: float = 1e-6):
+    """Binary cross-entropy (positives weighted by ``pos_weight``) plus soft Dice loss over the batch."""
+    ops = keras().ops
+
+    def loss(y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.clip(ops.cast(y_pred, "float32"), eps, 1 - eps)
+        bce = -ops.mean(pos_weight * y_true * ops.log(y_pred) + (1 - y_true) * ops.log(1 - y_pred))
+        inter = ops.sum(y_true * y_pred)
+        dice = 1 - (2 * inter + 1) / (ops.sum(y_true) + ops.sum(y_pred) + 1)
+        return bce + dice
+
+    return loss
+
+
+def _f1_metric(threshold: float = 0.5):
+    k = keras()
+    ops = k.ops
+
+    class F1(k.metrics.Metric):
+        def __init__(self, name="f1", **kw):
+            super().__init__(name=name, **kw)
+            self.counts = self.add_variable(shape=(3,), initializer="zeros", name="counts")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            p = ops.cast(ops.reshape(y_pred, (-1,)) > threshold, "float32")
+            t = ops.cast(ops.reshape(y_true, (-1,)) > 0.5, "float32")
+            self.counts.assign_add(ops.stack([ops.sum(p * t), ops.sum(p * (1 - t)), ops.sum((1 - p) * t)]))
+
+        def result(self):
+            tp, fp, fn = self.counts[0], self.counts[1], self.counts[2]
+            return 2 * tp / ops.maximum(2 * tp + fp + fn, 1.0)
+
+        def reset_state(self):
+            self.counts.assign(ops.zeros((3,)))
+
+    return F1()
+
+
+def _callbacks(*, monitor: str, patience: int, epochs: int, progress: bool, time_limit_s: float | None,
+               first: list | None = None) -> list:
+    k = keras()
+    from tqdm import tqdm
+
+    class Progress(k.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = tqdm(total=epochs, unit="epoch", desc="train", disable=not progress)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.bar.set_postfix({k_: f"{v:.4f}" for k_, v in (logs or {}).items() if k_ in
+                                  ("loss", "f1", "accuracy", "val_loss", "val_f1", "val_accuracy")})
+            self.bar.update(1)
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    class TimeLimit(k.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.t0 = time.monotonic()
+            self.hit = False
+
+        def on_train_batch_end(self, batch, logs=None):
+            if time_limit_s and time.monotonic() - self.t0 > time_limit_s:
+                self.hit = True
+                self.model.stop_training = True
+
+    stop = k.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience, restore_best_weights=True)
+    return [*(first or []), stop, TimeLimit(), Progress()]
+
+
+def _val_f1_callback(predict, truth: np.ndarray, valid: np.ndarray):
+    """Adds ``val_f1`` (the best F1 over thresholds on validation data) to each epoch's logs."""
+    k = keras()
+
+    class ValF1(k.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            _, s = scores.best_threshold(predict(), truth, valid)
+            if logs is not None:
+                logs["val_f1"] = s["f1"]
+
+    return ValF1()
+
+
+def _summary_of_run(cbs: list, history, t0: float) -> dict:
+    stop = next(c for c in cbs if isinstance(c, keras().callbacks.EarlyStopping))
+    limit = next(c for c in cbs if type(c).__name__ == "TimeLimit")
+    return {"epochs_run": len(history.epoch), "best_epoch": (stop.best_epoch + 1) if stop.best_weights else None,
+            "stopped": "time limit" if limit.hit else ("early stopping" if stop.stopped_epoch else "epochs"),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _stats(x: np.ndarray, channels: int, max_px: int = 2_000_000, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std over the finite values of ``x`` (..., C), from a sample of pixels."""
+    flat = x.reshape(-1, channels)
+    if len(flat) > max_px:
+        flat = flat[np.random.default_rng(seed).choice(len(flat), max_px, replace=False)]
+    mean = np.nanmean(flat, axis=0)
+    std = np.nanstd(flat, axis=0)
+    if np.any(~np.isfinite(mean)):
+        raise BadInput("a band holds no valid value in the training data")
+    return mean.astype(float).tolist(), np.maximum(std, 1e-6).astype(float).tolist()
+
+
+def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One of the 8 flips/rotations of a square patch, applied alike to image and mask."""
+    k = int(rng.integers(4))
+    x, y = np.rot90(x, k, axes=(0, 1)), np.rot90(y, k, axes=(0, 1))
+    if rng.random() < 0.5:
+        x, y = x[:, ::-1], y[:, ::-1]
+    return x, y
+
+
+def _compile(model, loss, optimizer, metrics) -> None:
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=False)
+
+
+def _batched_call(model, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    return np.concatenate([np.asarray(model(x[i:i + batch], training=False), np.float32)[..., 0]
+                           for i in range(0, len(x), batch)])
+
+
+def _bands_of(summary: dict, bands: list[str] | None, data_dir) -> list[str]:
+    have = summary.get("bands") or []
+    if not bands:
+        return list(have)
+    missing = [b for b in bands if b not in have]
+    if missing:
+        raise BadInput(f"has no band(s) {', '.join(missing)} (it has {', '.join(have)})", file=data_dir, field="bands")
+    return list(bands)
+
+
+# ---------------------------------------------------------------- segmenter
+
+def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 50, seed: int = 0,
+                    bands: list[str] | None = None, depth: int = 4, base_filters: int = 16, dropout: float = 0.1,
+                    batch: int = 8, lr: float = 1e-3, pos_weight: float = 1.0, patience: int = 10,
+                    progress: bool = False, precision: str = "auto", time_limit_s: float | None = None,
+                    version: str | None = None) -> Path:
+    """U-Net on ``dataset build --kind segmenter`` tiles; loss BCE + Dice; returns the model directory."""
+    from monitor.ml.datasets import load_segmenter_split, read_summary
+    from monitor.ml.unet import build_unet
+
+    t0 = time.perf_counter()
+    summary = read_summary(data_dir)
+    if summary.get("kind") != "segmenter":
+        raise BadInput(f"is a {summary.get('kind')} dataset; build one with --kind segmenter", file=data_dir)
+    bands = _bands_of(summary, bands, data_dir)
+    tile = int(summary["tile"])
+    if tile % 2 ** depth:
+        raise BadInput(f"tile {tile} is not a multiple of 2**depth = {2 ** depth}", field="depth")
+    x_tr, y_tr = load_segmenter_split(data_dir, "train", bands)
+    x_va, y_va = load_segmenter_split(data_dir, "validation", bands)
+    mean, std = _stats(x_tr, len(bands), seed=seed)
+    from monitor.ml.modelstore import normalize
+
+    x_tr, x_va = normalize(x_tr, mean, std), normalize(x_va, mean, std)
+    seed_everything(seed)
+    k = keras()
+    model = build_unet(len(bands), depth=depth, base_filters=base_filters, dropout=dropout,
+                       policy=precision_policy(precision), name="segmenter")
+    _compile(model, bce_dice(pos_weight), k.optimizers.Adam(lr),
+             [_f1_metric(), k.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")])
+    steps = max(1, math.ceil(len(x_tr) / batch))
+
+    def batches():
+        rng = np.random.default_rng(seed)
+        while True:
+            order = rng.permutation(len(x_tr))
+            for i in range(steps):
+                idx = order[i * batch:(i + 1) * batch]
+                pairs = [_augment(x_tr[j], y_tr[j], rng) for j in idx]
+                yield (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])[..., None])
+
+    valid = np.ones_like(y_va, bool)
+    cbs = _callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress, time_limit_s=time_limit_s,
+                     first=[_val_f1_callback(lambda: _batched_call(model, x_va), y_va > 0.5, valid)])
+    history = model.fit(batches(), steps_per_epoch=steps, epochs=epochs, callbacks=cbs, verbose=0, shuffle=False)
+    prob = _batched_call(model, x_va)
+    threshold, val = scores.best_threshold(prob, y_va > 0.5)
+    meta = {
+        "version": version, "kind": "segmenter", "bands": bands, "normalization": {"mean": mean, "std": std}, "tile": tile,
+        "resolution_m": summary.get("resolution_m"), "threshold": threshold,
+        "architecture": {"type": "unet", "depth": depth, "base_filters": base_filters, "dropout": dropout},
+        "training": {"data": str(Path(data_dir).resolve()), "train_tiles": len(x_tr), "validation_tiles": len(x_va),
+                     "positive_pixel_fraction": round(float(y_tr.mean()), 6), "batch": batch, "lr": lr,
+                     "pos_weight": pos_weight, "seed": seed, **_summary_of_run(cbs, history, t0)},
+        "metrics": {"validation": val},
+    }
+    return save_model(model, out_dir, meta)
+
+
+# ---------------------------------------------------------------- classifier
+
+def train_classifier(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 50, seed: int = 0,
+                     bands: list[str] | None = None, backbone: str = "resnet50", weights: str | Path | None = None,
+                     freeze: int = 60, dense: int = 1024, dropout: float = 0.5, batch: int = 8, lr: float = 1e-4,
+                     patience: int = 10, progress: bool = False, precision: str = "auto",
+                     time_limit_s: float | None = None, version: str | None = None) -> Path:
+    """The settlement classifier on ``DIR/{train,validation}/{true,false}/`` tiles.
+
+    SGD (momentum 0.9), binary cross-entropy, augmentation (horizontal flip, zoom 0.3, shifts 0.3,
+    rotation 30 degrees, nearest fill), best validation accuracy kept, early stopping.
+    """
+    import logging
+
+    from monitor.ml.classifier import IMAGENET_BGR_MEAN, build_classifier
+    from monitor.ml.datasets import load_classifier_split, read_summary
+    from monitor.ml.modelstore import normalize
+    from monitor.ml.runtime import tf
+
+    t0 = time.perf_counter()
+    summary = read_summary(data_dir)
+    if summary.get("kind") != "classifier":
+        raise BadInput(f"is a {summary.get('kind')} dataset; build one with --kind classifier", file=data_dir)
+    bands = _bands_of(summary, bands, data_dir)
+    x_tr, y_tr, _ = load_classifier_split(data_dir, "train", bands)
+    x_va, y_va, _ = load_classifier_split(data_dir, "validation", bands)
+    tile = x_tr.shape[1]
+    if weights:
+        mean, std = IMAGENET_BGR_MEAN, [1.0, 1.0, 1.0]
+    else:
+        logging.getLogger(__name__).warning("no --weights file given: the %s backbone starts from random weights",
+                                            backbone)
+        mean, std = _stats(x_tr, len(bands), seed=seed)
+    x_tr, x_va = normalize(x_tr, mean, std), normalize(x_va, mean, std)
+    seed_everything(seed)
+    k = keras()
+    model = build_classifier(len(bands), tile, backbone=backbone, weights=weights, freeze=freeze, dense=dense,
+                             dropout=dropout, policy=precision_policy(precision))
+    L = k.layers
+    augment = k.Sequential([
+        L.RandomFlip("horizontal", seed=seed),
+        L.RandomZoom(0.3, fill_mode="nearest", seed=seed + 1),
+        L.RandomTranslation(0.3, 0.3, fill_mode="nearest", seed=seed + 2),
+        L.RandomRotation(30 / 360, fill_mode="nearest", seed=seed + 3),
+    ])
+    t = tf()
+    train = (t.data.Dataset.from_tensor_slices((x_tr, y_tr)).shuffle(len(x_tr), seed=seed).batch(batch)
+             .map(lambda x, y: (augment(x, training=True), y)))
+    _compile(model, "binary_crossentropy", k.optimizers.SGD(lr, momentum=0.9), ["accuracy"])
+    cbs = _callbacks(monitor="val_accuracy", patience=patience, epochs=epochs, progress=progress,
+                     time_limit_s=time_limit_s)
+    history = model.fit(train, validation_data=(x_va, y_va), epochs=epochs, callbacks=cbs, verbose=0, shuffle=False)
+    prob = _batched_call(model, x_va, batch)
+    threshold, val = scores.best_threshold(prob, y_va > 0.5)
+    val["accuracy"] = round(float(np.mean((prob > threshold) == (y_va > 0.5))), 4)
+    meta = {
+        "version": version, "kind": "classifier", "bands": bands, "normalization": {"mean": list(mean), "std": list(std)}, "tile": tile,
+        "resolution_m": summary.get("resolution_m"), "threshold": threshold,
+        "architecture": {"type": "classifier", "backbone": backbone, "freeze": freeze, "dense": dense,
+                         "dropout": dropout, "pretrained": str(weights) if weights else None},
+        "training": {"data": str(Path(data_dir).resolve()), "train_tiles": {"true": int(y_tr.sum()),
+                     "false": int(len(y_tr) - y_tr.sum())}, "validation_tiles": {"true": int(y_va.sum()),
+                     "false": int(len(y_va) - y_va.sum())}, "batch": batch, "lr": lr, "seed": seed,
+                     **_summary_of_run(cbs, history, t0)},
+        "metrics": {"validation": val},
+    }
+    return save_model(model, out_dir, meta)
+
+
+# ---------------------------------------------------------------- change
+
+def validation_rows(change: np.ndarray, valid: np.ndarray, fraction: float, patch: int) -> tuple[int, int]:
+    """Rows [v0, v1) of a city held out for validation: a band of ``fraction`` of its height whose change
+    fraction is closest to the city's, leaving training parts either empty or at least ``patch`` rows."""
+    h = change.shape[0]
+    vh = max(1, int(round(h * fraction)))
+    per_row = np.array([(change[r][valid[r]] == 1).sum() for r in range(h)], float)
+    px_row = valid.sum(axis=1).astype(float)
+    target = per_row.sum() / max(px_row.sum(), 1)
+    best, best_err = (h - vh, h), math.inf
+    for v0 in range(0, h - vh + 1, max(1, h // 100)):
+        v1 = v0 + vh
+        if (0 < v0 < patch) or (0 < h - v1 < patch):
+            continue
+        err = abs(per_row[v0:v1].sum() / max(px_row[v0:v1].sum(), 1) - target)
+        if err < best_err:
+            best, best_err = (v0, v1), err
+    return best
+
+
+class _ChangeSampler:
+    """Random training patches of the change model: a ``change_share`` of them centred near a change pixel."""
+
+    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray]], patch: int, change_share: float) -> None:
+        self.parts = [(x, y) for x, y in parts if x.shape[0] >= patch and x.shape[1] >= patch]
+        if not self.parts:
+            raise BadInput(f"no training part of the cities is at least {patch}x{patch} pixels", field="patch")
+        self.patch = patch
+        self.change_share = change_share
+        self.sizes = np.array([x.shape[0] * x.shape[1] for x, _ in self.parts], float)
+        self.changes = [np.argwhere(y == 1) for _, y in self.parts]
+        self.n_change = np.array([len(c) for c in self.changes], float)
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        p = self.patch
+        if self.n_change.sum() and rng.random() < self.change_share:
+            i = int(rng.choice(len(self.parts), p=self.n_change / self.n_change.sum()))
+            cy, cx = self.changes[i][rng.integers(len(self.changes[i]))]
+            x, y = self.parts[i]
+            r = int(np.clip(cy - rng.integers(p), 0, x.shape[0] - p))
+            c = int(np.clip(cx - rng.integers(p), 0, x.shape[1] - p))
+        else:
+            i = int(rng.choice(len(self.parts), p=self.sizes / self.sizes.sum()))
+            x, y = self.parts[i]
+            r, c = int(rng.integers(x.shape[0] - p + 1)), int(rng.integers(x.shape[1] - p + 1))
+        return _augment(x[r:r + p, c:c + p], y[r:r + p, c:c + p], rng)
+
+
+def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60, seed: int = 0,
+                 cities: list[str] | None = None, bands: list[str] | None = None, patch: int = 64, batch: int = 16,
+                 steps_per_epoch: int = 60, depth: int = 4, base_filters: int = 16, dropout: float = 0.2,
+                 lr: float = 1e-3, pos_weight: float = 2.0, change_share: float = 0.5, val_fraction: float = 0.2,
+                 patience: int = 15, progress: bool = False, precision: str = "auto",
+                 time_limit_s: float | None = 900, version: str | None = None) -> Path:
+    """Early-fusion U-Net over before and after stacked band-wise, on the change layout (``dataset oscd``).
+
+    Each city keeps a band of rows for validation; patches come from the rest, half of them around
+    change pixels, flipped and rotated. ``time_limit_s`` stops training early (the best epoch so far
+    is kept). ``cities`` default to every labelled city of the dataset.
+    """
+    from monitor.ml.inference import predict_array
+    from monitor.ml.modelstore import normalize
+    from monitor.ml.oscd import load_city, read_change_summary
+    from monitor.ml.unet import build_unet
+
+    t0 = time.perf_counter()
+    summary = read_change_summary(data_dir)
+    labelled = [c for c, e in summary["cities"].items() if e.get("labelled")]
+    cities = list(cities) if cities else labelled
+    unknown = [c for c in cities if c not in labelled]
+    if unknown:
+        raise BadInput(f"has no labelled city {', '.join(unknown)} (labelled: {', '.join(labelled)})",
+                       file=data_dir, field="cities")
+    if not cities:
+        raise BadInput("has no labelled city to train on", file=data_dir)
+    bands = _bands_of(summary, bands or [b for b in DEFAULT_CHANGE_BANDS if b in summary["bands"]], data_dir)
+    if patch % 2 ** depth:
+        raise BadInput(f"patch {patch} is not a multiple of 2**depth = {2 ** depth}", field="patch")
+    data = {c: load_city(data_dir, c, bands) for c in cities}
+    n = len(bands)
+    pixels = np.concatenate([d["x"][d["valid"]] for d in data.values()])
+    mean, std = _stats(np.concatenate([pixels[:, :n], pixels[:, n:]]), n, seed=seed)
+    mean, std = mean + mean, std + std  # one statistic per band, shared by both dates
+    del pixels
+    train_parts, val_parts, split = [], [], {}
+    for c, d in data.items():
+        x = normalize(d["x"], mean, std)
+        x[~d["valid"]] = 0.0
+        y = np.where(d["valid"], d["change"], 0).astype(np.float32)
+        v0, v1 = validation_rows(d["change"], d["valid"], val_fraction, patch)
+        split[c] = {"validation_rows": [v0, v1]}
+        val_parts.append((c, d["x"][v0:v1], d["change"][v0:v1] == 1, d["valid"][v0:v1]))
+        for a, b in ((0, v0), (v1, x.shape[0])):
+            if b - a >= patch:
+                train_parts.append((x[a:b], y[a:b]))
+    sampler = _ChangeSampler(train_parts, patch, change_share)
+    seed_everything(seed)
+    k = keras()
+    model = build_unet(2 * n, depth=depth, base_filters=base_filters, dropout=dropout,
+                       policy=precision_policy(precision), name="change")
+    _compile(model, bce_dice(pos_weight), k.optimizers.Adam(lr), [_f1_metric()])
+    meta = {
+        "version": version, "kind": "change", "bands": bands, "input": "before and after stacked band-wise",
+        "normalization": {"mean": mean, "std": std}, "tile": patch, "resolution_m": summary.get("resolution_m"),
+        "threshold": 0.5,
+        "architecture": {"type": "unet", "depth": depth, "base_filters": base_filters, "dropout": dropout},
+    }
+    live = LoadedModel(Path(out_dir), meta, model)
+
+    def val_predict() -> np.ndarray:
+        return np.concatenate([predict_array(live, xv, ~vv).ravel() for _, xv, _, vv in val_parts])
+
+    val_truth = np.concatenate([t.ravel() for _, _, t, _ in val_parts])
+    val_valid = np.concatenate([v.ravel() for _, _, _, v in val_parts])
+
+    def batches():
+        rng = np.random.default_rng(seed)
+        while True:
+            pairs = [sampler.sample(rng) for _ in range(batch)]
+            yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])[..., None]
+
+    cbs = _callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress, time_limit_s=time_limit_s,
+                     first=[_val_f1_callback(val_predict, val_truth, val_valid)])
+    history = model.fit(batches(), steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=cbs, verbose=0, shuffle=False)
+    prob = val_predict()
+    threshold, val = scores.best_threshold(prob, val_truth, val_valid)
+    per_city, i = {}, 0
+    for c, xv, t, v in val_parts:
+        p = prob[i:i + t.size].reshape(t.shape)
+        i += t.size
+        per_city[c] = scores.scores(scores.confusion(p > threshold, t, v))
+    meta.update(threshold=threshold, training={
+        "data": str(Path(data_dir).resolve()), "cities": cities, "split": split, "patch": patch, "batch": batch,
+        "steps_per_epoch": steps_per_epoch, "lr": lr, "pos_weight": pos_weight, "change_share": change_share,
+        "val_fraction": val_fraction, "seed": seed,
+        "change_fraction": {c: summary["cities"][c].get("change_fraction") for c in cities},
+        **_summary_of_run(cbs, history, t0)},
+        metrics={"validation": {**val, "cities": per_city}})
+    return save_model(model, out_dir, meta)

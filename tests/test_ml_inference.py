@@ -1,0 +1,165 @@
+"""Tiled inference: blending, grids, nodata, band lookup, change pairs, tile grids, saved models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from monitor.errors import BadInput, ModelError
+from monitor.ml.inference import NODATA, classify_tiles, predict_array, predict_raster, run_tiled
+from monitor.ml.modelstore import load_model, read_meta, save_model
+from tests.ml_synthetic import BANDS, saved_model, write_scene
+
+
+@pytest.fixture(scope="module")
+def pointwise(tmp_path_factory):
+    return load_model(saved_model(tmp_path_factory.mktemp("m") / "pointwise", pointwise=True))
+
+
+@pytest.fixture(scope="module")
+def unet(tmp_path_factory):
+    return load_model(saved_model(tmp_path_factory.mktemp("m") / "unet", tile=32, depth=2))
+
+
+def _direct(model, a):
+    return model(model.normalize(a)[None])[0]
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_tile_invariant_model_is_blended_without_seams(pointwise, overlap):
+    a = np.random.default_rng(1).normal(1000, 150, (150, 170, 4)).astype(np.float32)
+    got = predict_array(pointwise, a, tile=32, overlap=overlap, batch=5)
+    assert got.shape == a.shape[:2] and got.dtype == np.float32
+    np.testing.assert_allclose(got, _direct(pointwise, a), atol=1e-5)
+
+
+def test_engine_reads_bounded_strips_and_writes_every_row_once(unet):
+    h, w, asked, written = 300, 90, [], []
+    data = np.random.default_rng(2).normal(0, 1, (h, w, 4)).astype(np.float32)
+
+    def read(r0, n):
+        asked.append(n)
+        return data[r0:r0 + n].copy(), np.ones((n, w), bool)
+
+    def write(r0, p):
+        written.append((r0, p.shape[0]))
+        assert p.shape[1] == w
+
+    run_tiled(unet, h, w, read, write, tile=32, overlap=0.25, batch=8)
+    assert max(asked) <= 32 + 24 * 2  # one group of window rows, never the whole scene
+    rows = [r for r0, n in written for r in range(r0, r0 + n)]
+    assert rows == list(range(h))
+
+
+def test_small_inputs_are_padded_and_cropped_back(unet):
+    a = np.random.default_rng(3).normal(1000, 100, (20, 45, 4)).astype(np.float32)
+    got = predict_array(unet, a)
+    assert got.shape == (20, 45) and np.all((got >= 0) & (got <= 1))
+
+
+def test_predict_raster_keeps_the_grid_and_respects_nodata(tmp_path, pointwise):
+    rng = np.random.default_rng(4)
+    a = rng.normal(1000, 150, (70, 90, 4)).clip(1, None).astype(np.uint16)
+    a[:5, :7] = 0  # nodata corner
+    a[40, 50, 2] = 0  # one band missing at one pixel
+    order = [3, 1, 0, 2]  # the file stores B08, B03, B04, B02: bands must be found by name
+    t = Affine(10.0, 0, 500000.0, 0, -10.0, 4000000.0)
+    scene = write_scene(tmp_path / "s.tif", a[..., order], transform=t, bands=[BANDS[i] for i in order], nodata=0)
+    out = predict_raster(pointwise, scene, tmp_path / "p.tif", overlap=0.25)
+    with rasterio.open(scene) as s, rasterio.open(out) as p:
+        assert (p.crs, p.transform, p.width, p.height) == (s.crs, s.transform, s.width, s.height)
+        assert p.dtypes[0] == "float32" and p.nodata == NODATA
+        prob = p.read(1)
+    assert np.all(prob[:5, :7] == NODATA) and prob[40, 50] == NODATA
+    valid = prob != NODATA
+    assert valid.sum() == 70 * 90 - 35 - 1
+    np.testing.assert_allclose(prob[valid], _direct(pointwise, a.astype(np.float32))[valid], atol=1e-5)
+
+
+def test_bands_by_position_without_descriptions_and_missing_bands(tmp_path, pointwise):
+    a = np.random.default_rng(5).normal(1000, 100, (40, 40, 4)).astype(np.uint16)
+    plain = write_scene(tmp_path / "plain.tif", a, describe=False)
+    out = predict_raster(pointwise, plain, tmp_path / "p.tif")
+    with rasterio.open(out) as p:
+        np.testing.assert_allclose(p.read(1), _direct(pointwise, a.astype(np.float32)), atol=1e-5)
+    three = write_scene(tmp_path / "three.tif", a[..., :3], bands=BANDS[:3])
+    with pytest.raises(BadInput, match="three.tif.*lacks band.*B08"):
+        predict_raster(pointwise, three, tmp_path / "q.tif")
+    assert not (tmp_path / "q.tif").exists()
+
+
+def test_change_model_takes_two_scenes_on_one_grid(tmp_path):
+    model = load_model(saved_model(tmp_path / "change", kind="change", pointwise=True))
+    rng = np.random.default_rng(6)
+    before, after = (rng.normal(1000, 100, (50, 60, 4)).astype(np.uint16) for _ in range(2))
+    b = write_scene(tmp_path / "b.tif", before)
+    a = write_scene(tmp_path / "a.tif", after)
+    out = predict_raster(model, a, tmp_path / "p.tif", before=b)
+    with rasterio.open(out) as p:
+        want = _direct(model, np.concatenate([before, after], axis=-1).astype(np.float32))
+        np.testing.assert_allclose(p.read(1), want, atol=1e-5)
+    with pytest.raises(BadInput, match="--before"):
+        predict_raster(model, a, tmp_path / "q.tif")
+    shifted = write_scene(tmp_path / "shifted.tif", before, transform=Affine(1.0, 0, 733010.0, 0, -1.0, 3725000.0))
+    with pytest.raises(BadInput, match="shifted.tif.*grid"):
+        predict_raster(model, a, tmp_path / "q.tif", before=shifted)
+
+
+def test_classify_tiles_gives_one_cell_per_tile(tmp_path):
+    from monitor.ml.classifier import build_classifier
+
+    net = build_classifier(4, 32, backbone="small", dense=8)
+    meta = {"kind": "classifier", "bands": BANDS, "tile": 32, "threshold": 0.5, "resolution_m": 1.0,
+            "normalization": {"mean": [1000.0] * 4, "std": [100.0] * 4}, "training": {}, "metrics": {}}
+    model = load_model(save_model(net, tmp_path / "clf", meta))
+    a = np.random.default_rng(7).normal(1000, 100, (100, 70, 4)).clip(1, None).astype(np.uint16)
+    a[:32, 32:64] = 0  # one whole tile without data
+    scene = write_scene(tmp_path / "s.tif", a, nodata=0)
+    grid, transform = classify_tiles(model, scene, batch=3)
+    assert grid.shape == (4, 3)  # ceil(100 / 32) x ceil(70 / 32)
+    with rasterio.open(scene) as s:
+        assert transform == s.transform @ Affine.scale(32)
+    assert np.isnan(grid[0, 1])
+    assert np.isnan(grid[3, :]).all()  # the last row holds 4 of 32 rows: below min_valid
+    first = model(model.normalize(a[None, :32, :32].astype(np.float32)))[0]
+    assert grid[0, 0] == pytest.approx(first, abs=1e-5)
+    with pytest.raises(ModelError):
+        predict_array(model, a.astype(np.float32))
+    # a scene at half the model's resolution: a cell covers the same 32 m, i.e. 16 scene pixels
+    coarse = write_scene(tmp_path / "c.tif", a, transform=Affine(2.0, 0, 733000.0, 0, -2.0, 3725000.0), nodata=0)
+    grid2, t2 = classify_tiles(model, coarse)
+    assert grid2.shape == (7, 5) and t2.a == 32.0
+
+
+def test_saved_and_loaded_model_predicts_the_same(tmp_path):
+    from monitor.ml.runtime import keras
+    from monitor.ml.unet import build_unet
+
+    net = build_unet(4, depth=2, base_filters=4)
+    x = np.random.default_rng(8).normal(0, 1, (2, 32, 32, 4)).astype(np.float32)
+    meta = {"kind": "segmenter", "bands": BANDS, "tile": 32, "threshold": 0.4,
+            "normalization": {"mean": [0.0] * 4, "std": [1.0] * 4}, "architecture": {"depth": 2}}
+    d = save_model(net, tmp_path / "m", meta)
+    assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.keras"]
+    m = read_meta(d)
+    assert m["version"].startswith("segmenter-") and m["created_at"]
+    loaded = load_model(d)
+    assert load_model(d) is loaded  # loaded once per path
+    np.testing.assert_allclose(loaded(x), np.asarray(net(x, training=False))[..., 0], atol=1e-6)
+    assert loaded.threshold == 0.4 and loaded.bands == BANDS and loaded.kind == "segmenter"
+    mixed = load_model(d, precision="mixed")
+    assert mixed is not loaded
+    assert any(layer.dtype_policy.name == "mixed_float16" for layer in mixed.keras_model.layers)
+    np.testing.assert_allclose(mixed(x), loaded(x), atol=2e-2)
+    assert isinstance(loaded.keras_model, keras().Model)
+
+
+def test_model_directories_are_checked(tmp_path):
+    with pytest.raises(BadInput, match="not a model directory"):
+        load_model(tmp_path)
+    d = saved_model(tmp_path / "m", pointwise=True)
+    (d / "model.json").write_text('{"kind": "segmenter"}')
+    with pytest.raises(BadInput, match="version"):
+        load_model(d)
