@@ -210,8 +210,10 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
     _run(session, _DIFF_SETUP, epsg=epsg, sid=scene.id)
     _run(session, "CREATE INDEX ON _diff_cur USING gist (g); ANALYZE _diff_cur;")
     for prev in earlier:
-        _run(session, _DIFF_STEP, epsg=epsg, tol=float(settings.shift_tolerance_m), pid=prev.id,
-             previous_on=scene_date(prev))
+        for stmt in _DIFF_STEP.split(";"):
+            if stmt.strip():
+                _run(session, stmt, epsg=epsg, tol=float(settings.shift_tolerance_m), pid=prev.id,
+                     previous_on=scene_date(prev))
         if session.execute(text("SELECT ST_IsEmpty(pending) FROM _diff_region")).scalar():
             break
     stored = session.execute(text(_DIFF_STORE), dict(aid=area.id, sid=scene.id, day=day, epsg=epsg,
@@ -446,6 +448,9 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
 def _render_evidence(session: Session, alerts: list[Alert], settings: Settings) -> None:
     from monitor.alerts.evidence import render_chips
 
+    if not alerts or not session.scalar(select(func.count()).select_from(Scene).where(
+            Scene.area_id == alerts[0].area_id, Scene.file_path.is_not(None))):
+        return  # no scene has a file to render from
     for alert in {a.id: a for a in alerts}.values():
         try:
             with session.begin_nested():

@@ -63,9 +63,7 @@ class World:
     buildings: dict[dt.date, Path] = field(default_factory=dict)
     truth: dict = field(default_factory=dict)
 
-    @property
-    def drops(self) -> Path:
-        return self.root / "drops"
+    crs_epsg: int = EPSG
 
 
 def transform():

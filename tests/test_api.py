@@ -66,8 +66,16 @@ def make_api(settings, engine, scheduler_state=lambda: "leader") -> Api:
 
 
 @pytest.fixture
-def api(settings, engine) -> Api:
-    return make_api(settings, engine)
+def pooled(db_url):
+    """A pooled engine, as the daemon has (the shared fixture's engine opens a connection per use)."""
+    engine = sa.create_engine(db_url, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def api(settings, pooled) -> Api:
+    return make_api(settings, pooled)
 
 
 def new_area(api: Api, name: str = "ba", geom=AREA, **extra) -> dict:
@@ -350,12 +358,8 @@ def test_readyz_and_metrics(api, engine, empty_db_factory, settings):
 
 # --- the whole schema, fuzzed
 
-def _has_inputs(op) -> bool:
-    return bool(op.definition.raw.get("parameters") or op.definition.raw.get("requestBody"))
 
-
-def test_openapi_schema_fuzzed_without_server_errors(settings, engine):
-    api = make_api(settings, engine)
+def test_openapi_schema_fuzzed_without_server_errors(settings, engine, api):
     area_id = new_area(api)["id"]
     make_alert(engine, area_id, "p1")
     api.post("/areas/ba/parcels", json={"external_id": "L-1", "geometry": mapping(box(-58.47, -34.59, -58.469, -34.589))})
@@ -363,11 +367,15 @@ def test_openapi_schema_fuzzed_without_server_errors(settings, engine):
     operations = [op.ok() for op in schema.get_all_operations()]
     assert len(operations) >= 25
     seen: set[int] = set()
+    unsatisfiable: list[str] = []
     for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
         for op in operations:
+            if mode == schemathesis.GenerationMode.NEGATIVE and not (len(op.query) or len(op.body)):
+                # Invalid path values mostly cannot be put in a URL; the explicit tests cover 404/422 there.
+                continue
             strategy = op.as_strategy(generation_mode=mode, headers=api.write)
 
-            @hsettings(max_examples=8, deadline=None, database=None, derandomize=True,
+            @hsettings(max_examples=60, deadline=None, database=None, derandomize=False,
                        suppress_health_check=list(HealthCheck))
             @given(case=strategy)
             def exercise(case):
@@ -377,11 +385,11 @@ def test_openapi_schema_fuzzed_without_server_errors(settings, engine):
                     f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:500]}\n"
                     f"{case.as_curl_command()}")
 
-            import time; t0 = time.perf_counter()  # TIMING
             try:
                 exercise()
             except Unsatisfiable:
-                # An operation without inputs (/healthz) has no invalid request to make.
-                assert mode == schemathesis.GenerationMode.NEGATIVE and not _has_inputs(op), op.label
-            print("TIMING", mode.value, op.label, round(time.perf_counter() - t0, 2))  # TIMING
+                # An input whose every invalid value is unsendable (say, only a boolean header).
+                assert mode == schemathesis.GenerationMode.NEGATIVE, op.label
+                unsatisfiable.append(op.label)
     assert any(400 <= s < 500 for s in seen) and any(s < 300 for s in seen)
+    assert len(unsatisfiable) < len(operations) / 2, unsatisfiable

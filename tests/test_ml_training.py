@@ -12,7 +12,7 @@ from monitor.ml.datasets import build_tiles
 from monitor.ml.evaluation import evaluate
 from monitor.ml.modelstore import load_model, read_meta
 from monitor.ml.training import train_change, train_classifier, train_segmenter, validation_rows
-from tests.ml_synthetic import BANDS, buildings_scene, change_dataset
+from tests.ml_synthetic import BANDS, buildings_scene, change_dataset, settlement_scene
 
 
 def _loss_fell(model_dir) -> None:
@@ -36,16 +36,19 @@ def test_segmenter_learns_roofs(tmp_path):
 
 
 def test_classifier_learns_which_tiles_have_roofs(tmp_path):
-    scene, labels, _ = buildings_scene(tmp_path, size=320, n=14, seed=3)
+    scene, labels, _ = settlement_scene(tmp_path, tiles=10, tile=32, seed=3)
     s = build_tiles(scene, labels, tmp_path / "clf", kind="classifier", tile=32, val_fraction=0.3)
-    assert s["tiles"]["validation"]["true"] >= 3 and s["tiles"]["validation"]["false"] >= 3
-    d = train_classifier(tmp_path / "clf", tmp_path / "model", backbone="small", dense=16, epochs=25, batch=16,
-                         lr=0.02, patience=25, seed=0)
+    val = s["tiles"]["validation"]
+    assert val["true"] >= 10 and val["false"] >= 10
+    d = train_classifier(tmp_path / "clf", tmp_path / "model", backbone="small", dense=16, epochs=12, batch=16,
+                         lr=0.01, seed=0)
     meta = read_meta(d)
     assert meta["architecture"]["backbone"] == "small" and meta["tile"] == 32
     r = evaluate(load_model(d), tmp_path / "clf")
-    pos = s["tiles"]["validation"]["true"] / sum(s["tiles"]["validation"].values())
-    assert r["f1"] > max(0.75, 2 * pos / (1 + pos) + 0.2), r  # well above always saying "true"
+    # always answering "true" would score F1 = 2p / (1 + p), p the share of true tiles (about 0.67 here)
+    p = val["true"] / (val["true"] + val["false"])
+    assert r["f1"] >= 0.9 > 2 * p / (1 + p) + 0.15, r
+    assert r["f1"] == meta["metrics"]["validation"]["f1"]
 
 
 def test_change_model_learns_new_roofs_and_repeats_with_a_seed(tmp_path):
@@ -53,7 +56,7 @@ def test_change_model_learns_new_roofs_and_repeats_with_a_seed(tmp_path):
     kw = dict(epochs=4, steps_per_epoch=15, patch=32, batch=8, depth=2, base_filters=8, seed=5, lr=3e-3)
     d1 = train_change(data, tmp_path / "m1", **kw)
     meta = read_meta(d1)
-    assert meta["kind"] == "change" and meta["bands"] == BANDS and len(meta["normalization"]["mean"]) == 8
+    assert meta["kind"] == "change" and meta["bands"] == ["B02", "B03", "B04", "B08"] and len(meta["normalization"]["mean"]) == 8
     assert meta["training"]["cities"] == ["site0", "site1"]
     r = evaluate(load_model(d1), data)
     assert set(r["cities"]) == {"site0", "site1"} and r["seen_in_training"] == ["site0", "site1"]

@@ -57,7 +57,9 @@ class Prepared:
     bands: list[str | None]
 
 
-def clear_path_for(path: Path) -> Path:
+def clear_path_for(path: str | Path) -> Path:
+    """The clear-mask sidecar of a prepared COG: ``<stem>.clear.tif`` beside it."""
+    path = Path(path)
     return path.with_name(path.stem + ".clear.tif")
 
 

@@ -21,7 +21,7 @@ from shapely.geometry import mapping
 
 from monitor.errors import ProductOffline, ProviderError
 from monitor.imagery.base import AreaInfo, Candidate, Product, safe_name
-from monitor.imagery.fetch import USER_AGENT, RetryPolicy, download
+from monitor.imagery.fetch import USER_AGENT, Downloaded, RetryPolicy, download
 from monitor.imagery.prepare import safe_product
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,8 @@ class SentinelsatProvider:
                 "size": p.get("size")}))
         return out
 
-    def fetch(self, product_id: str, remote: dict, bands: list[str], workdir: Path,
-              progress: bool = False) -> Product:
+    def download(self, product_id: str, remote: dict, workdir: Path, progress: bool = False) -> Downloaded:
+        """The product's zip in ``workdir``, verified against its OData size and checksum."""
         from sentinelsat.exceptions import SentinelAPIError
 
         uuid = remote.get("uuid")
@@ -146,9 +146,13 @@ class SentinelsatProvider:
             raise self._error(e, "product info") from e
         checksum = next(((a, info[a]) for a in ("sha3-256", "md5") if info.get(a)), None)
         url = f"{self.url}odata/v1/Products('{uuid}')/$value"
-        got = download(url, Path(workdir) / f"{safe_name(info.get('title') or product_id)}.zip",
-                       session=self.api.session, size=info.get("size"), checksum=checksum, policy=self.policy,
-                       progress=progress, on_bytes=self._count)
+        return download(url, Path(workdir) / f"{safe_name(info.get('title') or product_id)}.zip",
+                        session=self.api.session, size=info.get("size"), checksum=checksum, policy=self.policy,
+                        progress=progress, on_bytes=self._count)
+
+    def fetch(self, product_id: str, remote: dict, bands: list[str], workdir: Path,
+              progress: bool = False) -> Product:
+        got = self.download(product_id, remote, workdir, progress)
         product = safe_product(got.path, bands)
         product.files = {got.path.name: {"size": got.size, **got.checksums, "verified_by": got.verified_by}}
         return product
