@@ -92,8 +92,11 @@ def parse_duration(text: str):
     if not m:
         raise ValueError(f"{text!r} is not a duration like 30m, 12h, 5d or 2w")
     n, unit = float(m.group(1)), m.group(2)
-    delta = {"m": dt.timedelta(minutes=n), "h": dt.timedelta(hours=n), "d": dt.timedelta(days=n),
-             "w": dt.timedelta(weeks=n)}[unit]
+    try:
+        delta = {"m": dt.timedelta(minutes=n), "h": dt.timedelta(hours=n), "d": dt.timedelta(days=n),
+                 "w": dt.timedelta(weeks=n)}[unit]
+    except OverflowError as e:
+        raise ValueError(f"{text!r} is too long a duration") from e
     if delta.total_seconds() <= 0:
         raise ValueError(f"{text!r} must be longer than zero")
     return delta

@@ -34,6 +34,7 @@ from sqlalchemy import Engine, func, select
 
 from monitor.db.engine import transaction
 from monitor.db.tables import Area, Run
+from monitor.errors import MonitorError
 from monitor.metrics import Metrics, default_metrics
 from monitor.settings import Settings
 
@@ -320,6 +321,8 @@ class Scheduler:
             log.info("run of area %r done in %.1f s", name, seconds)
         elif self.stopping.is_set():
             log.info("run of area %r stopped after %.1f s: %s", name, seconds, error)
+        elif isinstance(error, MonitorError):
+            log.error("run of area %r failed after %.1f s: %s", name, seconds, error)
         else:
             log.error("run of area %r failed after %.1f s", name, seconds, exc_info=error)
         self._record(area_id, name, last_run, started_at, seconds, error)

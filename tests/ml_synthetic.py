@@ -96,7 +96,7 @@ def change_dataset(folder: Path, cities: int = 2, size: int = 128, seed: int = 0
 
 
 def saved_model(folder: Path, kind: str = "segmenter", *, channels: int = 4, depth: int = 2, base: int = 4,
-                tile: int = 32, seed: int = 0, pointwise: bool = False, bands=BANDS) -> Path:
+                tile: int = 32, seed: int = 0, pointwise: bool = False, per_image: bool = False, bands=BANDS) -> Path:
     """An untrained model directory: a small U-Net, or a 1x1-convolution (tile-invariant) model."""
     from monitor.ml.modelstore import save_model
     from monitor.ml.runtime import keras, seed_everything
@@ -114,6 +114,8 @@ def saved_model(folder: Path, kind: str = "segmenter", *, channels: int = 4, dep
         model = build_unet(n_in, depth=depth, base_filters=base, dropout=0.0)
         arch = {"type": "unet", "depth": depth, "base_filters": base}
     meta = {"kind": kind, "bands": list(bands[:channels]), "tile": tile, "threshold": 0.5, "resolution_m": 1.0,
-            "normalization": {"mean": [1000.0] * n_in, "std": [100.0] * n_in}, "architecture": arch,
+            "normalization": {"mean": [0.0 if per_image else 1000.0] * n_in,
+                              "std": [1.0 if per_image else 100.0] * n_in, "per_image": per_image},
+            "architecture": arch,
             "training": {}, "metrics": {}}
     return save_model(model, folder, meta)

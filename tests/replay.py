@@ -271,7 +271,8 @@ class Replay:
         if answer is None:
             with self._lock:
                 self.unmatched.append(inc)
-            answer = 599, {"Content-Type": "text/plain"}, _Body(f"no recording matches {inc.method} {inc.path}".encode())
+            message = f"no recording matches {inc.method} {inc.path}"
+            answer = 599, {"Content-Type": "text/plain"}, _Body(message.encode())
         self._send(h, inc, *answer)
 
     def _send(self, h: BaseHTTPRequestHandler, inc: Incoming, status: int, headers: dict, body: _Body) -> None:

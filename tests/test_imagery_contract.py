@@ -10,18 +10,16 @@ from pathlib import Path
 
 import pytest
 import rasterio
-from shapely.geometry import box
 
 from monitor.db.engine import transaction
 from monitor.db.tables import Area, Scene
 from monitor.errors import ProviderError
-from monitor.geo import reproject
 from monitor.imagery.base import AreaInfo, Provider, get_provider
 from monitor.imagery.service import area_info, fetch_scene, grid_for, search_scenes
 from monitor.metrics import Metrics
 from tests.replay import Replay
 from tests.test_imagery_dhus import S3A_TITLE, S3A_UUID, add_area, add_scene, dhus_query, dhus_settings, map_area
-from tests.test_imagery_local import AREA_UTM, EPSG, make_area, write_scene
+from tests.test_imagery_local import make_area, write_scene
 from tests.test_imagery_stac import AREA_29N, KEY
 
 pytestmark = pytest.mark.realdata
@@ -59,20 +57,21 @@ def world(request, engine, settings, shared_data, tmp_path):
         root = shared_data / "stac_recordings"
         cogs = root / "cogs" / "sentinel-cogs"
         item = json.loads((cogs / KEY / "S2A_29RKH_20200219_0_L2A.json").read_text())
-        server = Replay([root / "cassettes/xcube-stac/test_store/StacDataStoreTest.test_search_data_searchable_catalog.yaml"],
-                        files={"/sentinel-cogs/": cogs},
-                        routes={("POST", "/v1/search"): lambda inc: (200, {}, {"type": "FeatureCollection",
-                                                                              "features": [item], "links": []})})
+        landing = root / "cassettes/xcube-stac/test_store/StacDataStoreTest.test_search_data_searchable_catalog.yaml"
+        answer = {"type": "FeatureCollection", "features": [item], "links": []}
+        server = Replay([landing], files={"/sentinel-cogs/": cogs},
+                        routes={("POST", "/v1/search"): lambda inc: (200, {}, answer)})
         server.start()
         server.rewrites["https://sentinel-cogs.s3.us-west-2.amazonaws.com"] = server.url + "/sentinel-cogs"
         s = settings.model_copy(update={"stac_url": server.url + "/v1", "download_backoff_s": 0.01})
         area_id = make_area(engine, "contract", AREA_29N, 32629, providers=("stac",), max_cloud=20, resolution_m=100)
+        nowhere = {b: {"href": f"{server.url}/sentinel-cogs/nothing/{b}.tif"} for b in ("B02", "B03", "B04", "B08")}
         w = World(name, s, area_id, dt.datetime(2020, 2, 1, tzinfo=UTC), dt.datetime(2020, 2, 29, tzinfo=UTC), 1,
-                  "prepared", None, server, missing={"assets": {b: {"href": f"{server.url}/sentinel-cogs/nothing/{b}.tif"}
-                                                                for b in ("B02", "B03", "B04", "B08")}})
+                  "prepared", None, server, missing={"assets": nowhere})
     elif name == "sentinelsat":
         root = shared_data / "dhus_recordings" / "cassettes"
-        server = Replay([root / f"{c}.yaml" for c in ("test_s2_cloudcover", "test_download", "test_download_invalid_id")],
+        names = ("test_s2_cloudcover", "test_download", "test_download_invalid_id")
+        server = Replay([root / f"{c}.yaml" for c in names],
                         data_dir=root / "data", match_on=("method", "path", dhus_query, "body", "range")).start()
         area_id = add_area(engine, map_area(shared_data), name="contract", max_cloud=10)
         # the recordings hold product info and bytes for one (Sentinel-3) product only

@@ -10,9 +10,9 @@ import logging
 import re
 
 import pytest
-from pydantic import SecretStr
 import shapely
 from geoalchemy2.shape import from_shape
+from pydantic import SecretStr
 from shapely.geometry import Polygon, box
 
 from monitor.db.engine import transaction
@@ -69,7 +69,8 @@ def dhus(shared_data):
 
 def dhus_settings(settings, server: Replay, **kw):
     return settings.model_copy(update={"dhus_url": f"{server.url}/apihub/", "dhus_user": "monitor",
-                                       "dhus_password": SecretStr(PASSWORD), "dhus_product_type": "", "http_timeout_s": 5,
+                                       "dhus_password": SecretStr(PASSWORD), "dhus_product_type": "",
+                                       "http_timeout_s": 5,
                                        "download_backoff_s": 0.01, "download_backoff_max_s": 0.02, **kw})
 
 

@@ -12,7 +12,8 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
-from rasterio.warp import reproject as warp, transform_bounds
+from rasterio.warp import reproject as warp
+from rasterio.warp import transform_bounds
 from shapely.geometry import box, shape
 
 from monitor.errors import ImageryError
@@ -225,6 +226,28 @@ def test_buenos_aires_before_after(shared_data, tmp_path):
         assert m.read(1).sum() * 100 == pytest.approx(reproject(area, 4326, 32721).area, rel=0.02)
     # the local provider's choice of bands: every band but the alpha band
     assert [x.index for x in raster_bands(src_dir / "before.tif", BANDS)] == [1, 2, 3, 4]
+
+
+@pytest.mark.realdata
+def test_very_high_resolution_is_averaged(shared_data, tmp_path):
+    """The 0.5 m WorldView tile at 5 m: each output pixel is the mean of its 10 x 10 source pixels."""
+    src_path = shared_data / "spacenet_atlanta" / "sample_geotiff.tif"
+    with rasterio.open(src_path) as src:
+        b, data = src.bounds, src.read(1).astype(float)
+    area = reproject(box(b.left + 51, b.bottom + 51, b.right - 51, b.top - 51), 32616, 4326)
+    grid = area_grid(area, 32616, 5, 0)
+    out = prepare(Product(raster_bands(src_path, BANDS), zero_is_nodata=False), grid, area, tmp_path / "vhr.tif")
+    with rasterio.open(out.path) as ds:
+        assert ds.dtypes[0] == "uint16" and ds.res == (5.0, 5.0) and ds.count == 1
+        img = ds.read(1).astype(float)
+        t = ds.transform
+    # grid pixel (r, c) covers source rows/cols from its own corner; the source has 0.5 m pixels
+    r0, c0 = int(round((b.top - t.f) / 0.5)), int(round((t.c - b.left) / 0.5))
+    means = data[r0:r0 + img.shape[0] * 10, c0:c0 + img.shape[1] * 10]
+    h, w = means.shape[0] // 10, means.shape[1] // 10
+    means = means[:h * 10, :w * 10].reshape(h, 10, w, 10).mean(axis=(1, 3))
+    assert np.corrcoef(img[:h, :w].ravel(), means.ravel())[0, 1] > 0.98
+    assert np.abs(img[:h, :w] - means).mean() < 0.05 * means.mean()
 
 
 def test_raster_without_crs(tmp_path):

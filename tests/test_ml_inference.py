@@ -107,6 +107,20 @@ def test_change_model_takes_two_scenes_on_one_grid(tmp_path):
         predict_raster(model, a, tmp_path / "q.tif", before=shifted)
 
 
+def test_per_image_models_ignore_a_global_radiometric_shift(tmp_path):
+    model = load_model(saved_model(tmp_path / "m", kind="change", pointwise=True, per_image=True))
+    rng = np.random.default_rng(9)
+    before, after = (rng.normal(1000, 100, (60, 50, 4)) for _ in range(2))
+    got = predict_array(model, np.concatenate([before, after], axis=-1))
+    shifted = predict_array(model, np.concatenate([before, after * 1.3 + 200], axis=-1))
+    np.testing.assert_allclose(got, shifted, atol=1e-4)
+    b = write_scene(tmp_path / "b.tif", before.astype(np.uint16))
+    a = write_scene(tmp_path / "a.tif", after.astype(np.uint16))
+    with rasterio.open(predict_raster(model, a, tmp_path / "p.tif", before=b)) as p:
+        want = predict_array(model, np.concatenate([before, after], axis=-1).astype(np.uint16))
+        np.testing.assert_allclose(p.read(1), want, atol=1e-5)
+
+
 def test_classify_tiles_gives_one_cell_per_tile(tmp_path):
     from monitor.ml.classifier import build_classifier
 

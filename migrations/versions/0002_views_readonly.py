@@ -1,4 +1,4 @@
-"""views for psql/QGIS (parcel_history, area_indicators, open_alerts) and the read-only role
+"""views for psql/QGIS (parcel_history, area_indicators, open_alerts), the read-only role, alerts by parcel
 
 Revision ID: 0002
 Revises: 0001
@@ -51,7 +51,7 @@ LEFT JOIN LATERAL (
                CASE WHEN ST_CoveredBy(x.geom, p.geom) THEN x.geom ELSE ST_Intersection(x.geom, p.geom) END,
                a.utm_epsg))) AS built_m2
     FROM detections x
-    WHERE x.scene_id = d.scene_id AND x.kind = 'built' AND ST_Intersects(x.geom, p.geom)
+    WHERE ST_Intersects(x.geom, p.geom) AND x.scene_id + 0 = d.scene_id AND x.kind = 'built'  -- GiST only
 ) b ON true
 LEFT JOIN LATERAL (
     SELECT sum(pc.area_m2) AS new_m2, max(pc.verdict) AS verdict, max(pc.permit_id) AS permit_id,
@@ -117,6 +117,8 @@ WHERE al.status IN ('new', 'acknowledged', 'confirmed')
 
 
 def upgrade() -> None:
+    # The judge and the history look alerts up by parcel, closed ones included.
+    op.create_index(op.f("ix_alerts_parcel_id"), "alerts", ["parcel_id"], unique=False)
     op.execute(PARCEL_HISTORY)
     op.execute(AREA_INDICATORS)
     op.execute(OPEN_ALERTS)
@@ -152,6 +154,7 @@ def downgrade() -> None:
     END $$;
     """)
     op.execute(f"DROP VIEW IF EXISTS {', '.join(reversed(VIEWS))}")
+    op.drop_index(op.f("ix_alerts_parcel_id"), table_name="alerts")
     # Other databases of the same server may still grant to the role: then it stays.
     op.execute(f"""
     DO $$

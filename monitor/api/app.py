@@ -107,6 +107,8 @@ def create_app(settings: Settings, engine: Engine | None = None, metrics: Metric
         engine = make_engine(settings)
     metrics = metrics if metrics is not None else default_metrics()
     head = migrate.head()
+    # Alembic announces its dialect at INFO on every schema check; /readyz is polled often.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
     app = FastAPI(title="monitor", version=__version__, description=DESCRIPTION, docs_url="/docs",
                   redoc_url=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import math
 import re
 import shutil
@@ -120,6 +121,6 @@ def upload_path(upload: UploadFile, field: str = "file") -> Iterator[FsPath]:
             if e.data.get("file") is not None and str(e.data["file"]).startswith(tmp):
                 raise BadInput(e.reason, file=original, row=e.data.get("row"), field=e.data.get("field")) from e
             raise
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, csv.Error) as e:
             # Readers meant for text files meet binary or oddly encoded uploads here.
             raise BadInput(f"cannot be read: {e}", file=original, field=field) from e

@@ -22,11 +22,13 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 import shapely
+from affine import Affine
 from rasterio import features, windows
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
-from rasterio.warp import reproject as warp, transform_bounds
+from rasterio.warp import reproject as warp
+from rasterio.warp import transform_bounds
 from shapely.geometry import MultiPolygon, shape
 from shapely.geometry.base import BaseGeometry
 
@@ -40,7 +42,9 @@ from monitor.imagery.grid import Grid
 # vegetation, not vegetated, water, unclassified, snow/ice. The others are no data,
 # saturated/defective, cloud shadow, medium/high probability cloud and thin cirrus.
 SCL_CLEAR = (2, 4, 5, 6, 7, 11)
-COG_OPTIONS = {"compress": "DEFLATE", "blocksize": 512, "bigtiff": "IF_SAFER", "overview_resampling": "AVERAGE"}
+# DEFLATE level 3 writes four times faster than the default 6 for about 5 % more bytes.
+COG_OPTIONS = {"compress": "DEFLATE", "level": 3, "blocksize": 512, "bigtiff": "IF_SAFER",
+               "num_threads": "ALL_CPUS", "overview_resampling": "AVERAGE"}
 
 
 @dataclass
@@ -138,19 +142,25 @@ def _warp_file(path: str, indexes: list[int], grid: Grid, *, categorical: bool, 
             win = _source_window(src, grid)
             if win is None or win.width < 1 or win.height < 1:
                 return out, valid, src.descriptions
-            data = src.read(indexes, window=win)
-            mask = (src.read_masks(indexes, window=win) > 0).any(axis=0)
+            # metres per degree for a geographic source: only to compare resolutions
+            src_res = min(src.res) * (111_000 if src.crs.is_geographic else 1)
+            # A source much finer than the grid (very-high-resolution imagery) is read decimated to
+            # about twice the grid's resolution, from its overviews where it has them, so memory
+            # follows the grid, not the source.
+            step = max(1, int(grid.resolution / (2 * src_res)))
+            shape = (math.ceil(win.height / step), math.ceil(win.width / step))
+            how = Resampling.nearest if categorical else Resampling.average
+            data = src.read(indexes, window=win, out_shape=(len(indexes), *shape), resampling=how)
+            mask = (src.read_masks(indexes, window=win, out_shape=(len(indexes), *shape)) > 0).any(axis=0)
             for i, ci in enumerate(src.colorinterp, 1):
                 if ci == ColorInterp.alpha and i not in indexes:
-                    mask &= src.read(i, window=win) > 0
+                    mask &= src.read(i, window=win, out_shape=shape) > 0
             if zero_is_nodata:
                 mask &= (data != 0).all(axis=0)
-            src_transform = src.window_transform(win)
-            src_res = min(abs(src_transform.a), abs(src_transform.e))
+            src_transform = src.window_transform(win) * Affine.scale(win.width / shape[1], win.height / shape[0])
+            src_res *= step
             src_crs = src.crs
             descriptions = src.descriptions
-            if src_crs.is_geographic:
-                src_res *= 111_000  # metres per degree, only to choose the resampling
     except RasterioError as e:
         raise ImageryError(f"cannot read {_short(path)}: {e}") from e
     finer = src_res < grid.resolution * 0.99
@@ -165,6 +175,8 @@ def _warp_file(path: str, indexes: list[int], grid: Grid, *, categorical: bool, 
         warp(data[k], out[k], src_transform=src_transform, src_crs=src_crs, src_nodata=fill,
              dst_transform=grid.transform, dst_crs=f"EPSG:{grid.crs}", dst_nodata=fill, resampling=resampling,
              init_dest_nodata=True)
+    if zero_is_nodata:  # invalid pixels were warped as 0, the nodata value: the data is its own mask
+        return out, (out != 0).all(axis=0), descriptions
     coverage = np.zeros(grid.shape, dtype=np.uint8)
     warp(mask.astype(np.uint8), coverage, src_transform=src_transform, src_crs=src_crs,
          dst_transform=grid.transform, dst_crs=f"EPSG:{grid.crs}", resampling=Resampling.nearest)
@@ -257,11 +269,14 @@ def prepare(product: Product, grid: Grid, area_4326: BaseGeometry, out: Path) ->
     clear = valid & inside
     if product.scl is not None:
         scl, scl_valid = _warp_band(product.scl, grid, categorical=True, zero_is_nodata=True)
-        clear &= scl_valid & np.isin(scl, SCL_CLEAR)
-    stack[:, ~valid] = 0
-    if np.issubdtype(stack.dtype, np.integer):
-        # 0 is nodata in the output, so a valid pixel that happens to be 0 becomes 1.
-        stack[:, valid] = np.maximum(stack[:, valid], 1)
+        lut = np.zeros(256, dtype=bool)
+        lut[list(SCL_CLEAR)] = True
+        clear &= scl_valid & lut[scl.astype(np.uint8)]
+    for band in stack:
+        if np.issubdtype(stack.dtype, np.integer):
+            # 0 is nodata in the output, so a valid pixel that happens to be 0 becomes 1.
+            np.maximum(band, 1, out=band)
+        band *= valid
     cloud = 100.0 * (1.0 - clear.sum() / max(int(inside.sum()), 1))
     clear_file = clear_path_for(out)
     try:

@@ -44,7 +44,10 @@ def footprint_wkt(footprint) -> str:
     """The area as DHuS query WKT (4 decimals, as sentinelsat writes it)."""
     from sentinelsat import geojson_to_wkt
 
-    geom = footprint.geoms[0] if footprint.geom_type == "MultiPolygon" and len(footprint.geoms) == 1 else footprint
+    parts = list(getattr(footprint, "geoms", [footprint]))
+    # DHuS takes one polygon: an area in several parts is sent as their hull (results are then
+    # checked against the parts themselves)
+    geom = parts[0] if len(parts) == 1 else shapely.convex_hull(footprint)
     wkt = geojson_to_wkt(mapping(geom))
     if len(wkt) > MAX_WKT:
         wkt = geojson_to_wkt(mapping(shapely.convex_hull(footprint).simplify(0.001)))
@@ -125,6 +128,8 @@ class SentinelsatProvider:
                 continue
             when = p.get("beginposition") or p.get("ingestiondate")
             footprint = shapely.from_wkt(p["footprint"]) if p.get("footprint") else None
+            if footprint is not None and not footprint.intersects(area.footprint):
+                continue
             out.append(Candidate(p.get("title") or uuid, when.replace(tzinfo=utc), footprint, cloud, {
                 "uuid": uuid, "platform": p.get("platformname"), "product_type": p.get("producttype"),
                 "size": p.get("size")}))

@@ -47,7 +47,8 @@ def search_window(session: Session, area: Area, settings, since=None, until=None
     since_ = _utc(since)
     if since_ is None:
         newest = session.scalar(select(func.max(Scene.acquired_at)).where(Scene.area_id == area.id))
-        since_ = (newest - dt.timedelta(days=1)) if newest else until_ - dt.timedelta(days=settings.search_lookback_days)
+        lookback = dt.timedelta(days=settings.search_lookback_days)
+        since_ = (newest - dt.timedelta(days=1)) if newest else until_ - lookback
     return since_, until_
 
 

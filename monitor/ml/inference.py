@@ -21,7 +21,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from monitor.errors import BadInput, ModelError
-from monitor.ml.modelstore import LoadedModel
+from monitor.ml.modelstore import LoadedModel, image_stats
 from monitor.ml.rasters import band_indexes, open_raster, pixel_size_m, same_grid, valid_mask
 from monitor.ml.tiling import blend_weights, starts, stride_for
 
@@ -122,15 +122,29 @@ def predict_array(model: LoadedModel, array_hwc: np.ndarray, nodata_mask: np.nda
     if nodata_mask is not None:
         valid &= ~np.asarray(nodata_mask, bool)
     out = np.empty(a.shape[:2], np.float32)
+    stats = image_stats(a, valid) if model.per_image else None
 
     def read(r0: int, n: int):
-        return model.normalize(a[r0:r0 + n]), valid[r0:r0 + n]
+        return model.normalize(a[r0:r0 + n], stats), valid[r0:r0 + n]
 
     def write(r0: int, p: np.ndarray):
         out[r0:r0 + p.shape[0]] = p
 
     run_tiled(model, a.shape[0], a.shape[1], read, write, tile=tile, overlap=overlap, batch=batch)
     return out
+
+
+def _raster_stats(srcs, idx, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band statistics of whole rasters, from a decimated read (bounded memory)."""
+    means, stds = [], []
+    for s, ix in zip(srcs, idx):
+        f = max(1, math.ceil(max(s.height, s.width) / max_side))
+        d = s.read(ix, out_shape=(len(ix), math.ceil(s.height / f), math.ceil(s.width / f)),
+                   resampling=rasterio.enums.Resampling.nearest)
+        m, sd = image_stats(np.moveaxis(d, 0, -1), valid_mask(s, d))
+        means.append(m)
+        stds.append(sd)
+    return np.concatenate(means), np.concatenate(stds)
 
 
 def _check_resolution(model: LoadedModel, src) -> None:
@@ -160,6 +174,7 @@ def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | No
         _check_resolution(model, srcs[-1])
         ref = srcs[-1]
         height, width = ref.height, ref.width
+        stats = _raster_stats(srcs, idx) if model.per_image else None
 
         def read(r0: int, n: int):
             parts, valid = [], np.ones((n, width), bool)
@@ -167,7 +182,7 @@ def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | No
                 d = s.read(ix, window=Window(0, r0, width, n))
                 valid &= valid_mask(s, d)
                 parts.append(np.moveaxis(d, 0, -1))
-            return model.normalize(np.concatenate(parts, axis=-1)), valid
+            return model.normalize(np.concatenate(parts, axis=-1), stats), valid
 
         profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32",
                    "crs": ref.crs, "transform": ref.transform, "nodata": NODATA, "compress": "deflate",
@@ -207,6 +222,7 @@ def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid
     tile = model.tile
     with open_raster(scene) as src:
         ix = band_indexes(src, model.bands)
+        stats = _raster_stats([src], [ix]) if model.per_image else None
         have, want = pixel_size_m(src), model.meta.get("resolution_m")
         step = max(1, int(round(tile * want / have))) if have and want else tile
         ny, nx = math.ceil(src.height / step), math.ceil(src.width / step)
@@ -235,7 +251,7 @@ def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid
             if valid.mean() < min_valid:
                 bar.update(1)
                 continue
-            x = model.normalize(np.moveaxis(d, 0, -1))
+            x = model.normalize(np.moveaxis(d, 0, -1), stats)
             x[~valid] = 0.0
             pending.append(((r, c), x))
             if len(pending) == batch:

@@ -65,6 +65,17 @@ def normalize(x: np.ndarray, mean, std) -> np.ndarray:
     return np.nan_to_num(x, copy=False, nan=0.0)
 
 
+def image_stats(x: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of an image (..., C) over its valid, finite pixels."""
+    flat = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
+    if valid is not None:
+        flat = flat[np.asarray(valid, bool).ravel()]
+    if len(flat) == 0:
+        return np.zeros(x.shape[-1], np.float32), np.ones(x.shape[-1], np.float32)
+    mean, std = np.nanmean(flat, axis=0), np.nanstd(flat, axis=0)
+    return np.nan_to_num(mean), np.maximum(np.nan_to_num(std, nan=1.0), 1e-6)
+
+
 def save_model(keras_model, out_dir: str | Path, meta: dict) -> Path:
     """Write ``model.keras`` and ``model.json`` into ``out_dir``, replacing a model already there.
 
@@ -148,8 +159,18 @@ class LoadedModel:
         """Poolings of a U-Net: windows must be multiples of 2**depth (0 for the fixed-size classifier)."""
         return int(self.meta.get("architecture", {}).get("depth", 0))
 
-    def normalize(self, x: np.ndarray) -> np.ndarray:
+    @property
+    def per_image(self) -> bool:
+        """Whether each input image is first standardized by its own statistics (``normalization.per_image``)."""
+        return bool(self.meta["normalization"].get("per_image"))
+
+    def normalize(self, x: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Raw values (..., C) -> model input. A per-image model needs the whole image's ``stats``
+        (``image_stats``); without them the statistics of ``x`` itself are used."""
         norm = self.meta["normalization"]
+        if self.per_image:
+            m, s = stats if stats is not None else image_stats(x)
+            x = (np.asarray(x, np.float32) - m) / s
         return normalize(x, norm["mean"], norm["std"])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

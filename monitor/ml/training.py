@@ -15,7 +15,7 @@ import numpy as np
 
 from monitor.errors import BadInput
 from monitor.ml import scores
-from monitor.ml.modelstore import LoadedModel, save_model
+from monitor.ml.modelstore import LoadedModel, image_stats, save_model
 from monitor.ml.runtime import keras, precision_policy, seed_everything
 
 # The 10 m and 20 m bands: what Sentinel-2 L1C and L2A products share at a useful resolution
@@ -309,12 +309,14 @@ def validation_rows(change: np.ndarray, valid: np.ndarray, fraction: float, patc
 class _ChangeSampler:
     """Random training patches of the change model: a ``change_share`` of them centred near a change pixel."""
 
-    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray]], patch: int, change_share: float) -> None:
+    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray]], patch: int, change_share: float,
+                 jitter: float = 0.0) -> None:
         self.parts = [(x, y) for x, y in parts if x.shape[0] >= patch and x.shape[1] >= patch]
         if not self.parts:
             raise BadInput(f"no training part of the cities is at least {patch}x{patch} pixels", field="patch")
         self.patch = patch
         self.change_share = change_share
+        self.jitter = jitter
         self.sizes = np.array([x.shape[0] * x.shape[1] for x, _ in self.parts], float)
         self.changes = [np.argwhere(y == 1) for _, y in self.parts]
         self.n_change = np.array([len(c) for c in self.changes], float)
@@ -331,14 +333,20 @@ class _ChangeSampler:
             i = int(rng.choice(len(self.parts), p=self.sizes / self.sizes.sum()))
             x, y = self.parts[i]
             r, c = int(rng.integers(x.shape[0] - p + 1)), int(rng.integers(x.shape[1] - p + 1))
-        return _augment(x[r:r + p, c:c + p], y[r:r + p, c:c + p], rng)
+        x, y = _augment(x[r:r + p, c:c + p], y[r:r + p, c:c + p], rng)
+        if self.jitter:
+            # each date its own gain and offset per band: a radiometric difference between dates is no change
+            ch = x.shape[-1]
+            x = x * (1 + rng.normal(0, self.jitter, ch)).astype(np.float32) + rng.normal(0, self.jitter, ch).astype(
+                np.float32)
+        return x, y
 
 
 def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60, seed: int = 0,
                  cities: list[str] | None = None, bands: list[str] | None = None, patch: int = 64, batch: int = 16,
                  steps_per_epoch: int = 60, depth: int = 4, base_filters: int = 16, dropout: float = 0.2,
                  lr: float = 1e-3, pos_weight: float = 2.0, change_share: float = 0.5, val_fraction: float = 0.2,
-                 patience: int = 15, progress: bool = False, precision: str = "auto",
+                 per_image: bool = False, jitter: float = 0.0, patience: int = 15, progress: bool = False, precision: str = "auto",
                  time_limit_s: float | None = 900, version: str | None = None) -> Path:
     """Early-fusion U-Net over before and after stacked band-wise, on the change layout (``dataset oscd``).
 
@@ -366,6 +374,10 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
         raise BadInput(f"patch {patch} is not a multiple of 2**depth = {2 ** depth}", field="patch")
     data = {c: load_city(data_dir, c, bands) for c in cities}
     n = len(bands)
+    if per_image:
+        for d in data.values():
+            m, sd = image_stats(d["x"], d["valid"])
+            d["x"] = (d["x"] - m) / sd
     pixels = np.concatenate([d["x"][d["valid"]] for d in data.values()])
     mean, std = _stats(np.concatenate([pixels[:, :n], pixels[:, n:]]), n, seed=seed)
     mean, std = mean + mean, std + std  # one statistic per band, shared by both dates
@@ -381,7 +393,7 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
         for a, b in ((0, v0), (v1, x.shape[0])):
             if b - a >= patch:
                 train_parts.append((x[a:b], y[a:b]))
-    sampler = _ChangeSampler(train_parts, patch, change_share)
+    sampler = _ChangeSampler(train_parts, patch, change_share, jitter)
     seed_everything(seed)
     k = keras()
     model = build_unet(2 * n, depth=depth, base_filters=base_filters, dropout=dropout,
@@ -393,7 +405,9 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
         "threshold": 0.5,
         "architecture": {"type": "unet", "depth": depth, "base_filters": base_filters, "dropout": dropout},
     }
-    live = LoadedModel(Path(out_dir), meta, model)
+    live = LoadedModel(Path(out_dir), meta, model)  # validation strips are already standardized per image
+    if per_image:
+        meta = {**meta, "normalization": {"mean": mean, "std": std, "per_image": True}}
 
     def val_predict() -> np.ndarray:
         return np.concatenate([predict_array(live, xv, ~vv).ravel() for _, xv, _, vv in val_parts])
@@ -420,7 +434,7 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
     meta.update(threshold=threshold, training={
         "data": str(Path(data_dir).resolve()), "cities": cities, "split": split, "patch": patch, "batch": batch,
         "steps_per_epoch": steps_per_epoch, "lr": lr, "pos_weight": pos_weight, "change_share": change_share,
-        "val_fraction": val_fraction, "seed": seed,
+        "val_fraction": val_fraction, "per_image": per_image, "jitter": jitter, "seed": seed,
         "change_fraction": {c: summary["cities"][c].get("change_fraction") for c in cities},
         **_summary_of_run(cbs, history, t0)},
         metrics={"validation": {**val, "cities": per_city}})
