@@ -110,7 +110,7 @@ def _clip_to_area(area: Area, geoms: Sequence, crs, clip_4326=None) -> tuple[np.
     arr = np.empty(len(geoms), dtype=object)
     arr[:] = list(geoms)
     arr = reproject(arr, crs, 4326)
-    inside = shapely.covered_by(arr, region)
+    inside = shapely.covers(region, arr)  # the prepared region first
     if not inside.all():
         arr[~inside] = shapely.intersection(arr[~inside], region)
     out = np.empty(len(arr), dtype=object)
@@ -148,8 +148,9 @@ DROP TABLE IF EXISTS _diff_cur, _diff_region, _diff_new, _diff_prev, _diff_cells
 CREATE TEMP TABLE _diff_cur AS
     SELECT ST_Transform(geom, :epsg) AS g FROM detections WHERE scene_id = :sid AND kind = 'built';
 CREATE TEMP TABLE _diff_region AS
-    SELECT ST_MakeValid(ST_Transform(CASE WHEN s.clear_geom IS NULL THEN a.footprint
-                                          ELSE ST_Intersection(s.clear_geom, a.footprint) END, :epsg)) AS pending,
+    SELECT ST_CollectionExtract(ST_MakeValid(ST_Transform(
+               CASE WHEN s.clear_geom IS NULL THEN a.footprint ELSE ST_Intersection(s.clear_geom, a.footprint) END,
+               :epsg)), 3) AS pending,
            NULL::geometry AS decide
     FROM scenes s JOIN areas a ON a.id = s.area_id WHERE s.id = :sid;
 CREATE TEMP TABLE _diff_new (g geometry, previous_on date);
@@ -173,22 +174,25 @@ CREATE TEMP TABLE _diff_cells AS
     CROSS JOIN LATERAL generate_series(floor(ST_YMin(p.g) / :cell)::bigint, floor(ST_YMax(p.g) / :cell)::bigint) gy;
 ANALYZE _diff_prev;
 ANALYZE _diff_cells;
-UPDATE _diff_region r SET decide = ST_Intersection(r.pending, c.g), pending = ST_Difference(r.pending, c.g)
-FROM (SELECT ST_MakeValid(ST_Transform(COALESCE(s.clear_geom, a.footprint), :epsg)) AS g
+UPDATE _diff_region r SET decide = ST_CollectionExtract(ST_Intersection(r.pending, c.g), 3),
+                          pending = ST_CollectionExtract(ST_Difference(r.pending, c.g), 3)
+FROM (SELECT ST_CollectionExtract(ST_MakeValid(ST_Transform(COALESCE(s.clear_geom, a.footprint), :epsg)), 3) AS g
       FROM scenes s JOIN areas a ON a.id = s.area_id WHERE s.id = :pid) c;
+WITH x AS MATERIALIZED (
+    SELECT y.g, floor(ST_XMin(y.g) / :cell)::bigint AS gx, floor(ST_YMin(y.g) / :cell)::bigint AS gy
+    FROM (SELECT CASE WHEN ST_Covers(r.decide, c.g) THEN c.g
+                      ELSE ST_CollectionExtract(ST_Intersection(c.g, r.decide), 3) END AS g
+          FROM _diff_cur c CROSS JOIN _diff_region r
+          WHERE ST_Intersects(c.g, r.decide)) y
+    WHERE NOT ST_IsEmpty(y.g)),
+left_over AS MATERIALIZED (
+    SELECT x.g FROM x
+    WHERE NOT EXISTS (SELECT 1 FROM _diff_cells p
+                      WHERE p.gx = x.gx AND p.gy = x.gy AND p.g ~ x.g AND ST_Covers(p.g, x.g)))
 INSERT INTO _diff_new (g, previous_on)
 SELECT (ST_Dump(CASE WHEN u.g IS NULL THEN x.g ELSE ST_CollectionExtract(ST_Difference(x.g, u.g), 3) END)).geom,
        CAST(:previous_on AS date)
-FROM (
-    SELECT x.g FROM (
-        SELECT y.g, floor(ST_XMin(y.g) / :cell)::bigint AS gx, floor(ST_YMin(y.g) / :cell)::bigint AS gy
-        FROM (SELECT CASE WHEN ST_CoveredBy(c.g, r.decide) THEN c.g
-                          ELSE ST_CollectionExtract(ST_Intersection(c.g, r.decide), 3) END AS g
-              FROM _diff_cur c CROSS JOIN _diff_region r
-              WHERE ST_Intersects(c.g, r.decide)) y
-        WHERE NOT ST_IsEmpty(y.g)) x
-    WHERE NOT EXISTS (SELECT 1 FROM _diff_cells p WHERE p.gx = x.gx AND p.gy = x.gy AND ST_Covers(p.g, x.g))
-) x
+FROM left_over x
 LEFT JOIN LATERAL (SELECT ST_Union(p.g) AS g FROM _diff_prev p WHERE ST_Intersects(p.g, x.g)) u ON true;
 """
 
@@ -200,7 +204,7 @@ SELECT :aid, :sid, :day, x.previous_on, x.g, ST_Area(ST_Transform(x.g, :epsg)), 
        (SELECT max(model_version) FROM detections WHERE scene_id = :sid AND kind = 'built')
 FROM (
     SELECT n.previous_on,
-           CASE WHEN ST_CoveredBy(t.g, a.footprint) THEN ST_Multi(t.g)
+           CASE WHEN ST_Covers(a.footprint, t.g) THEN ST_Multi(t.g)
                 ELSE ST_Multi(ST_CollectionExtract(ST_Intersection(t.g, a.footprint), 3)) END AS g
     FROM _diff_new n
     CROSS JOIN LATERAL (SELECT ST_Transform(n.g, 4326) AS g) t
@@ -231,7 +235,7 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
     _no_jit(session)
     epsg = int(area.utm_epsg)
     _run(session, _DIFF_SETUP, epsg=epsg, sid=scene.id)
-    _run(session, "CREATE INDEX ON _diff_cur USING gist (g); ANALYZE _diff_cur;")
+    _run(session, "ANALYZE _diff_cur")
     for prev in earlier:
         _run(session, _DIFF_STEP, epsg=epsg, tol=float(settings.shift_tolerance_m), pid=prev.id,
              previous_on=scene_date(prev), cell=DIFF_CELL_M)
@@ -288,7 +292,7 @@ SELECT c.id AS change_id, p.id AS parcel_id, c.source, c.model_version, x.g,
 FROM changes c
 JOIN parcels p ON ST_Intersects(p.geom, c.geom) AND p.area_id + 0 = :aid  -- "+ 0": probe the GiST index only
 CROSS JOIN LATERAL (
-    SELECT CASE WHEN ST_CoveredBy(c.geom, p.geom) THEN c.geom
+    SELECT CASE WHEN ST_Covers(p.geom, c.geom) THEN c.geom
                 ELSE ST_Multi(ST_CollectionExtract(ST_Intersection(c.geom, p.geom), 3)) END AS g) x
 WHERE c.scene_id = :sid;
 DELETE FROM _judge_pieces WHERE area_m2 < :min_piece;
@@ -337,7 +341,7 @@ RETURNING a.id
 # and how much of that is still built (detections grown by the shift tolerance).
 _JUDGE_STILL_SEEN = f"""
 WITH clear AS (
-    SELECT ST_MakeValid(ST_Transform(COALESCE(s.clear_geom, a.footprint), :epsg)) AS g
+    SELECT ST_CollectionExtract(ST_MakeValid(ST_Transform(COALESCE(s.clear_geom, a.footprint), :epsg)), 3) AS g
     FROM scenes s JOIN areas a ON a.id = s.area_id WHERE s.id = :sid),
 cand AS (
     SELECT al.id, al.geom, ST_Transform(al.geom, :epsg) AS g FROM alerts al
@@ -484,7 +488,8 @@ def _render_evidence(session: Session, alerts: list[Alert], settings: Settings) 
 
 # --- indicators
 
-def record_indicators(session: Session, area: Area, scene: Scene, settlement_km2: float | None = None) -> Indicator:
+def record_indicators(session: Session, area: Area, scene: Scene, settlement_km2: float | None = None,
+                      metrics: Metrics | None = None) -> Indicator:
     """Upsert the area's indicators for the scene's date: built-up km2 (its built detections),
     informal-settlement km2 (when given; an earlier value is kept otherwise) and the clear fraction."""
     session.flush()
@@ -508,7 +513,7 @@ def record_indicators(session: Session, area: Area, scene: Scene, settlement_km2
                                 .execution_options(populate_existing=True)).one()
     newest = session.scalar(select(func.max(Indicator.observed_on)).where(Indicator.area_id == area.id))
     if newest == day:
-        metrics = default_metrics()
+        metrics = metrics or default_metrics()
         metrics.built_km2.labels(area=area.name).set(indicator.built_km2 or 0.0)
         if indicator.settlement_km2 is not None:
             metrics.settlement_km2.labels(area=area.name).set(indicator.settlement_km2)
@@ -629,7 +634,7 @@ def import_detections(session: Session, area: Area, date: dt.date, raster: Path,
     earlier = previous_scenes(session, area, date, limit=1)
     changes = diff(session, area, scene, settings, metrics=metrics)
     events = judge(session, area, scene, settings, metrics=metrics)
-    indicator = record_indicators(session, area, scene)
+    indicator = record_indicators(session, area, scene, metrics=metrics)
     scene.cloud_cover = None if indicator.clear_fraction is None else round(100 * (1 - indicator.clear_fraction), 3)
     counts = {e: 0 for e in ("created", "updated", "escalated", "resolved")}
     for _alert, event in events:

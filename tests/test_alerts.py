@@ -110,7 +110,7 @@ def test_evidence_chips_from_rgb_and_grey_scenes(two_alerts, world, engine, sett
     assert set(paths) == {"before", "after"}
     before, after = (np.asarray(Image.open(paths[k]).convert("RGB")).astype(int) for k in ("before", "after"))
     assert min(after.shape[:2]) >= 256
-    assert paths["after"].startswith(str(settings.data_dir / "evidence" / str(a)))
+    assert paths["after"] == str(settings.data_dir.resolve() / "evidence" / str(a) / "after.png")
     outline = (after[..., 0] == 255) & (after[..., 1] == 0) & (after[..., 2] == 0)
     assert outline.sum() > 100  # the new construction is outlined in red
     redness = lambda img: (img[..., 0] - img[..., 1]).clip(0).sum()  # noqa: E731
@@ -149,6 +149,20 @@ def test_views_draw_in_qgis_and_the_reader_role_reads_only_them(two_alerts, engi
         assert conn.execute(sa.text("SELECT count(*) FROM area_indicators")).scalar() == 2
         assert conn.execute(sa.text("SELECT count(*) FROM parcel_history WHERE area = 'ba'")).scalar() == 32
         assert conn.execute(sa.text("SELECT ST_SRID(geom) FROM open_alerts LIMIT 1")).scalar() == 4326
+        # the README's example queries
+        growth = conn.execute(sa.text(
+            "SELECT observed_on, round(built_km2::numeric, 3) AS km2, round(built_km2_change::numeric, 4) AS change, "
+            "clear_fraction, alerts_raised FROM area_indicators WHERE area = 'ba' ORDER BY observed_on")).all()
+        assert [r.alerts_raised for r in growth] == [0, 2] and growth[1].change > 0
+        largest = conn.execute(sa.text(
+            "SELECT id, parcel, first_seen, round(new_area_m2) AS m2, round(fraction::numeric, 2) AS fraction, "
+            "confidence FROM open_alerts WHERE area = 'ba' ORDER BY new_area_m2 DESC LIMIT 20")).all()
+        assert {r.parcel for r in largest} == {pid(*A), pid(*C)}
+        grown = conn.execute(sa.text(
+            "SELECT external_id, max(built_m2) - min(built_m2) AS grown_m2 FROM parcel_history WHERE area = 'ba' "
+            "AND clear AND observed_on > '2023-06-01' GROUP BY external_id HAVING max(built_m2) - min(built_m2) > 100 "
+            "ORDER BY grown_m2 DESC")).all()
+        assert {r.external_id for r in grown} == {pid(*A), pid(*C)}
         for view in VIEWS:
             for privilege in ("INSERT", "UPDATE", "DELETE", "TRUNCATE"):
                 assert not conn.execute(sa.text(f"SELECT has_table_privilege('{view}', '{privilege}')")).scalar()

@@ -349,3 +349,50 @@ def test_buenos_aires_pair_through_diff_and_judge(cli, engine, shared_data, tmp_
     if out["alerts"]["created"]:
         listing = json.loads(cli("alerts", "list", "--area", "ba", "--format", "geojson").stdout)
         assert len(listing["features"]) == out["alerts"]["created"]
+
+
+def test_change_model_polygons_and_metrics(world, cli, engine, settings):
+    from prometheus_client import CollectorRegistry
+
+    from monitor import change
+    from monitor.db.tables import Area, Scene
+    from monitor.metrics import Metrics
+    from monitor.settings import Settings
+
+    s = Settings(**{**settings.model_dump(), "shift_tolerance_m": 1.5, "min_region_m2": 20, "median_filter_px": 3,
+                    "min_change_m2": 20, "alert_min_m2": 50, "alert_min_fraction": 0})
+    metrics = Metrics(CollectorRegistry())
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        area = session.scalar(sa.select(Area))
+        for day, canvas in ((dt.date(2024, 1, 10), buildings()),
+                            (dt.date(2024, 2, 10), buildings().put(*A, *NEW).cloud(*C))):
+            out = change.import_detections(session, area, day, canvas.write(world / f"{day}.tif"), None, s,
+                                           metrics=metrics)
+        assert out["alerts"]["created"] == 1
+        scene = session.get(Scene, out["scene_id"])
+        corner = lambda i, j, x, y, w, h: box(X0 + i * 50 + x, Y0 + j * 50 + y, X0 + i * 50 + x + w,  # noqa: E731
+                                              Y0 + j * 50 + y + h)
+        polys = [(corner(*A, *NEW), 0.8),  # the same construction as the diff found: not counted twice
+                 (corner(*B, *NEW), 0.9),  # only the change model sees this one
+                 (corner(*C, *NEW), 0.9)]  # under the cloud of this date: dropped
+        assert change.store_change_polygons(session, area, scene, polys, EPSG, "chg-1", metrics=metrics) == 2
+        assert change.store_change_polygons(session, area, scene, polys, EPSG, "chg-1", metrics=metrics) == 2
+        events = change.judge(session, area, scene, s, metrics=metrics)
+        # B is new; A's alert takes in the change model's (slightly larger, unfiltered) outline
+        assert sorted((a.source, a.model_version, e) for a, e in events) == [
+            ("change_model", "chg-1", "alert.created"), ("diff", "import:2024-02-10.tif", "alert.updated")]
+        ind = change.record_indicators(session, area, scene, settlement_km2=0.0123, metrics=metrics)
+    alerts = alerts_by_parcel(engine)
+    assert set(alerts) == {pid(*A), pid(*B)}
+    assert abs(alerts[pid(*A)]["new_area_m2"] - 400) / 400 < 0.05
+    assert abs(alerts[pid(*B)]["new_area_m2"] - 400) / 400 < 0.01
+    assert q(engine, "SELECT count(*) FROM changes WHERE source = 'change_model'")[0][0] == 2
+    sample = metrics.registry.get_sample_value
+    assert sample("monitor_detections_total", {"area": "ba"}) == 16 + 16
+    assert sample("monitor_changes_total", {"area": "ba"}) == 1 + 2 + 2
+    assert sample("monitor_alerts_created_total", {"area": "ba", "confidence": "probable"}) == 2
+    assert sample("monitor_open_alerts", {"area": "ba"}) == 2
+    assert sample("monitor_built_up_km2", {"area": "ba"}) == pytest.approx(ind.built_km2)
+    assert sample("monitor_settlement_km2", {"area": "ba"}) == 0.0123
+    # C is a corner parcel: its 54 m cloud reaches 2 m beyond the area on two sides
+    assert ind.settlement_km2 == 0.0123 and ind.clear_fraction == pytest.approx(1 - 52 * 52 / 40000, abs=1e-6)

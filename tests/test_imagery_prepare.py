@@ -45,7 +45,7 @@ def test_grid_is_snapped_and_covers_area_and_margin():
         area_grid(area, 32721, 0, 100)
 
 
-# --- helpers -------------------------------------------------------------------------------------
+# --- reading results ---------------------------------------------------------------------------------
 
 def oscd_bands(city_dir: Path, which: str, bands) -> dict[str, Path]:
     files = sorted((city_dir / which).glob("*.tif"))

@@ -34,7 +34,8 @@ SELECT p.id AS parcel_id,
        p.external_id,
        d.observed_on,
        d.scene_id,
-       (d.clear_geom IS NULL OR ST_CoveredBy(p.geom, d.clear_geom)) AS clear,
+       CASE WHEN d.clear_geom IS NULL OR ST_Covers(d.clear_geom, p.geom) THEN true
+            ELSE ST_Area(ST_Intersection(d.clear_geom, p.geom)) >= 0.99 * ST_Area(p.geom) END AS clear,
        COALESCE(b.built_m2, 0) AS built_m2,
        COALESCE(b.built_m2, 0) / NULLIF(p.area_m2, 0) AS built_fraction,
        COALESCE(n.new_m2, 0) AS new_m2,
@@ -48,7 +49,7 @@ JOIN areas a ON a.id = p.area_id
 JOIN dates d ON d.area_id = p.area_id
 LEFT JOIN LATERAL (
     SELECT sum(ST_Area(ST_Transform(
-               CASE WHEN ST_CoveredBy(x.geom, p.geom) THEN x.geom ELSE ST_Intersection(x.geom, p.geom) END,
+               CASE WHEN ST_Covers(p.geom, x.geom) THEN x.geom ELSE ST_Intersection(x.geom, p.geom) END,
                a.utm_epsg))) AS built_m2
     FROM detections x
     WHERE ST_Intersects(x.geom, p.geom) AND x.scene_id + 0 = d.scene_id AND x.kind = 'built'  -- GiST only

@@ -40,14 +40,14 @@ def _scene(session: Session, area_id: int, *, on=None, before=None) -> Scene | N
     return session.scalar(q.order_by(Scene.acquired_at.desc(), Scene.id.desc()).limit(1))
 
 
-def _band_indexes(src) -> tuple[list[int], bool]:
-    """Band indexes to render and whether they are RGB."""
+def _band_indexes(src) -> list[int]:
+    """Band indexes to render: red, green, blue when the file has them, else the first band."""
     names = [(d or "").upper() for d in src.descriptions]
     if all(b in names for b in RGB_BANDS):
-        return [names.index(b) + 1 for b in RGB_BANDS], True
+        return [names.index(b) + 1 for b in RGB_BANDS]
     if src.count >= 3 and tuple(src.colorinterp[:3]) == (ColorInterp.red, ColorInterp.green, ColorInterp.blue):
-        return [1, 2, 3], True
-    return [1], False
+        return [1, 2, 3]
+    return [1]
 
 
 def _to_uint8(data: np.ma.MaskedArray) -> np.ndarray:
@@ -94,8 +94,7 @@ def render_chip(path: str | Path, parcel_4326, construction_4326, out: Path) -> 
         col, row = math.floor(win.col_off), math.floor(win.row_off)
         win = Window(col, row, max(1, math.ceil(win.col_off + win.width) - col),
                      max(1, math.ceil(win.row_off + win.height) - row))
-        indexes, _rgb = _band_indexes(src)
-        data = src.read(indexes, window=win, boundless=True, masked=True)
+        data = src.read(_band_indexes(src), window=win, boundless=True, masked=True)
         transform = src.window_transform(win)
     img = _to_uint8(data)
     image = Image.fromarray(img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)).convert("RGB")
@@ -108,8 +107,9 @@ def render_chip(path: str | Path, parcel_4326, construction_4326, out: Path) -> 
         return c * scale, r * scale
 
     draw = ImageDraw.Draw(image)
-    _outline(draw, parcel, to_px, PARCEL_COLOUR, max(1, scale // 2))
-    _outline(draw, construction, to_px, CONSTRUCTION_COLOUR, max(2, scale // 2))
+    width = max(2, min(4, scale // 4))
+    _outline(draw, parcel, to_px, PARCEL_COLOUR, width)
+    _outline(draw, construction, to_px, CONSTRUCTION_COLOUR, width)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, format="PNG")
     return out
@@ -121,7 +121,7 @@ def render_chips(session: Session, alert: Alert, settings: Settings) -> dict:
     ``{name: png path}``. Scenes without a stored file are left out."""
     parcel = to_shape(session.get(Parcel, alert.parcel_id).geom)
     construction = to_shape(alert.geom)
-    folder = Path(settings.data_dir) / "evidence" / str(alert.id)
+    folder = Path(settings.data_dir).resolve() / "evidence" / str(alert.id)
     evidence: dict = {}
     for name, scene in (("before", _scene(session, alert.area_id, before=alert.first_seen)),
                         ("after", _scene(session, alert.area_id, on=alert.last_seen))):

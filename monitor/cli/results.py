@@ -66,7 +66,8 @@ def _print_alerts(session, rows, fmt: str) -> None:
         typer.echo("no alerts")
         return
     typer.echo(table([(a.id, *labels.get(a.id, ("", "")), a.first_seen, a.last_seen, f"{a.new_area_m2:.1f}",
-                       f"{a.fraction:.3f}", a.confidence, a.status, a.note or "") for a in rows],
+                       f"{a.fraction:.3f}", a.confidence, a.status, " / ".join((a.note or "").splitlines()))
+                      for a in rows],
                      ["id", "area", "parcel", "first_seen", "last_seen", "new_m2", "fraction", "confidence",
                       "status", "note"]))
 

@@ -76,6 +76,9 @@ class Product:
 @runtime_checkable
 class Provider(Protocol):
     name: ClassVar[str]
+    # True for catalogues searched by date window; False for a drop folder, where every file not
+    # yet recorded is new whatever its date (searched without a lower bound unless one is given).
+    windowed: ClassVar[bool]
 
     def search(self, area: AreaInfo, since: dt.datetime, until: dt.datetime) -> list[Candidate]:
         """Products over the area acquired in [since, until], at most ``area.max_cloud`` % cloudy

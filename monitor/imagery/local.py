@@ -72,6 +72,7 @@ class LocalProvider:
     """GeoTIFFs in a folder: the area's ``local`` source, else ``MONITOR_LOCAL_DIR``."""
 
     name: ClassVar[str] = "local"
+    windowed: ClassVar[bool] = False
 
     def __init__(self, settings, source: str | None = None, metrics=None) -> None:
         folder = source or settings.local_dir

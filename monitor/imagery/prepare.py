@@ -253,7 +253,7 @@ def prepare(product: Product, grid: Grid, area_4326: BaseGeometry, out: Path) ->
     warped: dict[int, np.ndarray] = {}
     for paths, group in by_file.items():
         if len(paths) == 1:
-            data, v, descs = _warp_file(paths[0], [b.index for b in group], grid, categorical=False,
+            data, v, _ = _warp_file(paths[0], [b.index for b in group], grid, categorical=False,
                                         zero_is_nodata=product.zero_is_nodata)
             for k, b in enumerate(group):
                 warped[id(b)] = data[k]

@@ -62,6 +62,7 @@ class SentinelsatProvider:
     """A DHuS API: the area's ``sentinelsat`` source, else ``MONITOR_DHUS_URL``."""
 
     name: ClassVar[str] = "sentinelsat"
+    windowed: ClassVar[bool] = True
 
     def __init__(self, settings, source: str | None = None, metrics=None) -> None:
         from sentinelsat import SentinelAPI

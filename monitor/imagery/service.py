@@ -27,6 +27,7 @@ from monitor.metrics import Metrics, default_metrics
 
 log = logging.getLogger(__name__)
 UTC = dt.timezone.utc
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 # A scene in one of these states is done with acquisition; fetching it again changes nothing.
 DONE = ("prepared", "processed", "skipped")
 
@@ -42,7 +43,8 @@ def _utc(value: dt.datetime | dt.date | None, end_of_day: bool = False) -> dt.da
 
 def search_window(session: Session, area: Area, settings, since=None, until=None) -> tuple[dt.datetime, dt.datetime]:
     """[since, until] in UTC; a date ``until`` means the end of that day. Without ``since``: a day
-    before the newest scene already found, or ``MONITOR_SEARCH_LOOKBACK_DAYS`` for a new area."""
+    before the newest scene already found, or ``MONITOR_SEARCH_LOOKBACK_DAYS`` for a new area
+    (drop folders are searched without this lower bound)."""
     until_ = _utc(until, end_of_day=True) or dt.datetime.now(UTC).replace(microsecond=0)
     since_ = _utc(since)
     if since_ is None:
@@ -112,7 +114,9 @@ def search_scenes(session: Session, area: Area, settings, metrics: Metrics | Non
     for i, name in enumerate(providers):
         info = area_info(area, name)
         try:
-            candidates = get_provider(name, settings, info, metrics).search(info, since_, until_)
+            provider = get_provider(name, settings, info, metrics)
+            lower = since_ if since is not None or provider.windowed else EPOCH
+            candidates = provider.search(info, lower, until_)
         except Exception as e:  # one provider's failure, whatever it is, must not stop the others
             if not isinstance(e, ProviderError):
                 log.exception("area %s: provider %s failed", area.name, name)

@@ -94,6 +94,7 @@ class StacProvider:
     """A STAC API: the area's ``stac`` source, else ``MONITOR_STAC_URL``."""
 
     name: ClassVar[str] = "stac"
+    windowed: ClassVar[bool] = True
 
     def __init__(self, settings, source: str | None = None, metrics=None) -> None:
         self.url = source or settings.stac_url
