@@ -207,10 +207,12 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
         with rec.step("judge"):
             with transaction(engine) as s:
                 area, scene = s.get(Area, area.id), s.get(Scene, scene.id)
-                events = change.judge(s, area, scene, settings, metrics=metrics)
-                change.record_indicators(s, area, scene, settlement_km2=settlement)
+                # in the same transaction as the verdicts, so evidence can be rendered from this scene
                 scene.status = "processed"
                 scene.status_reason = None
+                s.flush()
+                events = change.judge(s, area, scene, settings, metrics=metrics)
+                change.record_indicators(s, area, scene, settlement_km2=settlement)
             summary["alerts"] = sum(1 for _a, ev in events if ev in ("alert.created", "alert.escalated"))
             summary["settlement_km2"] = settlement
     except BaseException as e:

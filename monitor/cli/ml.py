@@ -146,6 +146,11 @@ def train_change(
     batch: int = typer.Option(16, "--batch"),
     pos_weight: float = typer.Option(2.0, "--pos-weight", help="Weight of change pixels in the cross-entropy."),
     base_filters: int = typer.Option(16, "--base-filters", help="Filters of the first U-Net level."),
+    per_image: bool = typer.Option(True, "--per-image/--global", help="Standardize each image by its own band "
+                                   "statistics first (robust to radiometric differences between dates and places), "
+                                   "or only by the training data's."),
+    jitter: float = typer.Option(0.0, "--jitter", help="Random gain and offset (std) per band and date added to "
+                                 "training patches."),
     patience: int = typer.Option(15, "--patience", help="Early-stopping patience, epochs."),
     time_limit: float = typer.Option(15.0, "--time-limit", help="Stop after this many minutes, keeping the best "
                                      "epoch (0: none)."),
@@ -156,7 +161,8 @@ def train_change(
     out, version = _out_dir(ctx, out, "change")
     _report(training.train_change(data, out, epochs=epochs, seed=seed, bands=_bands(bands), cities=city or None,
                                   patch=patch, steps_per_epoch=steps, batch=batch, pos_weight=pos_weight,
-                                  base_filters=base_filters, patience=patience, progress=True,
+                                  base_filters=base_filters, per_image=per_image, jitter=jitter,
+                                  patience=patience, progress=True,
                                   time_limit_s=time_limit * 60 or None, version=version))
 
 

@@ -346,13 +346,15 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
                  cities: list[str] | None = None, bands: list[str] | None = None, patch: int = 64, batch: int = 16,
                  steps_per_epoch: int = 60, depth: int = 4, base_filters: int = 16, dropout: float = 0.2,
                  lr: float = 1e-3, pos_weight: float = 2.0, change_share: float = 0.5, val_fraction: float = 0.2,
-                 per_image: bool = False, jitter: float = 0.0, patience: int = 15, progress: bool = False, precision: str = "auto",
+                 per_image: bool = True, jitter: float = 0.0, patience: int = 15, progress: bool = False, precision: str = "auto",
                  time_limit_s: float | None = 900, version: str | None = None) -> Path:
     """Early-fusion U-Net over before and after stacked band-wise, on the change layout (``dataset oscd``).
 
     Each city keeps a band of rows for validation; patches come from the rest, half of them around
-    change pixels, flipped and rotated. ``time_limit_s`` stops training early (the best epoch so far
-    is kept). ``cities`` default to every labelled city of the dataset.
+    change pixels, flipped and rotated. With ``per_image`` every image is first standardized by its own
+    band statistics, which removes radiometric differences between dates and places. ``jitter`` adds a
+    random gain and offset per band and date to training patches. ``time_limit_s`` stops training early
+    (the best epoch so far is kept). ``cities`` default to every labelled city of the dataset.
     """
     from monitor.ml.inference import predict_array
     from monitor.ml.modelstore import normalize
