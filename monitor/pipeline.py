@@ -93,16 +93,6 @@ def _load(model_dir: Path | None):
     return load_model(model_dir)
 
 
-def _atomic(path: Path, write) -> Path:
-    """Write a file through ``write(tmp_path)`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.unlink(missing_ok=True)
-    write(tmp)
-    tmp.replace(path)
-    return path
-
-
 def _previous_processed(session: Session, scene: Scene) -> Scene | None:
     return session.scalar(select(Scene).where(
         Scene.area_id == scene.area_id, Scene.status == "processed", Scene.acquired_at < scene.acquired_at,
@@ -172,12 +162,16 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
                     continue
                 target = out_dir / f"{scene.id}_{kind}_{model.version}.tif"
                 if not target.exists():
+                    # a pass killed during inference leaves its temporary file behind
+                    for stale in out_dir.glob(f".{scene.id}_{kind}_*"):
+                        stale.unlink(missing_ok=True)
                     before = Path(previous.file_path) if kind == "change" else None
                     t0 = time.perf_counter()
-                    _atomic(target, lambda tmp, m=model, b=before: predict_raster(
-                        m, scene_path, tmp, before=b, batch=settings.inference_batch,
-                        overlap=settings.inference_overlap))
-                    metrics.inference_tiles_per_second.labels(kind)  # created even when the engine reports none
+                    predict_raster(model, scene_path, target, before=before, batch=settings.inference_batch,
+                                   overlap=settings.inference_overlap)
+                    windows = _windows(scene_path, model.tile, settings.inference_overlap)
+                    metrics.inference_tiles.labels(kind).inc(windows)
+                    metrics.inference_tiles_per_second.labels(kind).set(windows / (time.perf_counter() - t0))
                     log.info("%s: %s inference in %.1fs", area.name, kind, time.perf_counter() - t0)
                 prob_paths[kind] = target
             if models["classifier"] is not None:
@@ -220,6 +214,17 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
         raise
     rec.finish()
     return summary
+
+
+def _windows(scene: Path, tile: int, overlap: float) -> int:
+    """How many inference windows the tiled engine runs over a scene."""
+    import rasterio
+
+    from monitor.ml.tiling import starts, stride_for
+
+    with rasterio.open(scene) as src:
+        stride = stride_for(tile, overlap)
+        return len(starts(src.height, tile, stride)) * len(starts(src.width, tile, stride))
 
 
 def _check(stop: threading.Event | None) -> None:

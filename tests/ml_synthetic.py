@@ -57,7 +57,8 @@ def settlement_scene(folder: Path, tiles: int = 10, tile: int = 32, share: float
             if rng.random() >= share:
                 continue
             w, h = rng.integers(tile // 3, tile // 2, 2)
-            r, c = r0 + rng.integers(tile // 4, tile - h - tile // 4 + 1), c0 + rng.integers(tile // 4, tile - w - tile // 4 + 1)
+            r = r0 + rng.integers(tile // 4, tile - h - tile // 4 + 1)
+            c = c0 + rng.integers(tile // 4, tile - w - tile // 4 + 1)
             data[r:r + h, c:c + w] += 700
             x0, y1 = ORIGIN[0] + c, ORIGIN[1] - r
             polys.append(box(x0, y1 - h, x0 + w, y1))

@@ -85,14 +85,14 @@ def test_spacenet_masks_match_the_footprints(tmp_path, spacenet):
 def test_split_is_stratified_and_repeatable(tmp_path):
     scene, labels, _ = buildings_scene(tmp_path, size=256, n=12)
     a = build_tiles(scene, labels, tmp_path / "a", tile=32, val_fraction=0.25, seed=7)
-    b = build_tiles(scene, labels, tmp_path / "b", tile=32, val_fraction=0.25, seed=7)
+    build_tiles(scene, labels, tmp_path / "b", tile=32, val_fraction=0.25, seed=7)
     names = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*.tif"))  # noqa: E731
     assert names(tmp_path / "a") == names(tmp_path / "b")
     t = a["tiles"]
     for label in ("true", "false"):
         n = t["train"][label] + t["validation"][label]
         assert t["validation"][label] == round(n * 0.25)
-    c = build_tiles(scene, labels, tmp_path / "c", tile=32, val_fraction=0.25, seed=8)
+    build_tiles(scene, labels, tmp_path / "c", tile=32, val_fraction=0.25, seed=8)
     assert names(tmp_path / "c") != names(tmp_path / "a")
 
 

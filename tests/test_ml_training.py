@@ -56,7 +56,8 @@ def test_change_model_learns_new_roofs_and_repeats_with_a_seed(tmp_path):
     kw = dict(epochs=4, steps_per_epoch=15, patch=32, batch=8, depth=2, base_filters=8, seed=5, lr=3e-3)
     d1 = train_change(data, tmp_path / "m1", **kw)
     meta = read_meta(d1)
-    assert meta["kind"] == "change" and meta["bands"] == ["B02", "B03", "B04", "B08"] and len(meta["normalization"]["mean"]) == 8
+    assert meta["kind"] == "change" and meta["bands"] == ["B02", "B03", "B04", "B08"]
+    assert len(meta["normalization"]["mean"]) == 8 and meta["normalization"]["per_image"]
     assert meta["training"]["cities"] == ["site0", "site1"]
     r = evaluate(load_model(d1), data)
     assert set(r["cities"]) == {"site0", "site1"} and r["seen_in_training"] == ["site0", "site1"]

@@ -65,3 +65,4 @@ _register()
 
 def main() -> None:
     app()
+

@@ -188,7 +188,8 @@ def _read_tile(path: Path, bands: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return np.moveaxis(d, 0, -1).astype(np.float32), valid_mask(src, d)
 
 
-def load_classifier_split(data_dir: str | Path, split: str, bands: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_classifier_split(data_dir: str | Path, split: str,
+                          bands: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Raw tiles (N, H, W, C) float32, labels (N,) float32 and file names of ``split`` (true and false)."""
     xs, ys, names = [], [], []
     for label, y in (("true", 1.0), ("false", 0.0)):

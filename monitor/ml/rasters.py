@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from monitor.errors import BadInput, ImageryError
+from monitor.errors import BadInput
 
 
 def open_raster(path: str | Path):
@@ -68,7 +68,3 @@ def valid_mask(src, data_chw: np.ndarray) -> np.ndarray:
         valid &= ~np.any(np.isnan(data_chw), axis=0)
     return valid
 
-
-def check_georeferenced(src) -> None:
-    if src.crs is None:
-        raise ImageryError(f"{src.name}: raster has no coordinate reference system")

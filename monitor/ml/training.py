@@ -142,8 +142,10 @@ def _compile(model, loss, optimizer, metrics) -> None:
 
 
 def _batched_call(model, x: np.ndarray, batch: int = 16) -> np.ndarray:
-    return np.concatenate([np.asarray(model(x[i:i + batch], training=False), np.float32)[..., 0]
-                           for i in range(0, len(x), batch)])
+    """Probabilities of normalized inputs through one compiled call of ``model``, batch by batch."""
+    n = model.inputs[0].shape[-1]
+    run = LoadedModel(Path("."), {"kind": "segmenter", "bands": [str(i) for i in range(n)]}, model)
+    return np.concatenate([run(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
 def _bands_of(summary: dict, bands: list[str] | None, data_dir) -> list[str]:
@@ -200,12 +202,13 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
 
     valid = np.ones_like(y_va, bool)
     cbs = _callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress, time_limit_s=time_limit_s,
-                     first=[_val_f1_callback(lambda: _batched_call(model, x_va), y_va > 0.5, valid)])
+                     first=[_val_f1_callback(lambda: _batched_call(model, x_va, batch), y_va > 0.5, valid)])
     history = model.fit(batches(), steps_per_epoch=steps, epochs=epochs, callbacks=cbs, verbose=0, shuffle=False)
-    prob = _batched_call(model, x_va)
+    prob = _batched_call(model, x_va, batch)
     threshold, val = scores.best_threshold(prob, y_va > 0.5)
     meta = {
-        "version": version, "kind": "segmenter", "bands": bands, "normalization": {"mean": mean, "std": std}, "tile": tile,
+        "version": version, "kind": "segmenter", "bands": bands, "normalization": {"mean": mean, "std": std},
+        "tile": tile,
         "resolution_m": summary.get("resolution_m"), "threshold": threshold,
         "architecture": {"type": "unet", "depth": depth, "base_filters": base_filters, "dropout": dropout},
         "training": {"data": str(Path(data_dir).resolve()), "train_tiles": len(x_tr), "validation_tiles": len(x_va),
@@ -272,7 +275,8 @@ def train_classifier(data_dir: str | Path, out_dir: str | Path, *, epochs: int =
     threshold, val = scores.best_threshold(prob, y_va > 0.5)
     val["accuracy"] = round(float(np.mean((prob > threshold) == (y_va > 0.5))), 4)
     meta = {
-        "version": version, "kind": "classifier", "bands": bands, "normalization": {"mean": list(mean), "std": list(std)}, "tile": tile,
+        "version": version, "kind": "classifier", "bands": bands,
+        "normalization": {"mean": list(mean), "std": list(std)}, "tile": tile,
         "resolution_m": summary.get("resolution_m"), "threshold": threshold,
         "architecture": {"type": "classifier", "backbone": backbone, "freeze": freeze, "dense": dense,
                          "dropout": dropout, "pretrained": str(weights) if weights else None},
@@ -346,8 +350,8 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
                  cities: list[str] | None = None, bands: list[str] | None = None, patch: int = 64, batch: int = 16,
                  steps_per_epoch: int = 60, depth: int = 4, base_filters: int = 16, dropout: float = 0.2,
                  lr: float = 1e-3, pos_weight: float = 2.0, change_share: float = 0.5, val_fraction: float = 0.2,
-                 per_image: bool = True, jitter: float = 0.0, patience: int = 15, progress: bool = False, precision: str = "auto",
-                 time_limit_s: float | None = 900, version: str | None = None) -> Path:
+                 per_image: bool = True, jitter: float = 0.0, patience: int = 15, progress: bool = False,
+                 precision: str = "auto", time_limit_s: float | None = 900, version: str | None = None) -> Path:
     """Early-fusion U-Net over before and after stacked band-wise, on the change layout (``dataset oscd``).
 
     Each city keeps a band of rows for validation; patches come from the rest, half of them around
@@ -425,11 +429,12 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
 
     cbs = _callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress, time_limit_s=time_limit_s,
                      first=[_val_f1_callback(val_predict, val_truth, val_valid)])
-    history = model.fit(batches(), steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=cbs, verbose=0, shuffle=False)
+    history = model.fit(batches(), steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=cbs, verbose=0,
+                        shuffle=False)
     prob = val_predict()
     threshold, val = scores.best_threshold(prob, val_truth, val_valid)
     per_city, i = {}, 0
-    for c, xv, t, v in val_parts:
+    for c, _, t, v in val_parts:
         p = prob[i:i + t.size].reshape(t.shape)
         i += t.size
         per_city[c] = scores.scores(scores.confusion(p > threshold, t, v))
