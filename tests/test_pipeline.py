@@ -198,3 +198,46 @@ def test_demo_command(cli, roof_model, tmp_path):
     assert (home / "demo" / "models" / "classifier" / "model.json").exists()
     settlement = [float(row[5]) for row in summary["dates"]]
     assert all(s > 0 for s in settlement)
+
+
+@pytest.fixture(scope="session")
+def change_rule_model(tmp_path_factory):
+    """A real Keras change model (early fusion of two dates) whose weights encode: bright blue band
+    after and not before is new construction."""
+    import numpy as np
+
+    from monitor.ml.modelstore import save_model
+    from monitor.ml.runtime import keras
+
+    k = keras()
+    inputs = k.Input((None, None, 2))
+    outputs = k.layers.Conv2D(1, 1, activation="sigmoid")(inputs)
+    model = k.Model(inputs, outputs)
+    model.layers[-1].set_weights([np.array([-4.0, 4.0], "float32").reshape(1, 1, 2, 1), np.array([-8.0], "float32")])
+    meta = {"kind": "change", "version": "change-roof-rule", "bands": ["B02"],
+            "normalization": {"mean": [1900.0, 1900.0], "std": [100.0, 100.0]}, "tile": 64, "threshold": 0.5,
+            "resolution_m": 2.0, "architecture": {"depth": 0}}
+    return save_model(model, tmp_path_factory.mktemp("models") / "change-rule", meta)
+
+
+@pytest.mark.slow
+def test_change_model_feeds_the_same_alerts(cli, engine, world, change_rule_model, tmp_path):
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    cli("areas", "add", "demo", "--geometry", world.area, "--provider", "local", "--source", f"local={drops}",
+        "--resolution", "2", "--max-cloud", "40")
+    cli("parcels", "import", world.parcels, "--area", "demo", "--id-field", "parcel_id")
+    cli("permits", "import", world.permits, "--area", "demo")
+    cli("areas", "configure", "demo", "--change-model", change_rule_model)
+    for date in (DATES[0], DATES[1], DATES[3]):  # skip the cloudy date
+        shutil.copy2(world.scenes[date], drops)
+        cli("process", "--area", "demo", "--quiet")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT p.external_id, a.source, a.model_version FROM alerts a JOIN parcels p ON p.id = a.parcel_id"
+        )).all()
+        sources = conn.execute(sa.text("SELECT DISTINCT source FROM changes")).scalars().all()
+    unpermitted = {t["parcel"] for t in world.truth["new_unpermitted"]}
+    assert {r[0] for r in rows} == unpermitted
+    assert {(r[1], r[2]) for r in rows} == {("change_model", "change-roof-rule")}
+    assert sources == ["change_model"]

@@ -64,11 +64,20 @@ def replicas(db_url):
         eng.dispose()
 
 
-def advisory_holders(engine) -> list[int]:
-    with engine.connect() as conn:
-        return list(conn.execute(sa.text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                                         "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"))
-                    .scalars())
+def advisory_holders(engine, settle_s: float = 5.0) -> list[int]:
+    """Backends holding an advisory lock; a closed connection's backend may take a moment to exit,
+    so an answer that still lists one is asked again for up to ``settle_s`` seconds."""
+    import time
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        with engine.connect() as conn:
+            pids = list(conn.execute(sa.text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")).scalars())
+        if not pids or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)
 
 
 def test_two_replicas_one_scheduler_and_takeover(engine, fast, tmp_path, replicas):
