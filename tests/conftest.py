@@ -41,7 +41,9 @@ def _admin_url() -> sa.URL:
         return make_url(database_url(Settings(database_url=url))).set(database="postgres")
     from monitor.db.embedded import Cluster
 
-    cluster = Cluster(Settings(home=ROOT / ".monitor"))
+    # a cluster of the tests' own, beside (not inside) the one `monitor` commands use in this checkout
+    port = int(os.environ.get("MONITOR_TEST_PG_PORT", "55433"))
+    cluster = Cluster(Settings(home=ROOT / ".monitor" / "test", pg_port=port))
     cluster.ensure()
     return make_url(cluster.admin_url())
 

@@ -24,8 +24,8 @@ from monitor.registry.areas import AreaSpec, add_area
 from tests.vectors import geojson
 
 SECRET = "s3cret-shared-with-the-receiver"
-# Simulated time starts just after the deliveries are queued (they are due from their creation).
-T0 = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(minutes=1)
+# Simulated time a day ahead: every delivery queued during the test session is due at T0.
+T0 = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(days=1)
 
 
 # --- seeding (shared with the API and scheduler tests)

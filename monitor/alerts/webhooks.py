@@ -31,25 +31,13 @@ EVENTS = ("alert.created", "alert.escalated", "alert.updated", "alert.resolved")
 
 
 def alert_payload(session: Session, alert: Alert, event: str) -> dict:
+    """The JSON a subscriber receives: the event and the alert as the API shows it, with its geometry."""
+    from monitor.alerts.lifecycle import alert_properties
+
     area = session.get(Area, alert.area_id)
     parcel = session.get(Parcel, alert.parcel_id)
-    return {
-        "event": event,
-        "alert": {
-            "id": alert.id,
-            "area": area.name if area else None,
-            "parcel": parcel.external_id if parcel else None,
-            "first_seen": alert.first_seen.isoformat(),
-            "last_seen": alert.last_seen.isoformat(),
-            "new_area_m2": round(alert.new_area_m2, 2),
-            "fraction": round(alert.fraction, 4),
-            "confidence": alert.confidence,
-            "status": alert.status,
-            "source": alert.source,
-            "model_version": alert.model_version,
-            "geometry": mapping(to_shape(alert.geom)),
-        },
-    }
+    props = alert_properties(alert, area.name if area else None, parcel.external_id if parcel else None)
+    return {"event": event, "alert": {**props, "geometry": mapping(to_shape(alert.geom))}}
 
 
 def enqueue(session: Session, alert: Alert, event: str) -> int:
