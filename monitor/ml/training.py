@@ -340,9 +340,9 @@ class _ChangeSampler:
         x, y = _augment(x[r:r + p, c:c + p], y[r:r + p, c:c + p], rng)
         if self.jitter:
             # each date its own gain and offset per band: a radiometric difference between dates is no change
-            ch = x.shape[-1]
-            x = x * (1 + rng.normal(0, self.jitter, ch)).astype(np.float32) + rng.normal(0, self.jitter, ch).astype(
-                np.float32)
+            gain = 1 + rng.normal(0, self.jitter, x.shape[-1])
+            offset = rng.normal(0, self.jitter, x.shape[-1])
+            x = (x * gain + offset).astype(np.float32)
         return x, y
 
 
