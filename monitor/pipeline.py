@@ -17,7 +17,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from monitor.db.engine import transaction
@@ -204,6 +204,7 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
                 # in the same transaction as the verdicts, so evidence can be rendered from this scene
                 scene.status = "processed"
                 scene.status_reason = None
+                scene.next_attempt_at = None
                 s.flush()
                 events = change.judge(s, area, scene, settings, metrics=metrics)
                 change.record_indicators(s, area, scene, settlement_km2=settlement)
@@ -268,8 +269,10 @@ def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics 
                 if key == "failed":
                     summary["errors"].append(f"scene {scene.product_id}: {scene.status_reason}")
         with transaction(engine) as s:
-            todo = list(s.scalars(select(Scene.id).where(Scene.area_id == area_id, Scene.status == "prepared")
-                                  .order_by(Scene.acquired_at)))
+            now = dt.datetime.now(dt.timezone.utc)
+            todo = list(s.scalars(select(Scene.id).where(
+                Scene.area_id == area_id, Scene.status == "prepared",
+                or_(Scene.next_attempt_at.is_(None), Scene.next_attempt_at <= now)).order_by(Scene.acquired_at)))
         for scene_id in _progress(todo, progress, f"{area.name}: process"):
             _check(stop)
             try:
@@ -279,6 +282,7 @@ def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics 
             except Exception as e:  # one scene never stops the others
                 log.exception("%s: scene %s failed", area.name, scene_id)
                 summary["errors"].append(f"scene {scene_id}: {_reason(e).splitlines()[0]}")
+                _retry_later(engine, scene_id, _reason(e), settings)
                 continue
             summary["processed"] += 1
             summary["alerts"] += result["alerts"]
@@ -294,6 +298,19 @@ def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics 
     if not summary["errors"]:
         metrics.last_success.labels(area.name).set(time.time())
     return summary
+
+
+def _retry_later(engine: Engine, scene_id: int, reason: str, settings: Settings) -> None:
+    """Keep a scene whose processing failed for a later pass, backing off with each failure."""
+    with transaction(engine) as s:
+        from sqlalchemy import func
+
+        scene = s.get(Scene, scene_id)
+        failures = s.scalar(select(func.count()).select_from(Run).where(Run.scene_id == scene_id,
+                                                                         Run.status == "failed"))
+        wait = min(settings.scene_retry_s * 2 ** max(failures - 1, 0), settings.scene_retry_max_s)
+        scene.next_attempt_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=wait)
+        scene.status_reason = reason[:2000]
 
 
 def _gauges(engine: Engine, area_id: int, name: str, metrics: Metrics) -> None:

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
                                       "days (later searches start from the newest scene found).")
     offline_retry_s: float = Field(3600.0, description="Wait before fetching again a product that was "
                                    "offline (long-term archive), seconds.")
+    scene_retry_s: float = Field(600.0, description="Wait before processing again a scene whose processing "
+                                 "failed; doubles with each failure, seconds.")
+    scene_retry_max_s: float = Field(21600.0, description="Cap of that wait, seconds.")
     dhus_url: str = Field("https://apihub.copernicus.eu/apihub/",
                           description="DHuS API URL of the `sentinelsat` provider.")
     dhus_user: str | None = Field(None, description="DHuS user name (never logged).")

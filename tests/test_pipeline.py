@@ -4,6 +4,7 @@ result as an uninterrupted one."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -241,3 +242,45 @@ def test_change_model_feeds_the_same_alerts(cli, engine, world, change_rule_mode
     assert {r[0] for r in rows} == unpermitted
     assert {(r[1], r[2]) for r in rows} == {("change_model", "change-roof-rule")}
     assert sources == ["change_model"]
+
+
+def test_a_failing_scene_backs_off_and_the_others_go_on(settings, engine, world, roof_model, tmp_path):
+    from sqlalchemy import select
+
+    from monitor.db.engine import transaction
+    from monitor.db.tables import Area, Scene
+    from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
+    from monitor.metrics import Metrics
+    from monitor.pipeline import run_area
+    from monitor.registry.areas import AreaSpec, add_area, configure_area
+
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    for date in DATES[:3]:
+        shutil.copy2(world.scenes[date], drops)
+    with transaction(engine) as s:
+        area = add_area(s, AreaSpec("demo", str(world.area), "1d", ["local"], 40, {"local": str(drops)}, 2.0))
+        configure_area(s, "demo", models={"segmenter": str(roof_model)})
+        area_id = area.id
+    metrics = Metrics()
+    with transaction(engine) as s:
+        search_scenes(s, s.get(Area, area_id), settings, metrics)
+        pending = [sc.id for sc in pending_scenes(s, s.get(Area, area_id))]
+    for scene_id in pending:
+        fetch_scene(engine, scene_id, settings, metrics)
+    # the second date's prepared file is damaged after it was fetched: its inference fails
+    with transaction(engine) as s:
+        broken = s.scalars(select(Scene).where(Scene.area_id == area_id).order_by(Scene.acquired_at)).all()[1]
+        Path(broken.file_path).write_bytes(b"not a tiff any more")
+        broken_id = broken.id
+    summary = run_area(engine, area_id, settings, metrics)
+    assert summary["processed"] == 2 and len(summary["errors"]) == 1
+    with transaction(engine) as s:
+        scene = s.get(Scene, broken_id)
+        assert scene.status == "prepared" and scene.status_reason
+        wait = (scene.next_attempt_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        assert settings.scene_retry_s - 60 < wait <= settings.scene_retry_s
+    # not due yet: the next pass leaves it alone
+    again = run_area(engine, area_id, settings, metrics)
+    assert again["processed"] == 0 and again["errors"] == []
+    assert metrics.registry.get_sample_value("monitor_run_errors_total", {"area": "demo", "step": "infer"}) == 1
