@@ -27,38 +27,27 @@ def _root(ctx: typer.Context,
 
 
 def _register() -> None:
-    from monitor.cli import db, registry, settings_cmd
+    from monitor.cli import daemon, db, ml, pipeline_cmd, registry, results, scenes, settings_cmd
 
     app.add_typer(db.app, name="db")
     app.add_typer(registry.areas, name="areas")
     app.add_typer(registry.parcels, name="parcels")
     app.add_typer(registry.permits, name="permits")
-    app.command("settings")(settings_cmd.show_settings)
-    from monitor.cli import ml
-
+    app.add_typer(scenes.app, name="scenes")
     app.add_typer(ml.dataset, name="dataset")
     app.add_typer(ml.train, name="train")
     app.add_typer(ml.models, name="models")
     app.command("predict")(ml.predict)
     app.command("evaluate")(ml.evaluate)
-    from monitor.cli import daemon
-
+    app.add_typer(results.detections, name="detections")
+    app.command("process")(pipeline_cmd.process)
+    app.add_typer(results.alerts, name="alerts")
+    app.add_typer(results.history, name="history")
     app.command("run")(daemon.run)
     app.add_typer(daemon.tokens, name="tokens")
     app.add_typer(daemon.subscriptions, name="subscriptions")
-    from monitor.cli import pipeline_cmd
-
-    app.command("process")(pipeline_cmd.process)
     app.command("demo")(pipeline_cmd.demo)
-    from monitor.cli import results
-
-    app.add_typer(results.detections, name="detections")
-    app.add_typer(results.alerts, name="alerts")
-    app.add_typer(results.history, name="history")
-    from monitor.cli import scenes
-
-    app.add_typer(scenes.app, name="scenes")
-
+    app.command("settings")(settings_cmd.show_settings)
 
 _register()
 
