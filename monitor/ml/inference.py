@@ -12,6 +12,7 @@ import logging
 import math
 import secrets
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from monitor.ml.tiling import blend_weights, starts, stride_for
 log = logging.getLogger(__name__)
 
 NODATA = -1.0
+GDAL_CACHE_MB = 128
 
 # read(row0, nrows) -> (normalized (nrows, W, C) float32, valid (nrows, W) bool)
 Reader = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
@@ -58,7 +60,8 @@ def run_tiled(model: LoadedModel, height: int, width: int, read: Reader, write: 
     """The engine: every window of ``tile`` (overlapping by ``overlap``) through the model, blended.
 
     Window rows are processed in groups big enough to fill a batch; a strip of rows is written as
-    soon as no later window can touch it, so only one group of rows is held in memory.
+    soon as no later window can touch it, so only one group of rows is held in memory (two while the
+    next group is read ahead). Reading and writing run in threads of their own, beside the model.
     """
     tile = _window_size(model, tile)
     stride = stride_for(tile, overlap)
@@ -66,12 +69,14 @@ def run_tiled(model: LoadedModel, height: int, width: int, read: Reader, write: 
     rows, cols = starts(height, tile, stride), starts(width, tile, stride)
     per_group = max(1, math.ceil(batch / len(cols)))
     groups = [rows[i:i + per_group] for i in range(0, len(rows), per_group)]
+    spans = [(g[0], min(g[-1] + tile, height)) for g in groups]
     buf_h = max(g[-1] + tile - g[0] for g in groups)
     wp = max(width, tile)
     acc = np.zeros((buf_h, wp), np.float32)
     wsum = np.zeros((buf_h, wp), np.float32)
     valid_buf = np.zeros((buf_h, wp), bool)
     top = 0  # scene row of the buffer's first row
+    writes: list[Future] = []
 
     def flush(upto: int) -> None:
         nonlocal top
@@ -80,31 +85,39 @@ def run_tiled(model: LoadedModel, height: int, width: int, read: Reader, write: 
             return
         with np.errstate(invalid="ignore", divide="ignore"):
             out = np.where(valid_buf[:n] & (wsum[:n] > 0), acc[:n] / wsum[:n], NODATA)[:, :width]
-        write(top, out.astype(np.float32))
+        writes.append(writer.submit(write, top, out.astype(np.float32)))
         for a in (acc, wsum, valid_buf):
             a[:-n] = a[n:].copy()
             a[-n:] = 0
         top = upto
 
     bar = tqdm(total=len(rows) * len(cols), unit="window", disable=not progress, desc="predict")
-    for group in groups:
-        flush(group[0])
-        r0, r1 = group[0], min(group[-1] + tile, height)
-        x, valid = read(r0, r1 - r0)
-        x[~valid] = 0.0
-        need = group[-1] + tile - r0
-        x, valid = _pad_to(x, need, wp), _pad_to(valid, need, wp, mode="constant")
-        valid_buf[: r1 - r0] = valid[: r1 - r0]
-        todo = [(r - r0, c) for r in group for c in cols if valid[r - r0:r - r0 + tile, c:c + tile].any()]
-        bar.update(len(group) * len(cols) - len(todo))
-        for i in range(0, len(todo), batch):
-            chunk = todo[i:i + batch]
-            probs = model(np.stack([x[r:r + tile, c:c + tile] for r, c in chunk]))
-            for (r, c), p in zip(chunk, probs):
-                acc[r:r + tile, c:c + tile] += p * weights
-                wsum[r:r + tile, c:c + tile] += weights
-            bar.update(len(chunk))
-    flush(height)
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        ahead = reader.submit(read, spans[0][0], spans[0][1] - spans[0][0])
+        for k, group in enumerate(groups):
+            x, valid = ahead.result()
+            if k + 1 < len(groups):
+                ahead = reader.submit(read, spans[k + 1][0], spans[k + 1][1] - spans[k + 1][0])
+            flush(group[0])
+            r0, r1 = spans[k]
+            x[~valid] = 0.0
+            need = group[-1] + tile - r0
+            x, valid = _pad_to(x, need, wp), _pad_to(valid, need, wp, mode="constant")
+            valid_buf[: r1 - r0] = valid[: r1 - r0]
+            todo = [(r - r0, c) for r in group for c in cols if valid[r - r0:r - r0 + tile, c:c + tile].any()]
+            bar.update(len(group) * len(cols) - len(todo))
+            for i in range(0, len(todo), batch):
+                chunk = todo[i:i + batch]
+                probs = model(np.stack([x[r:r + tile, c:c + tile] for r, c in chunk]))
+                for (r, c), p in zip(chunk, probs):
+                    acc[r:r + tile, c:c + tile] += p * weights
+                    wsum[r:r + tile, c:c + tile] += weights
+                bar.update(len(chunk))
+            while writes and writes[0].done():
+                writes.pop(0).result()  # a failed write stops the run here
+        flush(height)
+        for w in writes:
+            w.result()
     bar.close()
 
 
@@ -190,7 +203,8 @@ def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | No
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{secrets.token_hex(3)}.tmp")
         try:
-            with rasterio.open(tmp, "w", **profile) as dst:
+            # GDAL's block cache would otherwise grow to 5 % of RAM over a large scene
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(tmp, "w", **profile) as dst:
                 dst.set_band_description(1, f"{model.kind} probability")
                 dst.update_tags(model_version=model.version, model_kind=model.kind, threshold=str(model.threshold))
 
