@@ -193,6 +193,12 @@ def test_a_failing_area_never_stops_the_others(engine, fast, tmp_path, replicas)
     sched.start()
     wait_for(lambda: len(ran) >= 3, what="three runs")
     wait_for(lambda: sample(sched.metrics, "monitor_runs_total", area="good", status="succeeded"), what="metrics")
+
+    def run_rows() -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM runs")).scalar()
+
+    wait_for(lambda: run_rows() >= 3, what="three run rows")  # a job commits its row after it starts
     assert sorted(ran) == sorted([bad, good, own])
     with transaction(engine) as s:
         runs = {(r.area_id, r.status, r.error) for r in s.scalars(sa.select(Run))}
