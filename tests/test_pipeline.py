@@ -149,24 +149,32 @@ def test_killed_pass_resumes_to_the_same_result(cli, engine, world, roof_model, 
     assert not list(home.rglob("*.partial")) and not list(home.rglob("*.tmp"))
 
 
+def _area_with_drops(engine, world, model: Path, tmp_path: Path, dates, parcels: bool = False) -> int:
+    """The world's area on the local provider, its drop folder holding the scenes of ``dates``."""
+    from monitor.db.engine import transaction
+    from monitor.registry.areas import AreaSpec, add_area, configure_area
+    from monitor.registry.parcels import import_parcels
+
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    for date in dates:
+        shutil.copy2(world.scenes[date], drops)
+    with transaction(engine) as s:
+        area = add_area(s, AreaSpec("demo", str(world.area), "1d", ["local"], 40, {"local": str(drops)}, 2.0))
+        if parcels:
+            import_parcels(s, area, world.parcels, "parcel_id")
+        configure_area(s, "demo", models={"segmenter": str(model)})
+        return area.id
+
+
 def test_pass_reports_its_metrics(settings, engine, world, roof_model, tmp_path):
     from prometheus_client import generate_latest
 
     from monitor.db.engine import transaction
     from monitor.metrics import Metrics
     from monitor.pipeline import run_area
-    from monitor.registry.areas import AreaSpec, add_area, configure_area
-    from monitor.registry.parcels import import_parcels
 
-    drops = tmp_path / "drops"
-    drops.mkdir()
-    for date in DATES[:2]:
-        shutil.copy2(world.scenes[date], drops)
-    with transaction(engine) as s:
-        area = add_area(s, AreaSpec("demo", str(world.area), "1d", ["local"], 40, {"local": str(drops)}, 2.0))
-        import_parcels(s, area, world.parcels, "parcel_id")
-        configure_area(s, "demo", models={"segmenter": str(roof_model)})
-        area_id = area.id
+    area_id = _area_with_drops(engine, world, roof_model, tmp_path, DATES[:2], parcels=True)
     metrics = Metrics()
     summary = run_area(engine, area_id, settings, metrics)
     assert summary["processed"] == 2
@@ -252,16 +260,8 @@ def test_a_failing_scene_backs_off_and_the_others_go_on(settings, engine, world,
     from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
     from monitor.metrics import Metrics
     from monitor.pipeline import run_area
-    from monitor.registry.areas import AreaSpec, add_area, configure_area
 
-    drops = tmp_path / "drops"
-    drops.mkdir()
-    for date in DATES[:3]:
-        shutil.copy2(world.scenes[date], drops)
-    with transaction(engine) as s:
-        area = add_area(s, AreaSpec("demo", str(world.area), "1d", ["local"], 40, {"local": str(drops)}, 2.0))
-        configure_area(s, "demo", models={"segmenter": str(roof_model)})
-        area_id = area.id
+    area_id = _area_with_drops(engine, world, roof_model, tmp_path, DATES[:3])
     metrics = Metrics()
     with transaction(engine) as s:
         search_scenes(s, s.get(Area, area_id), settings, metrics)
