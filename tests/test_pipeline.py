@@ -170,7 +170,6 @@ def _area_with_drops(engine, world, model: Path, tmp_path: Path, dates, parcels:
 def test_pass_reports_its_metrics(settings, engine, world, roof_model, tmp_path):
     from prometheus_client import generate_latest
 
-    from monitor.db.engine import transaction
     from monitor.metrics import Metrics
     from monitor.pipeline import run_area
 
