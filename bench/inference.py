@@ -83,23 +83,30 @@ def naive(model, scene: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def engine(model, scene: Path, out: Path, overlap: float, batch: int) -> float:
+def engine(model, scene: Path, out: Path, overlap: float, batch: int, window: int) -> float:
     from monitor.ml.inference import predict_raster
 
     t0 = time.perf_counter()
-    predict_raster(model, scene, out, overlap=overlap, batch=batch)
+    predict_raster(model, scene, out, overlap=overlap, batch=batch, window=window)
     return time.perf_counter() - t0
+
+
+def _read(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read(1)
 
 
 _CHILD = """
 import json, resource, sys, time
 from monitor.ml.modelstore import load_model
 from monitor.ml.inference import predict_raster
-m = load_model(sys.argv[1])
-m(m.normalize(__import__("numpy").zeros((1, 256, 256, 4))))
+m = load_model(sys.argv[1], precision=sys.argv[4])
+m(m.normalize(__import__("numpy").zeros((1, 512, 512, 4))))
 before = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
 t0 = time.perf_counter()
-predict_raster(m, sys.argv[2], sys.argv[3], overlap=0.25, batch=8)
+predict_raster(m, sys.argv[2], sys.argv[3], overlap=0.25, batch=4, window=512)
 dt = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"before_mb": before, "peak_mb": peak, "seconds": dt}))
@@ -111,34 +118,51 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=2048, help="side of the throughput scene, pixels")
     p.add_argument("--large", type=int, default=10980, help="side of the memory scene (0 skips it)")
     p.add_argument("--models", default="tiny,segmenter", help=f"comma-separated, of {', '.join(MODELS)}")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4, help="windows per call of the engine")
+    p.add_argument("--precision", default="auto", help="inference precision of the engine's fast rows")
     a = p.parse_args(args or [])
 
     from monitor.ml.modelstore import load_model
+    from monitor.ml.runtime import inference_policy
 
-    rows = []
+    fast = inference_policy(a.precision)
+    rows, agreement = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         scene = make_scene(tmp / "scene.tif", a.size)
         tiles = (a.size / TILE) ** 2
         for name in a.models.split(","):
-            model = load_model(make_model(tmp / name, **MODELS[name]))
-            model.keras_model.predict(np.zeros((1, TILE, TILE, len(BANDS)), np.float32), verbose=0)  # warm-up
-            engine(model, scene, tmp / "warm.tif", 0.0, a.batch)  # traces the compiled call once
-            t_naive = naive(model, scene, tmp / "naive.tif")
-            rows.append([name, "naive model.predict per tile", "-", f"{tiles / t_naive:.1f}", "1.0"])
-            for overlap in (0.0, 0.25):
-                t = engine(model, scene, tmp / "engine.tif", overlap, a.batch)
-                rows.append([name, f"engine, batch {a.batch}", overlap, f"{tiles / t:.1f}", f"{t_naive / t:.1f}"])
+            folder = make_model(tmp / name, **MODELS[name])
+            exact, quick = load_model(folder, precision="float32"), load_model(folder, precision=a.precision)
+            exact.keras_model.predict(np.zeros((1, TILE, TILE, len(BANDS)), np.float32), verbose=0)  # warm-up
+            runs = [(exact, "float32", 256, 0.25), (exact, "float32", 512, 0.0), (exact, "float32", 512, 0.25)]
+            if fast != "float32":
+                runs += [(quick, fast, 512, 0.0), (quick, fast, 512, 0.25)]
+            for m, _, window, overlap in runs:  # traces the compiled call for each window size once
+                engine(m, scene, tmp / "warm.tif", overlap, a.batch, window)
+            t_naive = naive(exact, scene, tmp / "naive.tif")
+            rows.append([name, "naive model.predict per 256 x 256 tile", "float32", "-", "-", f"{tiles / t_naive:.1f}",
+                         "1.0"])
+            for m, policy, window, overlap in runs:
+                t = engine(m, scene, tmp / f"engine-{policy}-{window}-{overlap}.tif", overlap, a.batch, window)
+                rows.append([name, f"engine, batch {a.batch}", policy, window, overlap, f"{tiles / t:.1f}",
+                             f"{t_naive / t:.1f}"])
+            if fast != "float32":
+                d = np.abs(_read(tmp / f"engine-{fast}-512-0.25.tif") - _read(tmp / "engine-float32-512-0.25.tif"))
+                agreement.append([name, fast, f"{d.mean():.4f}", f"{np.quantile(d, 0.999):.4f}", f"{d.max():.4f}"])
         print(f"throughput on a {a.size} x {a.size} 4-band scene ({tiles:.0f} tiles of {TILE} x {TILE}):")
-        print_table(rows, ["model", "method", "overlap", "tiles/s", "x naive"])
+        print_table(rows, ["model", "method", "precision", "window", "overlap", "tiles/s", "x naive"])
+        if agreement:
+            print("\n|probability - float32 probability| over the scene (untrained networks):")
+            print_table(agreement, ["model", "precision", "mean", "99.9th percentile", "max"])
         if a.large:
             large = make_scene(tmp / "large.tif", a.large)
             tiny = tmp / "tiny" if (tmp / "tiny").exists() else make_model(tmp / "tiny", **MODELS["tiny"])
-            res = subprocess.run([sys.executable, "-c", _CHILD, str(tiny), str(large), str(tmp / "large_p.tif")],
-                                 capture_output=True, text=True, check=True)
+            res = subprocess.run([sys.executable, "-c", _CHILD, str(tiny), str(large), str(tmp / "large_p.tif"),
+                                  a.precision], capture_output=True, text=True, check=True)
             m = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"\nmemory on a {a.large} x {a.large} 4-band uint16 scene, tiny model, overlap 0.25, batch 8:")
+            print(f"\nmemory on a {a.large} x {a.large} 4-band uint16 scene, tiny model, {fast}, window 512, "
+                  f"overlap 0.25, batch 4:")
             in_memory = a.large ** 2 * (4 * 4 + 4 * 2) / 2 ** 20
             print_table([[f"{m['before_mb']:.0f}", f"{m['peak_mb']:.0f}", f"{m['peak_mb'] - m['before_mb']:.0f}",
                           f"{in_memory:.0f}", f"{m['seconds']:.0f}"]],

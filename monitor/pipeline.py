@@ -85,12 +85,12 @@ def area_model_dirs(session: Session, area: Area, settings: Settings) -> dict[st
     return out
 
 
-def _load(model_dir: Path | None):
+def _load(model_dir: Path | None, settings: Settings):
     if model_dir is None:
         return None
     from monitor.ml.modelstore import load_model
 
-    return load_model(model_dir)
+    return load_model(model_dir, precision=settings.inference_precision)
 
 
 def _previous_processed(session: Session, scene: Scene) -> Scene | None:
@@ -143,7 +143,7 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
     if dirs["segmenter"] is None and dirs["change"] is None:
         raise ConfigError(f"area {area.name!r} has no segmenter or change model: set one with "
                           "`monitor areas configure NAME --segmenter-model DIR` or MONITOR_SEGMENTER_MODEL")
-    models = {k: _load(d) for k, d in dirs.items()}
+    models = {k: _load(d, settings) for k, d in dirs.items()}
     versions = {k: m.version for k, m in models.items() if m is not None}
     rec = Recorder(engine, area, metrics, scene_id=scene.id, model_versions=versions)
     scene_path = Path(scene.file_path)
@@ -168,8 +168,8 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
                     before = Path(previous.file_path) if kind == "change" else None
                     t0 = time.perf_counter()
                     predict_raster(model, scene_path, target, before=before, batch=settings.inference_batch,
-                                   overlap=settings.inference_overlap)
-                    windows = _windows(scene_path, model.tile, settings.inference_overlap)
+                                   overlap=settings.inference_overlap, window=settings.inference_window)
+                    windows = _windows(model, scene_path, settings)
                     metrics.inference_tiles.labels(kind).inc(windows)
                     metrics.inference_tiles_per_second.labels(kind).set(windows / (time.perf_counter() - t0))
                     log.info("%s: %s inference in %.1fs", area.name, kind, time.perf_counter() - t0)
@@ -217,15 +217,14 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
     return summary
 
 
-def _windows(scene: Path, tile: int, overlap: float) -> int:
+def _windows(model, scene: Path, settings: Settings) -> int:
     """How many inference windows the tiled engine runs over a scene."""
     import rasterio
 
-    from monitor.ml.tiling import starts, stride_for
+    from monitor.ml.inference import count_windows
 
     with rasterio.open(scene) as src:
-        stride = stride_for(tile, overlap)
-        return len(starts(src.height, tile, stride)) * len(starts(src.width, tile, stride))
+        return count_windows(model, src.height, src.width, settings.inference_window, settings.inference_overlap)
 
 
 def _check(stop: threading.Event | None) -> None:

@@ -73,8 +73,14 @@ class Settings(BaseSettings):
     segmenter_model: Path | None = Field(None, description="Model directory of the built-up segmenter.")
     classifier_model: Path | None = Field(None, description="Model directory of the settlement classifier.")
     change_model: Path | None = Field(None, description="Model directory of the change model (optional).")
-    inference_batch: int = Field(8, description="Tiles per inference batch.")
-    inference_overlap: float = Field(0.25, description="Overlap of inference windows, fraction of the tile.")
+    inference_batch: int = Field(4, ge=1, description="Inference windows per call to a model.")
+    inference_window: int = Field(512, ge=16, description="Side of an inference window, pixels (at least the "
+                                  "model's tile; rounded up to what the model takes).")
+    inference_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring inference windows, "
+                                     "fraction of the model's tile.")
+    inference_precision: Literal["auto", "float32", "mixed", "bfloat16"] = Field(
+        "auto", description="Inference arithmetic: auto is mixed float16 on a GPU, mixed bfloat16 on a CPU with "
+        "AMX bfloat16 units, float32 on other CPUs.")
 
     # --- vectorize, diff, alerts
     min_region_m2: float = Field(20.0, description="Detected regions smaller than this are dropped, m2.")

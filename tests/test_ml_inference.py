@@ -15,12 +15,12 @@ from tests.ml_synthetic import BANDS, saved_model, write_scene
 
 @pytest.fixture(scope="module")
 def pointwise(tmp_path_factory):
-    return load_model(saved_model(tmp_path_factory.mktemp("m") / "pointwise", pointwise=True))
+    return load_model(saved_model(tmp_path_factory.mktemp("m") / "pointwise", pointwise=True), precision="float32")
 
 
 @pytest.fixture(scope="module")
 def unet(tmp_path_factory):
-    return load_model(saved_model(tmp_path_factory.mktemp("m") / "unet", tile=32, depth=2))
+    return load_model(saved_model(tmp_path_factory.mktemp("m") / "unet", tile=32, depth=2), precision="float32")
 
 
 def _direct(model, a):
@@ -30,7 +30,7 @@ def _direct(model, a):
 @pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
 def test_tile_invariant_model_is_blended_without_seams(pointwise, overlap):
     a = np.random.default_rng(1).normal(1000, 150, (150, 170, 4)).astype(np.float32)
-    got = predict_array(pointwise, a, tile=32, overlap=overlap, batch=5)
+    got = predict_array(pointwise, a, window=32, overlap=overlap, batch=5)
     assert got.shape == a.shape[:2] and got.dtype == np.float32
     np.testing.assert_allclose(got, _direct(pointwise, a), atol=1e-5)
 
@@ -47,7 +47,7 @@ def test_engine_reads_bounded_strips_and_writes_every_row_once(unet):
         written.append((r0, p.shape[0]))
         assert p.shape[1] == w
 
-    run_tiled(unet, h, w, read, write, tile=32, overlap=0.25, batch=8)
+    run_tiled(unet, h, w, read, write, window=32, overlap=0.25, batch=8)
     assert max(asked) <= 32 + 24 * 2  # one group of window rows, never the whole scene
     rows = [r for r0, n in written for r in range(r0, r0 + n)]
     assert rows == list(range(h))
@@ -91,7 +91,7 @@ def test_bands_by_position_without_descriptions_and_missing_bands(tmp_path, poin
 
 
 def test_change_model_takes_two_scenes_on_one_grid(tmp_path):
-    model = load_model(saved_model(tmp_path / "change", kind="change", pointwise=True))
+    model = load_model(saved_model(tmp_path / "change", kind="change", pointwise=True), precision="float32")
     rng = np.random.default_rng(6)
     before, after = (rng.normal(1000, 100, (50, 60, 4)).astype(np.uint16) for _ in range(2))
     b = write_scene(tmp_path / "b.tif", before)
@@ -108,7 +108,7 @@ def test_change_model_takes_two_scenes_on_one_grid(tmp_path):
 
 
 def test_per_image_models_ignore_a_global_radiometric_shift(tmp_path):
-    model = load_model(saved_model(tmp_path / "m", kind="change", pointwise=True, per_image=True))
+    model = load_model(saved_model(tmp_path / "m", kind="change", pointwise=True, per_image=True), precision="float32")
     rng = np.random.default_rng(9)
     before, after = (rng.normal(1000, 100, (60, 50, 4)) for _ in range(2))
     got = predict_array(model, np.concatenate([before, after], axis=-1))
@@ -127,7 +127,7 @@ def test_classify_tiles_gives_one_cell_per_tile(tmp_path):
     net = build_classifier(4, 32, backbone="small", dense=8)
     meta = {"kind": "classifier", "bands": BANDS, "tile": 32, "threshold": 0.5, "resolution_m": 1.0,
             "normalization": {"mean": [1000.0] * 4, "std": [100.0] * 4}, "training": {}, "metrics": {}}
-    model = load_model(save_model(net, tmp_path / "clf", meta))
+    model = load_model(save_model(net, tmp_path / "clf", meta), precision="float32")
     a = np.random.default_rng(7).normal(1000, 100, (100, 70, 4)).clip(1, None).astype(np.uint16)
     a[:32, 32:64] = 0  # one whole tile without data
     scene = write_scene(tmp_path / "s.tif", a, nodata=0)
@@ -159,15 +159,74 @@ def test_saved_and_loaded_model_predicts_the_same(tmp_path):
     assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.keras"]
     m = read_meta(d)
     assert m["version"].startswith("segmenter-") and m["created_at"]
-    loaded = load_model(d)
-    assert load_model(d) is loaded  # loaded once per path
-    np.testing.assert_allclose(loaded(x), np.asarray(net(x, training=False))[..., 0], atol=1e-6)
+    loaded = load_model(d, precision="float32")
+    assert load_model(d, precision="float32") is loaded  # loaded once per path
+    np.testing.assert_allclose(loaded(x), np.asarray(net(x, training=False))[..., 0], atol=1e-5)
     assert loaded.threshold == 0.4 and loaded.bands == BANDS and loaded.kind == "segmenter"
-    mixed = load_model(d, precision="mixed")
-    assert mixed is not loaded
-    assert any(layer.dtype_policy.name == "mixed_float16" for layer in mixed.keras_model.layers)
-    np.testing.assert_allclose(mixed(x), loaded(x), atol=2e-2)
+    for precision, policy in (("mixed", "mixed_float16"), ("bfloat16", "mixed_bfloat16")):
+        low = load_model(d, precision=precision)
+        assert low is not loaded and low.policy == policy
+        assert any(layer.dtype_policy.name == policy for layer in low.net.layers)
+        assert all(layer.dtype_policy.name == "float32" for layer in low.keras_model.layers)  # the saved model
+        np.testing.assert_allclose(low(x), loaded(x), atol=3e-2)
     assert isinstance(loaded.keras_model, keras().Model)
+    with pytest.raises(ValueError, match="precision"):
+        load_model(d, precision="float8")
+
+
+def _with_trained_statistics(net, seed=0):
+    """Random batch-normalization statistics and scales, as training leaves them."""
+    rng = np.random.default_rng(seed)
+    for layer in net.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(0, 0.5, beta.shape),
+                               rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, var.shape)])
+    return net
+
+
+def test_batch_normalization_is_folded_into_the_convolutions():
+    from monitor.ml.modelstore import fold_batchnorm
+    from monitor.ml.unet import build_unet
+
+    net = _with_trained_statistics(build_unet(6, depth=3, base_filters=4))
+    folded = fold_batchnorm(net)
+    names = [type(layer).__name__ for layer in folded.layers]
+    assert "BatchNormalization" not in names
+    assert names.count("Conv2D") == [type(layer).__name__ for layer in net.layers].count("Conv2D")
+    x = np.random.default_rng(9).normal(0, 1, (2, 48, 40, 6)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(net(x, training=False)), atol=1e-4)
+    # nothing to fold: the model itself comes back
+    k = __import__("monitor.ml.runtime", fromlist=["keras"]).keras()
+    inp = k.Input((None, None, 3))
+    plain = k.Model(inp, k.layers.Conv2D(1, 1, activation="sigmoid")(inp))
+    assert fold_batchnorm(plain) is plain
+
+
+def test_inference_runs_the_folded_network(tmp_path):
+    from monitor.ml.unet import build_unet
+
+    net = _with_trained_statistics(build_unet(4, depth=2, base_filters=4), seed=3)
+    meta = {"kind": "segmenter", "bands": BANDS, "tile": 32, "threshold": 0.5,
+            "normalization": {"mean": [0.0] * 4, "std": [1.0] * 4}, "architecture": {"type": "unet", "depth": 2}}
+    m = load_model(save_model(net, tmp_path / "m", meta), precision="float32")
+    assert not any(type(layer).__name__ == "BatchNormalization" for layer in m.net.layers)
+    a = np.random.default_rng(4).normal(0, 1, (100, 70, 4)).astype(np.float32)
+    x = np.pad(a, ((0, 0), (0, 30), (0, 0)), mode="symmetric")[None]  # one window of the scene's 100 rows
+    want = np.asarray(net(x, training=False))[0, :, :70, 0]
+    np.testing.assert_allclose(predict_array(m, a, window=128), want, atol=1e-4)
+
+
+def test_window_plan_fits_the_model_and_the_scene(unet):
+    from monitor.ml.inference import count_windows, window_plan
+
+    assert window_plan(unet, 1000, 900, 512, 0.25) == (512, 8)  # margin: a quarter of the model's 32-px tile
+    assert window_plan(unet, 90, 150, 512, 0.25) == (152, 8)  # no larger than the scene, a multiple of 4
+    assert window_plan(unet, 10, 10, 512, 0.0) == (32, 0)  # never smaller than the model's tile
+    assert window_plan(unet, 1000, 900, None, 0.5) == (32, 16)
+    assert count_windows(unet, 1000, 900, 512, 0.25) == 2 * 2  # rows and columns start at 0 and at the far edge
+    with pytest.raises(BadInput, match="overlap"):
+        window_plan(unet, 100, 100, 64, 1.0)
 
 
 def test_model_directories_are_checked(tmp_path):

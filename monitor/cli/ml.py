@@ -225,15 +225,18 @@ def predict(
                                "position when it has none."),
     before: Path = typer.Option(None, "--before", help="Earlier scene on the same grid (change models)."),
     out: Path = typer.Option(..., "--out", help="Probability GeoTIFF to write (float32, nodata -1)."),
-    batch: int = typer.Option(None, "--batch", help="Windows per batch. Default: MONITOR_INFERENCE_BATCH."),
-    overlap: float = typer.Option(None, "--overlap", help="Window overlap, fraction. Default: "
+    batch: int = typer.Option(None, "--batch", min=1, help="Windows per model call. Default: MONITOR_INFERENCE_BATCH."),
+    window: int = typer.Option(None, "--window", min=16, help="Window side, pixels. Default: MONITOR_INFERENCE_WINDOW."),
+    overlap: float = typer.Option(None, "--overlap", help="Window overlap, fraction of the model's tile. Default: "
                                   "MONITOR_INFERENCE_OVERLAP."),
+    precision: str = typer.Option(None, "--precision", help="auto, float32, mixed or bfloat16. Default: "
+                                  "MONITOR_INFERENCE_PRECISION."),
 ) -> None:
     """Probability raster of a scene on its own grid (one value per tile for a classifier)."""
     from monitor.ml.modelstore import load_model
 
     s = state(ctx).settings
-    m = load_model(model)
+    m = load_model(model, precision=_precision(precision, s))
     batch = batch or s.inference_batch
     if m.kind == "classifier":
         if before is not None:
@@ -244,7 +247,7 @@ def predict(
     else:
         from monitor.ml.inference import predict_raster
 
-        predict_raster(m, scene, out, before=before, progress=True, batch=batch,
+        predict_raster(m, scene, out, before=before, progress=True, batch=batch, window=window or s.inference_window,
                        overlap=s.inference_overlap if overlap is None else overlap)
     typer.echo(f"{m.kind} probability of {scene} written to {out} (model {m.version}, threshold {m.threshold:.2f})")
 
@@ -272,10 +275,25 @@ def evaluate(
     split: str = typer.Option("validation", "--split", help="Tile datasets: train or validation."),
     city: list[str] = typer.Option([], "--city", help="Change datasets: score this city (repeatable). Default: "
                                    "every labelled city."),
+    window: int = typer.Option(None, "--window", min=16, help="Change datasets: inference window side, pixels. "
+                               "Default: MONITOR_INFERENCE_WINDOW."),
+    precision: str = typer.Option(None, "--precision", help="auto, float32, mixed or bfloat16. Default: "
+                                  "MONITOR_INFERENCE_PRECISION."),
 ) -> None:
     """Precision, recall, F1 and IoU of the positive class as JSON (per city and pooled for change data)."""
     from monitor.ml.evaluation import evaluate as run
     from monitor.ml.modelstore import load_model
 
     s = state(ctx).settings
-    echo_json(run(load_model(model), data, split=split, cities=city or None, batch=s.inference_batch, progress=True))
+    m = load_model(model, precision=_precision(precision, s))
+    echo_json(run(m, data, split=split, cities=city or None, batch=s.inference_batch, progress=True,
+                  window=window or s.inference_window, overlap=s.inference_overlap))
+
+
+def _precision(precision: str | None, settings) -> str:
+    from monitor.errors import BadInput
+    from monitor.ml.runtime import INFERENCE_PRECISIONS
+
+    if precision is not None and precision not in INFERENCE_PRECISIONS:
+        raise BadInput(f"must be one of {', '.join(INFERENCE_PRECISIONS)}, not {precision!r}", field="precision")
+    return precision or settings.inference_precision

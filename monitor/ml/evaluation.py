@@ -18,12 +18,12 @@ def _result(model: LoadedModel, data_dir, cm: dict, **extra) -> dict:
 
 
 def evaluate(model: LoadedModel, data_dir: str | Path, *, split: str = "validation", cities: list[str] | None = None,
-             batch: int = 8, progress: bool = False) -> dict:
+             batch: int = 8, progress: bool = False, window: int | None = None, overlap: float = 0.25) -> dict:
     """Scores of ``model`` (at its threshold) on ``data_dir``.
 
     Change datasets: every labelled city (or those named), each whole, plus all of them pooled (the sum
     of their confusion counts). Tile datasets: the tiles of ``split`` (pixels for a segmenter, tiles for a
-    classifier).
+    classifier). ``window`` and ``overlap`` are those of tiled inference over a change dataset's cities.
     """
     from monitor.ml.datasets import load_classifier_split, load_segmenter_split, read_summary
 
@@ -33,7 +33,7 @@ def evaluate(model: LoadedModel, data_dir: str | Path, *, split: str = "validati
     if expected != model.kind:
         raise BadInput(f"is a {kind} dataset but model {model.version} is a {model.kind}", file=data_dir)
     if kind == "change":
-        return _evaluate_change(model, data_dir, summary, cities, batch, progress)
+        return _evaluate_change(model, data_dir, summary, cities, batch, progress, window, overlap)
     if split not in ("train", "validation"):
         raise BadInput("split must be train or validation", field="split")
     if kind == "classifier":
@@ -49,8 +49,9 @@ def evaluate(model: LoadedModel, data_dir: str | Path, *, split: str = "validati
     return _result(model, data_dir, cm, split=split, tiles=len(x))
 
 
-def _evaluate_change(model: LoadedModel, data_dir, summary: dict, cities, batch: int, progress: bool) -> dict:
-    from monitor.ml.inference import predict_array
+def _evaluate_change(model: LoadedModel, data_dir, summary: dict, cities, batch: int, progress: bool,
+                     window: int | None, overlap: float) -> dict:
+    from monitor.ml.inference import DEFAULT_WINDOW, predict_array
     from monitor.ml.oscd import load_city
 
     labelled = [c for c, e in summary["cities"].items() if e.get("labelled")]
@@ -62,7 +63,7 @@ def _evaluate_change(model: LoadedModel, data_dir, summary: dict, cities, batch:
     per_city, cms = {}, []
     for c in tqdm(cities, desc="evaluate", unit="city", disable=not progress):
         d = load_city(data_dir, c, model.bands)
-        prob = predict_array(model, d["x"], ~d["valid"], batch=batch)
+        prob = predict_array(model, d["x"], ~d["valid"], batch=batch, window=window or DEFAULT_WINDOW, overlap=overlap)
         cm = scores.confusion(prob > model.threshold, d["change"] == 1, d["valid"])
         cms.append(cm)
         per_city[c] = {**scores.scores(cm), "confusion": cm}

@@ -24,12 +24,13 @@ from tqdm import tqdm
 from monitor.errors import BadInput, ModelError
 from monitor.ml.modelstore import LoadedModel, image_stats
 from monitor.ml.rasters import band_indexes, open_raster, pixel_size_m, same_grid, valid_mask
-from monitor.ml.tiling import blend_weights, starts, stride_for
+from monitor.ml.tiling import blend_weights, starts
 
 log = logging.getLogger(__name__)
 
 NODATA = -1.0
 GDAL_CACHE_MB = 128
+DEFAULT_WINDOW = 512  # MONITOR_INFERENCE_WINDOW
 
 # read(row0, nrows) -> (normalized (nrows, W, C) float32, valid (nrows, W) bool)
 Reader = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
@@ -37,14 +38,32 @@ Reader = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
 Writer = Callable[[int, np.ndarray], None]
 
 
-def _window_size(model: LoadedModel, tile: int | None) -> int:
-    tile = tile or model.tile
-    step = 2 ** model.depth
+def window_plan(model: LoadedModel, height: int, width: int, window: int | None = None,
+                overlap: float = 0.25) -> tuple[int, int]:
+    """(side, margin) of the inference windows of ``model`` over a ``height`` x ``width`` scene.
+
+    Windows are ``window`` pixels square (default: the model's tile), never smaller than the model's
+    tile, no larger than the scene needs, and rounded up to a multiple of 2**depth. Neighbouring windows
+    overlap by ``margin`` = ``overlap`` of the model's tile: the border a window sees with too little
+    context depends on the network, not on the window, so a larger window wastes less work on overlap.
+    """
     if model.kind == "classifier":
         raise ModelError(f"{model.path}: a classifier gives one value per tile; use classify_tiles")
-    if tile % step:
-        raise BadInput(f"window {tile} must be a multiple of {step} for this model", field="tile")
-    return tile
+    if not 0 <= overlap < 1:
+        raise BadInput(f"overlap must be in [0, 1), not {overlap}", field="overlap")
+    if window is not None and window < 1:
+        raise BadInput(f"window must be positive, not {window}", field="window")
+    step = 2 ** model.depth
+    side = max(model.tile, min(window or model.tile, max(height, width)))
+    side = math.ceil(side / step) * step
+    return side, int(round(overlap * model.tile))
+
+
+def count_windows(model: LoadedModel, height: int, width: int, window: int | None = None,
+                  overlap: float = 0.25) -> int:
+    """How many windows the engine runs over a ``height`` x ``width`` scene (before skipping empty ones)."""
+    side, margin = window_plan(model, height, width, window, overlap)
+    return len(starts(height, side, side - margin)) * len(starts(width, side, side - margin))
 
 
 def _pad_to(a: np.ndarray, rows: int, cols: int, mode: str = "symmetric") -> np.ndarray:
@@ -55,17 +74,17 @@ def _pad_to(a: np.ndarray, rows: int, cols: int, mode: str = "symmetric") -> np.
     return np.pad(a, widths, mode=mode) if mode != "constant" else np.pad(a, widths)
 
 
-def run_tiled(model: LoadedModel, height: int, width: int, read: Reader, write: Writer, *, tile: int | None = None,
-              overlap: float = 0.25, batch: int = 8, progress: bool = False) -> None:
-    """The engine: every window of ``tile`` (overlapping by ``overlap``) through the model, blended.
+def run_tiled(model: LoadedModel, height: int, width: int, read: Reader, write: Writer, *, window: int | None = None,
+              overlap: float = 0.25, batch: int = 4, progress: bool = False) -> None:
+    """The engine: windows of ``window_plan`` through the model, overlapping, blended.
 
-    Window rows are processed in groups big enough to fill a batch; a strip of rows is written as
-    soon as no later window can touch it, so only one group of rows is held in memory (two while the
-    next group is read ahead). Reading and writing run in threads of their own, beside the model.
+    A call to the model takes ``batch`` windows. Window rows are processed in groups big enough to fill a call; a strip of rows is written as soon
+    as no later window can touch it, so only one group of rows is held in memory (two while the next
+    group is read ahead). Reading and writing run in threads of their own, beside the model.
     """
-    tile = _window_size(model, tile)
-    stride = stride_for(tile, overlap)
-    weights = blend_weights(tile, tile - stride)
+    tile, margin = window_plan(model, height, width, window, overlap)
+    stride = tile - margin
+    weights = blend_weights(tile, margin)
     rows, cols = starts(height, tile, stride), starts(width, tile, stride)
     per_group = max(1, math.ceil(batch / len(cols)))
     groups = [rows[i:i + per_group] for i in range(0, len(rows), per_group)]
@@ -122,7 +141,7 @@ def run_tiled(model: LoadedModel, height: int, width: int, read: Reader, write: 
 
 
 def predict_array(model: LoadedModel, array_hwc: np.ndarray, nodata_mask: np.ndarray | None = None, *,
-                  tile: int | None = None, overlap: float = 0.25, batch: int = 8) -> np.ndarray:
+                  window: int | None = DEFAULT_WINDOW, overlap: float = 0.25, batch: int = 4) -> np.ndarray:
     """Probabilities (H, W) float32 of raw band values (H, W, C) in the model's input order.
 
     For a change model C is the before bands then the after bands. ``nodata_mask`` (H, W) is True
@@ -143,7 +162,7 @@ def predict_array(model: LoadedModel, array_hwc: np.ndarray, nodata_mask: np.nda
     def write(r0: int, p: np.ndarray):
         out[r0:r0 + p.shape[0]] = p
 
-    run_tiled(model, a.shape[0], a.shape[1], read, write, tile=tile, overlap=overlap, batch=batch)
+    run_tiled(model, a.shape[0], a.shape[1], read, write, window=window, overlap=overlap, batch=batch)
     return out
 
 
@@ -167,7 +186,7 @@ def _check_resolution(model: LoadedModel, src) -> None:
 
 
 def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | None = None, progress: bool = False,
-                   batch: int = 8, overlap: float = 0.25, tile: int | None = None) -> Path:
+                   batch: int = 4, overlap: float = 0.25, window: int | None = DEFAULT_WINDOW) -> Path:
     """Probability GeoTIFF (float32, nodata -1) of ``scene`` on exactly its grid.
 
     A change model needs ``before``, a scene of the same grid from the earlier date. Bands are taken
@@ -211,7 +230,7 @@ def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | No
                 def write(r0: int, p: np.ndarray):
                     dst.write(p[None], window=Window(0, r0, width, p.shape[0]))
 
-                run_tiled(model, height, width, read, write, tile=tile, overlap=overlap, batch=batch,
+                run_tiled(model, height, width, read, write, window=window, overlap=overlap, batch=batch,
                           progress=progress)
             tmp.replace(out)
         finally:

@@ -127,7 +127,9 @@ class LoadedModel:
 
     path: Path
     meta: dict
-    keras_model: Any
+    keras_model: Any  # as saved: float32, batch normalization separate (what training and Keras users see)
+    net: Any = None  # what inference runs: batch normalization folded, under the inference precision
+    policy: str = "float32"
     _fn: Any = field(default=None, repr=False)
 
     @property
@@ -179,7 +181,8 @@ class LoadedModel:
             from monitor.ml.runtime import tf
 
             t = tf()
-            self._fn = t.function(lambda x: self.keras_model(x, training=False),
+            net = self.net if self.net is not None else self.keras_model
+            self._fn = t.function(lambda x: net(x, training=False),
                                   input_signature=[t.TensorSpec([None, None, None, self.channels], t.float32)])
         out = np.asarray(self._fn(np.ascontiguousarray(batch, np.float32)), np.float32)
         return out[..., 0]
@@ -192,13 +195,15 @@ _lock = threading.Lock()
 def load_model(model_dir: str | Path, precision: str = "auto") -> LoadedModel:
     """Load a model directory once per process (again only when its files change).
 
-    ``precision``: auto (mixed float16 on a GPU, float32 on CPU), float32 or mixed.
+    ``precision`` of inference: auto (mixed float16 on a GPU, mixed bfloat16 on a CPU with AMX bfloat16
+    units, float32 otherwise), float32, mixed (float16) or bfloat16. Inference runs a copy of the
+    network with batch normalization folded into the convolutions before it.
     """
-    from monitor.ml.runtime import keras, precision_policy
+    from monitor.ml.runtime import inference_policy, keras
 
     model_dir = Path(model_dir).resolve()
     meta = read_meta(model_dir)
-    policy = precision_policy(precision)
+    policy = inference_policy(precision)
     key = (str(model_dir), (model_dir / "model.keras").stat().st_mtime_ns, policy)
     with _lock:
         if key in _cache:
@@ -210,11 +215,94 @@ def load_model(model_dir: str | Path, precision: str = "auto") -> LoadedModel:
         if km.inputs[0].shape[-1] != len(input_bands(meta)):
             raise ModelError(f"{model_dir}: model.keras takes {km.inputs[0].shape[-1]} channels but model.json "
                              f"names {len(input_bands(meta))}")
-        if policy != _policy_of(km):
-            km = with_policy(km, policy)
-        loaded = LoadedModel(model_dir, meta, km)
+        net = fold_batchnorm(km)
+        if policy != _policy_of(net):
+            net = with_policy(net, policy)
+        loaded = LoadedModel(model_dir, meta, km, net, policy)
         _cache[key] = loaded
         return loaded
+
+
+def fold_batchnorm(keras_model, atol: float = 1e-3):
+    """The same function for inference with each Conv2D -> BatchNormalization pair merged into one convolution.
+
+    With moving statistics m, v and scale g, offset b, BN(W * x + c) = (g / s) W * x + (g / s)(c - m) + b,
+    s = sqrt(v + eps): the kernel and bias absorb the normalization, and one fused convolution, bias
+    and ReLU replace four passes over the activations. A model without such pairs, or whose folded copy
+    does not reproduce it on a random input, is returned as it is.
+    """
+    from monitor.ml.runtime import keras
+
+    k = keras()
+    cfg = keras_model.get_config()
+    if not isinstance(cfg, dict) or "layers" not in cfg:
+        return keras_model
+    layers = {lc["name"]: lc for lc in cfg["layers"]}
+    consumers: dict[str, int] = {}
+
+    def sources(node) -> list[str]:
+        if isinstance(node, dict):
+            hist = node.get("config", {}).get("keras_history") if node.get("class_name") == "__keras_tensor__" else None
+            return [hist[0]] if hist else [n for v in node.values() for n in sources(v)]
+        if isinstance(node, (list, tuple)):
+            return [n for v in node for n in sources(v)]
+        return []
+
+    for lc in cfg["layers"]:
+        for name in sources(lc.get("inbound_nodes", [])):
+            consumers[name] = consumers.get(name, 0) + 1
+    outputs = set(np.asarray(cfg.get("output_layers", []), dtype=object).ravel().tolist())
+    pairs = {}  # batch normalization layer -> convolution it folds into
+    for lc in cfg["layers"]:
+        ins = sources(lc.get("inbound_nodes", []))
+        if (lc["class_name"] == "BatchNormalization" and len(ins) == 1 and ins[0] in layers and lc["name"] not in outputs
+                and layers[ins[0]]["class_name"] == "Conv2D" and consumers.get(ins[0]) == 1
+                and layers[ins[0]]["config"].get("activation") in ("linear", None)
+                and lc["config"].get("axis") in (-1, 3, [-1], [3])):
+            pairs[lc["name"]] = ins[0]
+    if not pairs:
+        return keras_model
+
+    def rewire(node):
+        if isinstance(node, dict):
+            hist = node.get("config", {}).get("keras_history") if node.get("class_name") == "__keras_tensor__" else None
+            if hist and hist[0] in pairs:
+                node["config"]["keras_history"] = [pairs[hist[0]], *hist[1:]]
+            for v in node.values():
+                rewire(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                rewire(v)
+
+    cfg["layers"] = [lc for lc in cfg["layers"] if lc["name"] not in pairs]
+    for lc in cfg["layers"]:
+        rewire(lc.get("inbound_nodes", []))
+        if lc["name"] in pairs.values():
+            lc["config"]["use_bias"] = True
+    cfg["name"] = f"{keras_model.name}_folded"
+    try:
+        folded = k.Model.from_config(cfg)
+        by_name = {layer.name: layer for layer in keras_model.layers}
+        conv_bn = {conv: by_name[bn] for bn, conv in pairs.items()}
+        for layer in folded.layers:
+            src = by_name[layer.name]
+            if layer.name not in conv_bn:
+                layer.set_weights(src.get_weights())
+                continue
+            bn = conv_bn[layer.name]
+            kernel = np.asarray(src.kernel, np.float64)
+            bias = np.asarray(src.bias, np.float64) if src.use_bias else np.zeros(kernel.shape[-1])
+            mean, var = np.asarray(bn.moving_mean, np.float64), np.asarray(bn.moving_variance, np.float64)
+            gamma = np.asarray(bn.gamma, np.float64) if bn.scale else np.ones_like(mean)
+            beta = np.asarray(bn.beta, np.float64) if bn.center else np.zeros_like(mean)
+            f = gamma / np.sqrt(var + bn.epsilon)
+            layer.set_weights([(kernel * f).astype(np.float32), ((bias - mean) * f + beta).astype(np.float32)])
+        shape = [1] + [d or 64 for d in keras_model.inputs[0].shape[1:]]
+        x = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+        diff = np.abs(np.asarray(folded(x, training=False)) - np.asarray(keras_model(x, training=False))).max()
+    except Exception:  # a layer this folding does not know how to rebuild: run the model as it is
+        return keras_model
+    return folded if diff <= atol else keras_model
 
 
 def _policy_of(keras_model) -> str:
