@@ -236,3 +236,22 @@ def test_model_directories_are_checked(tmp_path):
     (d / "model.json").write_text('{"kind": "segmenter"}')
     with pytest.raises(BadInput, match="version"):
         load_model(d)
+
+
+def test_test_time_augmentation_makes_maps_turn_with_the_scene(tmp_path):
+    d = saved_model(tmp_path / "m", tile=32, depth=2)
+    a = np.random.default_rng(5).normal(1000, 100, (64, 64, 4)).astype(np.float32)
+    plain = load_model(d, precision="float32")
+    assert not plain.tta
+    p = predict_array(plain, a)
+    assert np.abs(predict_array(plain, np.rot90(a)) - np.rot90(p)).max() > 1e-3  # a U-Net alone is not symmetric
+    meta = read_meta(d)
+    meta["inference"] = {"tta": True}
+    (d / "model.json").write_text(__import__("json").dumps(meta))
+    tta = type(plain)(plain.path, meta, plain.keras_model, plain.net)
+    assert tta.tta
+    q = predict_array(tta, a)
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(predict_array(tta, np.rot90(a, k)), np.rot90(q, k), atol=1e-5)
+    np.testing.assert_allclose(predict_array(tta, a[:, ::-1]), q[:, ::-1], atol=1e-5)
+    assert np.abs(q - p).max() > 1e-3

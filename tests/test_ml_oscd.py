@@ -130,6 +130,7 @@ def crop_model(mumbai_crop, tmp_path_factory):
 
 
 def test_short_training_on_a_real_crop_learns(mumbai_crop, crop_model):
+    assert crop_model.tta and crop_model.meta["inference"] == {"tta": True}
     r = evaluate(crop_model, mumbai_crop)
     p = json.loads((mumbai_crop / "summary.json").read_text())["cities"]["mumbai"]["change_fraction"]
     chance_f1 = 2 * p / (1 + p)  # what answering "change" everywhere would score

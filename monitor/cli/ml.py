@@ -154,6 +154,8 @@ def train_change(
     patience: int = typer.Option(15, "--patience", help="Early-stopping patience, epochs."),
     time_limit: float = typer.Option(15.0, "--time-limit", help="Stop after this many minutes, keeping the best "
                                      "epoch (0: none)."),
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="Average the model's maps over the 8 flips and rotations "
+                             "of its input at inference (8 times the work; the threshold is chosen that way)."),
 ) -> None:
     """Early-fusion U-Net on before/after pairs (`monitor dataset oscd` layout)."""
     from monitor.ml import training
@@ -162,7 +164,7 @@ def train_change(
     _report(training.train_change(data, out, epochs=epochs, seed=seed, bands=_bands(bands), cities=city or None,
                                   patch=patch, steps_per_epoch=steps, batch=batch, pos_weight=pos_weight,
                                   base_filters=base_filters, per_image=per_image, jitter=jitter,
-                                  patience=patience, progress=True,
+                                  patience=patience, progress=True, tta=tta,
                                   time_limit_s=time_limit * 60 or None, version=version))
 
 

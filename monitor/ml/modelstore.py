@@ -2,7 +2,8 @@
 
 ``model.json`` holds ``kind`` (segmenter | classifier | change), ``version``, ``bands`` (per date for a
 change model, whose input is before and after stacked), ``normalization`` ({"mean", "std"} per input
-channel), ``tile``, ``resolution_m``, ``threshold``, ``training``, ``metrics`` and ``created_at``.
+channel), ``tile``, ``resolution_m``, ``threshold``, ``inference`` ({"tta": true} when maps are averaged
+over the input's flips and rotations), ``training``, ``metrics`` and ``created_at``.
 """
 
 from __future__ import annotations
@@ -162,6 +163,11 @@ class LoadedModel:
         return int(self.meta.get("architecture", {}).get("depth", 0))
 
     @property
+    def tta(self) -> bool:
+        """Whether a map is the mean over the 8 flips and rotations of its input (``inference.tta``)."""
+        return bool((self.meta.get("inference") or {}).get("tta")) and self.kind != "classifier"
+
+    @property
     def per_image(self) -> bool:
         """Whether each input image is first standardized by its own statistics (``normalization.per_image``)."""
         return bool(self.meta["normalization"].get("per_image"))
@@ -176,7 +182,21 @@ class LoadedModel:
         return normalize(x, norm["mean"], norm["std"])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Normalized (N, H, W, C) float32 -> probabilities, (N, H, W) for maps or (N,) for the classifier."""
+        """Normalized (N, H, W, C) float32 -> probabilities, (N, H, W) for maps or (N,) for the classifier.
+
+        With ``tta`` a map is the mean of the maps of the input's 8 flips and rotations, each turned back.
+        """
+        if not self.tta:
+            return self._run(batch)
+        out = np.zeros(batch.shape[:3], np.float32)
+        for k in range(4):
+            for flip in (False, True):
+                x = np.rot90(batch, k, axes=(1, 2))
+                p = self._run(x[:, :, ::-1] if flip else x)
+                out += np.rot90(p[:, :, ::-1] if flip else p, -k, axes=(1, 2))
+        return out / 8
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._fn is None:
             from monitor.ml.runtime import tf
 

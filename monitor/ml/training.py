@@ -351,14 +351,17 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
                  steps_per_epoch: int = 60, depth: int = 4, base_filters: int = 16, dropout: float = 0.2,
                  lr: float = 1e-3, pos_weight: float = 2.0, change_share: float = 0.5, val_fraction: float = 0.2,
                  per_image: bool = True, jitter: float = 0.0, patience: int = 15, progress: bool = False,
-                 precision: str = "auto", time_limit_s: float | None = 900, version: str | None = None) -> Path:
+                 precision: str = "auto", time_limit_s: float | None = 900, tta: bool = True,
+                 version: str | None = None) -> Path:
     """Early-fusion U-Net over before and after stacked band-wise, on the change layout (``dataset oscd``).
 
     Each city keeps a band of rows for validation; patches come from the rest, half of them around
     change pixels, flipped and rotated. With ``per_image`` every image is first standardized by its own
     band statistics, which removes radiometric differences between dates and places. ``jitter`` adds a
     random gain and offset per band and date to training patches. ``time_limit_s`` stops training early
-    (the best epoch so far is kept). ``cities`` default to every labelled city of the dataset.
+    (the best epoch so far is kept). ``cities`` default to every labelled city of the dataset. With
+    ``tta`` the model's maps are the mean over the 8 flips and rotations of its input (8 times the
+    inference work); epochs are compared without it, the threshold is chosen with it.
     """
     from monitor.ml.inference import predict_array
     from monitor.ml.modelstore import normalize
@@ -415,8 +418,8 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
     if per_image:
         meta = {**meta, "normalization": {"mean": mean, "std": std, "per_image": True}}
 
-    def val_predict() -> np.ndarray:
-        return np.concatenate([predict_array(live, xv, ~vv).ravel() for _, xv, _, vv in val_parts])
+    def val_predict(model_: LoadedModel = live) -> np.ndarray:
+        return np.concatenate([predict_array(model_, xv, ~vv).ravel() for _, xv, _, vv in val_parts])
 
     val_truth = np.concatenate([t.ravel() for _, _, t, _ in val_parts])
     val_valid = np.concatenate([v.ravel() for _, _, _, v in val_parts])
@@ -431,7 +434,8 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
                      first=[_val_f1_callback(val_predict, val_truth, val_valid)])
     history = model.fit(batches(), steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=cbs, verbose=0,
                         shuffle=False)
-    prob = val_predict()
+    meta["inference"] = {"tta": tta}
+    prob = val_predict(LoadedModel(live.path, {**live.meta, "inference": meta["inference"]}, model))
     threshold, val = scores.best_threshold(prob, val_truth, val_valid)
     per_city, i = {}, 0
     for c, _, t, v in val_parts:
