@@ -40,10 +40,10 @@ class Metrics:
         self.newest_scene = Gauge("monitor_newest_scene_timestamp_seconds",
                                   "Acquisition time of the newest usable scene of an area", ["area"], registry=r)
         # models
-        self.inference_tiles = Counter("monitor_inference_tiles_total", "Tiles run through a model",
+        self.inference_tiles = Counter("monitor_inference_tiles_total", "Inference windows run through a model",
                                        ["kind"], registry=r)
         self.inference_tiles_per_second = Gauge("monitor_inference_tiles_per_second",
-                                                "Throughput of the last inference", ["kind"], registry=r)
+                                                "Inference windows per second of the last inference", ["kind"], registry=r)
         # results
         self.detections = Counter("monitor_detections_total", "Detection polygons stored", ["area"], registry=r)
         self.changes = Counter("monitor_changes_total", "Change polygons stored", ["area"], registry=r)
