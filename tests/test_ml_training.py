@@ -88,3 +88,24 @@ def test_trainers_refuse_unusable_input(tmp_path):
     with pytest.raises(BadInput, match="segmenter"):
         train_segmenter(data, tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_change_patches_move_the_earlier_date_by_at_most_the_shift():
+    from monitor.ml.training import _ChangeSampler
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 1, (80, 80, 3)).astype(np.float32)
+    x = np.concatenate([image, image], axis=-1)  # two identical dates
+    y = np.zeros((80, 80), np.float32)
+    y[40, 40] = 1
+    moves = set()
+    for shift in (0, 2):
+        sampler = _ChangeSampler([(x, y)], patch=32, change_share=0.5, shift=shift)
+        for _ in range(60):
+            p, _m = sampler.sample(rng)
+            before, after = p[..., :3], p[..., 3:]
+            found = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)
+                     if np.array_equal(np.roll(after, (dy, dx), axis=(0, 1)), before)]
+            assert found, "the earlier date is the later one moved by at most the shift"
+            moves.add((shift, found[0] != (0, 0) if shift else False))
+    assert moves == {(0, False), (2, False), (2, True)}  # unmoved without shift; with it, some moved, some not

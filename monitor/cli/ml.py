@@ -151,6 +151,8 @@ def train_change(
                                    "or only by the training data's."),
     jitter: float = typer.Option(0.0, "--jitter", help="Random gain and offset (std) per band and date added to "
                                  "training patches."),
+    shift: int = typer.Option(1, "--shift", min=0, help="Move the earlier date of half the training patches by up "
+                              "to this many pixels (misregistration is no change)."),
     patience: int = typer.Option(15, "--patience", help="Early-stopping patience, epochs."),
     time_limit: float = typer.Option(15.0, "--time-limit", help="Stop after this many minutes, keeping the best "
                                      "epoch (0: none)."),
@@ -163,7 +165,7 @@ def train_change(
     out, version = _out_dir(ctx, out, "change")
     _report(training.train_change(data, out, epochs=epochs, seed=seed, bands=_bands(bands), cities=city or None,
                                   patch=patch, steps_per_epoch=steps, batch=batch, pos_weight=pos_weight,
-                                  base_filters=base_filters, per_image=per_image, jitter=jitter,
+                                  base_filters=base_filters, per_image=per_image, jitter=jitter, shift=shift,
                                   patience=patience, progress=True, tta=tta,
                                   time_limit_s=time_limit * 60 or None, version=version))
 

@@ -314,13 +314,14 @@ class _ChangeSampler:
     """Random training patches of the change model: a ``change_share`` of them centred near a change pixel."""
 
     def __init__(self, parts: list[tuple[np.ndarray, np.ndarray]], patch: int, change_share: float,
-                 jitter: float = 0.0) -> None:
+                 jitter: float = 0.0, shift: int = 0) -> None:
         self.parts = [(x, y) for x, y in parts if x.shape[0] >= patch and x.shape[1] >= patch]
         if not self.parts:
             raise BadInput(f"no training part of the cities is at least {patch}x{patch} pixels", field="patch")
         self.patch = patch
         self.change_share = change_share
         self.jitter = jitter
+        self.shift = shift
         self.sizes = np.array([x.shape[0] * x.shape[1] for x, _ in self.parts], float)
         self.changes = [np.argwhere(y == 1) for _, y in self.parts]
         self.n_change = np.array([len(c) for c in self.changes], float)
@@ -338,6 +339,11 @@ class _ChangeSampler:
             x, y = self.parts[i]
             r, c = int(rng.integers(x.shape[0] - p + 1)), int(rng.integers(x.shape[1] - p + 1))
         x, y = _augment(x[r:r + p, c:c + p], y[r:r + p, c:c + p], rng)
+        if self.shift and rng.random() < 0.5:
+            # the earlier date moved by up to ``shift`` pixels: misregistration between dates is no change
+            n = x.shape[-1] // 2
+            dy, dx = rng.integers(-self.shift, self.shift + 1, 2)
+            x = np.concatenate([np.roll(x[..., :n], (int(dy), int(dx)), axis=(0, 1)), x[..., n:]], axis=-1)
         if self.jitter:
             # each date its own gain and offset per band: a radiometric difference between dates is no change
             gain = 1 + rng.normal(0, self.jitter, x.shape[-1])
@@ -350,7 +356,7 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
                  cities: list[str] | None = None, bands: list[str] | None = None, patch: int = 64, batch: int = 16,
                  steps_per_epoch: int = 60, depth: int = 4, base_filters: int = 16, dropout: float = 0.2,
                  lr: float = 1e-3, pos_weight: float = 2.0, change_share: float = 0.5, val_fraction: float = 0.2,
-                 per_image: bool = True, jitter: float = 0.0, patience: int = 15, progress: bool = False,
+                 per_image: bool = True, jitter: float = 0.0, shift: int = 1, patience: int = 15, progress: bool = False,
                  precision: str = "auto", time_limit_s: float | None = 900, tta: bool = True,
                  version: str | None = None) -> Path:
     """Early-fusion U-Net over before and after stacked band-wise, on the change layout (``dataset oscd``).
@@ -358,7 +364,9 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
     Each city keeps a band of rows for validation; patches come from the rest, half of them around
     change pixels, flipped and rotated. With ``per_image`` every image is first standardized by its own
     band statistics, which removes radiometric differences between dates and places. ``jitter`` adds a
-    random gain and offset per band and date to training patches. ``time_limit_s`` stops training early
+    random gain and offset per band and date to training patches. ``shift`` moves the earlier date of half
+    the training patches by up to that many pixels, so that misregistration is not taken for change.
+    ``time_limit_s`` stops training early
     (the best epoch so far is kept). ``cities`` default to every labelled city of the dataset. With
     ``tta`` the model's maps are the mean over the 8 flips and rotations of its input (8 times the
     inference work); epochs are compared without it, the threshold is chosen with it.
@@ -402,7 +410,7 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
         for a, b in ((0, v0), (v1, x.shape[0])):
             if b - a >= patch:
                 train_parts.append((x[a:b], y[a:b]))
-    sampler = _ChangeSampler(train_parts, patch, change_share, jitter)
+    sampler = _ChangeSampler(train_parts, patch, change_share, jitter, shift)
     seed_everything(seed)
     k = keras()
     model = build_unet(2 * n, depth=depth, base_filters=base_filters, dropout=dropout,
@@ -445,7 +453,7 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
     meta.update(threshold=threshold, training={
         "data": str(Path(data_dir).resolve()), "cities": cities, "split": split, "patch": patch, "batch": batch,
         "steps_per_epoch": steps_per_epoch, "lr": lr, "pos_weight": pos_weight, "change_share": change_share,
-        "val_fraction": val_fraction, "per_image": per_image, "jitter": jitter, "seed": seed,
+        "val_fraction": val_fraction, "per_image": per_image, "jitter": jitter, "shift": shift, "seed": seed,
         "change_fraction": {c: summary["cities"][c].get("change_fraction") for c in cities},
         **_summary_of_run(cbs, history, t0)},
         metrics={"validation": {**val, "cities": per_city}})
