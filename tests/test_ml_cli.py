@@ -34,6 +34,11 @@ def test_build_train_predict_evaluate_and_list(cli, tmp_path):
     with rasterio.open(scene) as s, rasterio.open(tmp_path / "p.tif") as p:
         assert (p.crs, p.transform, p.shape, p.nodata) == (s.crs, s.transform, s.shape, -1)
         assert np.all((p.read(1) >= 0) & (p.read(1) <= 1))
+        default = p.read(1)
+    cli("predict", "--model", model_dir, "--scene", scene, "--out", tmp_path / "q.tif", "--precision", "float32",
+        "--window", "64", "--batch", "2")
+    with rasterio.open(tmp_path / "q.tif") as q:
+        assert np.abs(q.read(1) - default).mean() < 0.02  # other windows and arithmetic, the same map
     out = json.loads(cli("evaluate", "--model", model_dir, "--data", tmp_path / "ds").stdout)
     assert out["model"] == version and out["split"] == "validation"
     assert set(out) >= {"precision", "recall", "f1", "iou", "confusion"}
@@ -46,6 +51,9 @@ def test_errors_exit_2_with_a_message(cli, tmp_path):
     assert "--before" in r.stderr and not (tmp_path / "p.tif").exists()
     r = cli("predict", "--model", tmp_path, "--scene", scene, "--out", tmp_path / "p.tif", expect=2)
     assert "not a model directory" in r.stderr
+    r = cli("predict", "--model", change, "--scene", scene, "--out", tmp_path / "p.tif", "--precision", "float8",
+            expect=2)
+    assert "precision" in r.stderr and "float8" in r.stderr
     r = cli("evaluate", "--model", change, "--data", tmp_path, expect=2)
     assert "summary.json" in r.stderr
     r = cli("dataset", "build", "--scene", tmp_path / "none.tif", "--labels", labels, "--out", tmp_path / "x", expect=2)
