@@ -151,7 +151,7 @@ def train_change(
                                    "or only by the training data's."),
     jitter: float = typer.Option(0.0, "--jitter", help="Random gain and offset (std) per band and date added to "
                                  "training patches."),
-    shift: int = typer.Option(1, "--shift", min=0, help="Move the earlier date of half the training patches by up "
+    shift: int = typer.Option(0, "--shift", min=0, help="Move the earlier date of half the training patches by up "
                               "to this many pixels (misregistration is no change)."),
     patience: int = typer.Option(15, "--patience", help="Early-stopping patience, epochs."),
     time_limit: float = typer.Option(15.0, "--time-limit", help="Stop after this many minutes, keeping the best "

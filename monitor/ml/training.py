@@ -356,7 +356,7 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
                  cities: list[str] | None = None, bands: list[str] | None = None, patch: int = 64, batch: int = 16,
                  steps_per_epoch: int = 60, depth: int = 4, base_filters: int = 16, dropout: float = 0.2,
                  lr: float = 1e-3, pos_weight: float = 2.0, change_share: float = 0.5, val_fraction: float = 0.2,
-                 per_image: bool = True, jitter: float = 0.0, shift: int = 1, patience: int = 15, progress: bool = False,
+                 per_image: bool = True, jitter: float = 0.0, shift: int = 0, patience: int = 15, progress: bool = False,
                  precision: str = "auto", time_limit_s: float | None = 900, tta: bool = True,
                  version: str | None = None) -> Path:
     """Early-fusion U-Net over before and after stacked band-wise, on the change layout (``dataset oscd``).
