@@ -1,6 +1,7 @@
 """Leave-one-city-out on OSCD: each city scored by a change model trained on the other cities.
 
     .venv/bin/python -m bench.oscd_loco [--src ../shared/data/oscd] [--out DIR] [--epochs N] [--bands all]
+        [--cities a,b] [--seed 0] [--shift 1] [--no-tta]
 
 Training uses `train_change`'s defaults except that it runs a fixed number of epochs (no time limit),
 so that the numbers do not depend on the machine's load. Prints per-city precision, recall, F1 and
@@ -28,6 +29,8 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--bands", default=None, help="comma-separated bands, or 'all' (default: train_change's)")
     p.add_argument("--cities", default=None, help="comma-separated held-out cities (default: every city)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shift", type=int, default=None, help="date shift of training patches (default: train_change's)")
+    p.add_argument("--no-tta", action="store_true", help="score without test-time augmentation")
     a = p.parse_args(args or [])
 
     from monitor.ml import scores
@@ -45,6 +48,10 @@ def main(args: list[str] | None = None) -> None:
         kw = {"seed": a.seed, "time_limit_s": None, "progress": True}
         if a.epochs:
             kw["epochs"] = a.epochs
+        if a.shift is not None:
+            kw["shift"] = a.shift
+        if a.no_tta:
+            kw["tta"] = False
         if a.bands:
             kw["bands"] = OSCD_BANDS if a.bands == "all" else a.bands.split(",")
         rows, results, cms = [], {}, []
