@@ -13,6 +13,7 @@ import json
 import secrets
 import shutil
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,6 @@ class LoadedModel:
     meta: dict
     keras_model: Any  # as saved: float32, batch normalization separate (what training and Keras users see)
     net: Any = None  # what inference runs: batch normalization folded, under the inference precision
-    policy: str = "float32"
     _fn: Any = field(default=None, repr=False)
 
     @property
@@ -161,6 +161,11 @@ class LoadedModel:
     def depth(self) -> int:
         """Poolings of a U-Net: windows must be multiples of 2**depth (0 for the fixed-size classifier)."""
         return int(self.meta.get("architecture", {}).get("depth", 0))
+
+    @property
+    def policy(self) -> str:
+        """The Keras dtype policy inference runs under."""
+        return _policy_of(self.net if self.net is not None else self.keras_model)
 
     @property
     def tta(self) -> bool:
@@ -238,7 +243,7 @@ def load_model(model_dir: str | Path, precision: str = "auto") -> LoadedModel:
         net = fold_batchnorm(km)
         if policy != _policy_of(net):
             net = with_policy(net, policy)
-        loaded = LoadedModel(model_dir, meta, km, net, policy)
+        loaded = LoadedModel(model_dir, meta, km, net)
         _cache[key] = loaded
         return loaded
 
@@ -258,19 +263,21 @@ def fold_batchnorm(keras_model, atol: float = 1e-3):
     if not isinstance(cfg, dict) or "layers" not in cfg:
         return keras_model
     layers = {lc["name"]: lc for lc in cfg["layers"]}
-    consumers: dict[str, int] = {}
 
-    def sources(node) -> list[str]:
+    def tensors(node) -> list[dict]:
+        """The symbolic tensors (their configs, holding ``keras_history``) a layer's inbound nodes name."""
         if isinstance(node, dict):
-            hist = node.get("config", {}).get("keras_history") if node.get("class_name") == "__keras_tensor__" else None
-            return [hist[0]] if hist else [n for v in node.values() for n in sources(v)]
+            if node.get("class_name") == "__keras_tensor__":
+                return [node["config"]]
+            return [t for v in node.values() for t in tensors(v)]
         if isinstance(node, (list, tuple)):
-            return [n for v in node for n in sources(v)]
+            return [t for v in node for t in tensors(v)]
         return []
 
-    for lc in cfg["layers"]:
-        for name in sources(lc.get("inbound_nodes", [])):
-            consumers[name] = consumers.get(name, 0) + 1
+    def sources(node) -> list[str]:
+        return [t["keras_history"][0] for t in tensors(node)]
+
+    consumers = Counter(name for lc in cfg["layers"] for name in sources(lc.get("inbound_nodes", [])))
     outputs = set(np.asarray(cfg.get("output_layers", []), dtype=object).ravel().tolist())
     pairs = {}  # batch normalization layer -> convolution it folds into
     for lc in cfg["layers"]:
@@ -283,20 +290,11 @@ def fold_batchnorm(keras_model, atol: float = 1e-3):
     if not pairs:
         return keras_model
 
-    def rewire(node):
-        if isinstance(node, dict):
-            hist = node.get("config", {}).get("keras_history") if node.get("class_name") == "__keras_tensor__" else None
-            if hist and hist[0] in pairs:
-                node["config"]["keras_history"] = [pairs[hist[0]], *hist[1:]]
-            for v in node.values():
-                rewire(v)
-        elif isinstance(node, (list, tuple)):
-            for v in node:
-                rewire(v)
-
     cfg["layers"] = [lc for lc in cfg["layers"] if lc["name"] not in pairs]
     for lc in cfg["layers"]:
-        rewire(lc.get("inbound_nodes", []))
+        for t in tensors(lc.get("inbound_nodes", [])):
+            if t["keras_history"][0] in pairs:
+                t["keras_history"] = [pairs[t["keras_history"][0]], *t["keras_history"][1:]]
         if lc["name"] in pairs.values():
             lc["config"]["use_bias"] = True
     cfg["name"] = f"{keras_model.name}_folded"
