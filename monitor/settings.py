@@ -74,8 +74,8 @@ class Settings(BaseSettings):
     classifier_model: Path | None = Field(None, description="Model directory of the settlement classifier.")
     change_model: Path | None = Field(None, description="Model directory of the change model (optional).")
     inference_batch: int = Field(4, ge=1, description="Inference windows per call to a model.")
-    inference_window: int = Field(512, ge=16, description="Side of an inference window, pixels (at least the "
-                                  "model's tile; rounded up to what the model takes).")
+    inference_window: int = Field(512, ge=16, description="Largest side of an inference window, pixels "
+                                  "(at least the model's tile; sized to cover the scene evenly).")
     inference_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring inference windows, "
                                      "fraction of the model's tile.")
     inference_precision: Literal["auto", "float32", "mixed", "bfloat16"] = Field(

@@ -220,8 +220,9 @@ def test_inference_runs_the_folded_network(tmp_path):
 def test_window_plan_fits_the_model_and_the_scene(unet):
     from monitor.ml.inference import count_windows, window_plan
 
-    assert window_plan(unet, 1000, 900, 512, 0.25) == (512, 8)  # margin: a quarter of the model's 32-px tile
+    assert window_plan(unet, 1000, 900, 512, 0.25) == (504, 8)  # two windows of 504 cover 1000 with an 8-px margin
     assert window_plan(unet, 90, 150, 512, 0.25) == (152, 8)  # no larger than the scene, a multiple of 4
+    assert window_plan(unet, 600, 400, 512, 0.25) == (304, 8)  # two 512-px windows would overlap by 424 px
     assert window_plan(unet, 10, 10, 512, 0.0) == (32, 0)  # never smaller than the model's tile
     assert window_plan(unet, 1000, 900, None, 0.5) == (32, 16)
     assert count_windows(unet, 1000, 900, 512, 0.25) == 2 * 2  # rows and columns start at 0 and at the far edge

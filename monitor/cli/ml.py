@@ -230,7 +230,7 @@ def predict(
     before: Path = typer.Option(None, "--before", help="Earlier scene on the same grid (change models)."),
     out: Path = typer.Option(..., "--out", help="Probability GeoTIFF to write (float32, nodata -1)."),
     batch: int = typer.Option(None, "--batch", min=1, help="Windows per model call. Default: MONITOR_INFERENCE_BATCH."),
-    window: int = typer.Option(None, "--window", min=16, help="Window side, pixels. Default: MONITOR_INFERENCE_WINDOW."),
+    window: int = typer.Option(None, "--window", min=16, help="Largest window side, pixels. Default: MONITOR_INFERENCE_WINDOW."),
     overlap: float = typer.Option(None, "--overlap", help="Window overlap, fraction of the model's tile. Default: "
                                   "MONITOR_INFERENCE_OVERLAP."),
     precision: str = typer.Option(None, "--precision", help="auto, float32, mixed or bfloat16. Default: "

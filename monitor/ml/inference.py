@@ -42,10 +42,11 @@ def window_plan(model: LoadedModel, height: int, width: int, window: int | None 
                 overlap: float = 0.25) -> tuple[int, int]:
     """(side, margin) of the inference windows of ``model`` over a ``height`` x ``width`` scene.
 
-    Windows are ``window`` pixels square (default: the model's tile), never smaller than the model's
-    tile, no larger than the scene needs, and rounded up to a multiple of 2**depth. Neighbouring windows
-    overlap by ``margin`` = ``overlap`` of the model's tile: the border a window sees with too little
-    context depends on the network, not on the window, so a larger window wastes less work on overlap.
+    Neighbouring windows overlap by ``margin`` = ``overlap`` of the model's tile: the border a window
+    sees with too little context depends on the network, not on the window. Windows are at most
+    ``window`` pixels square (default: the model's tile) and never smaller than the model's tile; within
+    that, the side is the smallest that covers the scene's longer side with as few windows as ``window``
+    would need, so that no window hangs mostly over its neighbour. Rounded up to a multiple of 2**depth.
     """
     if model.kind == "classifier":
         raise ModelError(f"{model.path}: a classifier gives one value per tile; use classify_tiles")
@@ -53,10 +54,11 @@ def window_plan(model: LoadedModel, height: int, width: int, window: int | None 
         raise BadInput(f"overlap must be in [0, 1), not {overlap}", field="overlap")
     if window is not None and window < 1:
         raise BadInput(f"window must be positive, not {window}", field="window")
-    step = 2 ** model.depth
-    side = max(model.tile, min(window or model.tile, max(height, width)))
-    side = math.ceil(side / step) * step
-    return side, int(round(overlap * model.tile))
+    step, margin = 2 ** model.depth, int(round(overlap * model.tile))
+    longest, want = max(height, width), max(model.tile, window or model.tile)
+    n = max(1, math.ceil((longest - margin) / (want - margin)))  # windows along the longer side
+    side = max(model.tile, math.ceil((longest + (n - 1) * margin) / n))
+    return math.ceil(side / step) * step, margin
 
 
 def count_windows(model: LoadedModel, height: int, width: int, window: int | None = None,
