@@ -13,8 +13,9 @@ import shapely
 from sqlalchemy.orm import Session
 
 from bench.common import print_table, scratch_database
-from monitor.registry.areas import AreaSpec, add_area
-from monitor.registry.parcels import import_parcels
+from monitor.domain import AreaSpec
+from monitor.inventory.areas import add_area
+from monitor.inventory.parcels import import_parcels
 
 X0, Y0 = 300000.0, 6180000.0
 
@@ -40,7 +41,8 @@ def main(sizes=(10_000, 100_000)) -> None:
             f = tmp / f"parcels_{n}.gpkg"
             make_parcels(f, n)
             with Session(engine) as s, s.begin():
-                area = add_area(s, AreaSpec(f"bench{k}", str(area_file), "5d", ["local"], 20, {}))
+                area = add_area(s, AreaSpec.parse(f"bench{k}", cadence="5d", providers="local", max_cloud=20),
+                                area_file)
             for label in ("insert", "upsert again"):
                 t0 = time.perf_counter()
                 with Session(engine) as s, s.begin():

@@ -1,3 +1,5 @@
+"""``python -m monitor``: the ``monitor`` command."""
+
 from monitor.cli import main
 
 main()

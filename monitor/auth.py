@@ -20,6 +20,7 @@ PREFIX = "mon_"
 
 
 def hash_token(token: str) -> str:
+    """The stored form of a token: its SHA-256, hex."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
@@ -54,6 +55,7 @@ def verify_token(session: Session, token: str) -> ApiToken | None:
 
 
 def list_tokens(session: Session) -> list[ApiToken]:
+    """Every token, revoked ones too, oldest first."""
     return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
 
 

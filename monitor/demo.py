@@ -14,9 +14,26 @@ import time
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import typer
+from PIL import Image, ImageDraw
+from shapely.geometry import shape
+from sqlalchemy import Engine, func, select
 
+from monitor.alerts.lifecycle import list_alerts, to_geojson
+from monitor.db import migrate
+from monitor.db.engine import make_engine, transaction
+from monitor.db.tables import Alert, Area, Detection, Indicator, Scene
+from monitor.geo import reproject
+from monitor.inventory.areas import add_area, area_spec, configure_area
+from monitor.inventory.parcels import import_parcels
+from monitor.inventory.permits import import_permits
+from monitor.metrics import default_metrics
+from monitor.ml.datasets import build_tiles
+from monitor.ml.training import train_classifier, train_segmenter
+from monitor.pipeline import run_area
 from monitor.settings import Settings
+from monitor.text import table
 from monitor.world import DATES, World, make_world
 
 AREA = "demo"
@@ -30,9 +47,6 @@ def _say(text: str) -> None:
 
 def demo_models(world: World, models_dir: Path, seed: int) -> dict[str, Path]:
     """Train the demo segmenter and classifier on the first and last dates, or reuse them."""
-    from monitor.ml.datasets import build_tiles
-    from monitor.ml.training import train_classifier, train_segmenter
-
     out = {"segmenter": models_dir / "segmenter", "classifier": models_dir / "classifier"}
     data = models_dir / "data"
     last = DATES[-1]
@@ -56,36 +70,27 @@ def demo_models(world: World, models_dir: Path, seed: int) -> dict[str, Path]:
     return out
 
 
-def _register(engine, world: World, drops: Path, models: dict[str, Path]) -> int:
-    from sqlalchemy import select
-
-    from monitor.db.engine import transaction
-    from monitor.db.tables import Area
-    from monitor.registry.areas import AreaSpec, add_area, configure_area
-    from monitor.registry.parcels import import_parcels
-    from monitor.registry.permits import import_permits
+def _register(engine: Engine, settings: Settings, world: World, drops: Path, models: dict[str, Path]) -> int:
+    assert world.area and world.parcels and world.permits, "make_world writes every file"
 
     with transaction(engine) as s:
         old = s.scalar(select(Area).where(Area.name == AREA))
         if old is not None:
             s.delete(old)
             s.flush()
-        area = add_area(s, AreaSpec(AREA, str(world.area), "1d", ["local"], 40.0, {"local": str(drops)},
-                                    resolution_m=2.0))
+        spec = area_spec(settings, AREA, cadence="1d", providers="local", max_cloud=40.0,
+                         sources={"local": str(drops)}, resolution_m=2.0)
+        area = add_area(s, spec, world.area)
         import_parcels(s, area, world.parcels, "parcel_id")
         import_permits(s, world.permits, area)
         configure_area(s, AREA, models={k: str(v) for k, v in models.items()})
         return area.id
 
 
-def run_demo(settings: Settings, out: Path, seed: int = 7, serve: bool = False) -> dict:
-    from sqlalchemy import func, select
-
-    from monitor.db import migrate
-    from monitor.db.engine import make_engine, transaction
-    from monitor.db.tables import Alert, Detection, Indicator, Scene
-    from monitor.metrics import default_metrics
-    from monitor.pipeline import run_area
+def run_demo(settings: Settings, out: Path, seed: int = 7) -> dict:
+    """Run the demo: world, models, database, one pipeline pass per date; print the report and write the files under
+    ``out``; returns the summary.
+    """
 
     started = time.perf_counter()
     home = settings.home / "demo"
@@ -101,7 +106,7 @@ def run_demo(settings: Settings, out: Path, seed: int = 7, serve: bool = False) 
     shutil.rmtree(drops, ignore_errors=True)
     drops.mkdir(parents=True)
     shutil.rmtree(settings.data_dir / "scenes", ignore_errors=True)
-    area_id = _register(engine, world, drops, models)
+    area_id = _register(engine, settings, world, drops, models)
     metrics = default_metrics()
     rows = []
     for date in DATES:
@@ -119,9 +124,6 @@ def run_demo(settings: Settings, out: Path, seed: int = 7, serve: bool = False) 
                      f"{ind.built_km2:.3f}" if ind and ind.built_km2 is not None else "-",
                      f"{ind.settlement_km2:.3f}" if ind and ind.settlement_km2 is not None else "-",
                      summary["alerts"], "; ".join(summary["errors"]) or ""])
-    from monitor.alerts.lifecycle import list_alerts, to_geojson
-    from monitor.cli.common import table
-
     with transaction(engine) as s:
         alerts = list_alerts(s, area=AREA)
         doc = to_geojson(s, alerts)
@@ -160,18 +162,11 @@ def run_demo(settings: Settings, out: Path, seed: int = 7, serve: bool = False) 
     typer.echo(f"files: {out / 'alerts.geojson'}, {chips}/ ({len(list(chips.iterdir()))} chips), {overview}")
     typer.echo(f"done in {result['seconds']} s")
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
-    if serve:
-        serve_api(settings, engine, metrics)
     return result
 
 
 def overview_picture(world: World, alerts_doc: dict, path: Path) -> Path:
     """First and last date side by side, true colour, alerts outlined in red."""
-    import rasterio
-    from PIL import Image, ImageDraw
-    from shapely.geometry import shape
-
-    from monitor.geo import reproject
 
     panels = []
     for date in (DATES[0], DATES[-1]):
@@ -193,13 +188,3 @@ def overview_picture(world: World, alerts_doc: dict, path: Path) -> Path:
     canvas.paste(panels[1], (w + 10, 0))
     canvas.save(path)
     return path
-
-
-def serve_api(settings: Settings, engine, metrics) -> None:
-    import uvicorn
-
-    from monitor.api import create_app
-
-    app = create_app(settings, engine=engine, metrics=metrics)
-    _say(f"serving the API on http://{settings.api_host}:{settings.api_port}/docs and /metrics (Ctrl-C stops)")
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")

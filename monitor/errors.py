@@ -1,8 +1,10 @@
 """One exception root for the project.
 
-Every error a user can cause or meet carries a message meant for that user.
-``exit_code`` is what the ``monitor`` command exits with: 2 for bad input,
-1 for anything else.
+Every error a user can cause or meet carries a message meant for that user. What each kind of
+error means to the entry points is said once, as class attributes (as pygeoapi's exceptions do):
+``exit_code`` is what the ``monitor`` command exits with (2 for bad input, 1 for anything else),
+``http_status`` what the API answers, and ``reason`` the label a failed scene is counted under
+in the metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ class MonitorError(Exception):
     """Root of every error the project raises on purpose."""
 
     exit_code = 1
+    http_status = 500
+    reason = "error"
+    #: Whether an HTTP status of a remote server (``status`` in the data) names the failure better.
+    labelled_by_status = False
 
     def __init__(self, message: str, **data: object) -> None:
         super().__init__(message)
@@ -21,11 +27,19 @@ class MonitorError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def label(self) -> str:
+        """The metric label of this failure: ``reason``, or ``http_<status>`` for a remote's HTTP error."""
+        status = self.data.get("status")
+        return f"http_{status}" if self.labelled_by_status and status else self.reason
+
 
 class BadInput(MonitorError):
     """The user gave something unusable: a file, a row, a field, an option."""
 
     exit_code = 2
+    http_status = 422
+    reason = "bad_input"
 
     def __init__(self, message: str, *, file: object | None = None, row: object | None = None,
                  field: str | None = None, **data: object) -> None:
@@ -38,29 +52,43 @@ class BadInput(MonitorError):
             where.append(f"field {field!r}")
         full = f"{': '.join([', '.join(where), message]) if where else message}"
         super().__init__(full, file=file, row=row, field=field, **data)
-        self.reason = message
+        self.detail = message
+        self.field = field
 
 
 class NotFound(BadInput):
     """A named thing (area, parcel, alert, model) does not exist."""
 
+    http_status = 404
+    reason = "not_found"
+
 
 class Conflict(BadInput):
     """The request clashes with what is stored (a duplicate name, say)."""
+
+    http_status = 409
+    reason = "conflict"
 
 
 class ConfigError(MonitorError):
     """Settings are missing or inconsistent."""
 
     exit_code = 2
+    reason = "config"
 
 
 class DatabaseError(MonitorError):
     """The database is unreachable, unmigrated or refused a statement."""
 
+    http_status = 503
+    reason = "database"
+
 
 class ProviderError(MonitorError):
     """An imagery provider failed: network, HTTP status, bad response."""
+
+    reason = "provider"
+    labelled_by_status = True
 
     def __init__(self, message: str, *, provider: str = "", status: int | None = None,
                  retryable: bool = False, **data: object) -> None:
@@ -74,14 +102,44 @@ class ProviderError(MonitorError):
 class ProductOffline(ProviderError):
     """The product is in long-term archive; retrieval was requested, try again later."""
 
+    reason = "offline"
+    labelled_by_status = False
+
 
 class DownloadError(MonitorError):
     """A download failed or did not verify (size, checksum)."""
+
+    reason = "download"
+    labelled_by_status = True
+
+
+class SizeMismatch(DownloadError):
+    """A downloaded file is not as long as announced (truncated, or the wrong file)."""
+
+    reason = "size"
+    labelled_by_status = False
+
+
+class ChecksumMismatch(DownloadError):
+    """A downloaded file's checksum differs from the provider's."""
+
+    reason = "checksum"
+    labelled_by_status = False
 
 
 class ImageryError(MonitorError):
     """A raster could not be read or prepared (no CRS, corrupt, wrong bands)."""
 
+    reason = "imagery"
+
+
+class NoCRS(ImageryError):
+    """A raster has no coordinate reference system: it cannot be put on an area's grid."""
+
+    reason = "no_crs"
+
 
 class ModelError(MonitorError):
     """A model directory is missing, unreadable or does not fit the input."""
+
+    reason = "model"

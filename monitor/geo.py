@@ -14,19 +14,35 @@ from shapely.geometry.base import BaseGeometry
 WGS84 = CRS.from_epsg(4326)
 
 
+def utm_zone(lon: float, lat: float) -> int:
+    """The UTM zone (1-60) holding (lon, lat), with the exceptions of the UTM grid: zone 32 widened
+    over south-west Norway (56-64 N, 3-12 E) and the four wide zones over Svalbard (72-84 N).
+
+    Hand-written on purpose: pyproj's ``query_utm_crs_info`` answers from the EPSG areas of use,
+    which are the plain 6-degree bands, so it knows neither exception.
+    """
+    lon = ((lon + 180.0) % 360.0) - 180.0
+    if 56 <= lat < 64 and 3 <= lon < 12:
+        return 32
+    if 72 <= lat <= 84 and 0 <= lon < 42:
+        return 31 if lon < 9 else 33 if lon < 21 else 35 if lon < 33 else 37
+    return int((lon + 180) // 6) % 60 + 1
+
+
 def utm_epsg(lon: float, lat: float) -> int:
-    """EPSG code of the WGS 84 UTM zone holding (lon, lat)."""
-    zone = int((lon + 180) // 6) % 60 + 1
-    return (32600 if lat >= 0 else 32700) + zone
+    """EPSG code of the WGS 84 UTM zone holding (lon, lat) (north: 326zz, south: 327zz)."""
+    return (32600 if lat >= 0 else 32700) + utm_zone(lon, lat)
 
 
 def utm_epsg_for(geom_4326: BaseGeometry) -> int:
+    """The UTM zone of a geometry's centroid (EPSG:4326 in)."""
     c = geom_4326.centroid
     return utm_epsg(c.x, c.y)
 
 
 @lru_cache(maxsize=64)
 def transformer(src: str | int, dst: str | int) -> Transformer:
+    """A cached always-xy transformer between two CRSs."""
     return Transformer.from_crs(CRS.from_user_input(src), CRS.from_user_input(dst), always_xy=True)
 
 
@@ -45,6 +61,7 @@ def area_m2(geoms_4326, epsg: int):
 
 
 def as_multipolygon(geom: BaseGeometry) -> MultiPolygon:
+    """The polygonal part of a geometry as a MultiPolygon."""
     if isinstance(geom, MultiPolygon):
         return geom
     if isinstance(geom, Polygon):
@@ -58,6 +75,8 @@ def as_multipolygon(geom: BaseGeometry) -> MultiPolygon:
 
 @dataclass(frozen=True)
 class Repair:
+    """The outcome of ``polygonal``: the usable geometry, whether it was repaired, or why it cannot be used."""
+
     geometry: MultiPolygon | None
     repaired: bool
     problem: str | None  # why it could not be used, when geometry is None
@@ -81,30 +100,3 @@ def polygonal(geom: BaseGeometry | None) -> Repair:
     if fixed.is_empty or fixed.area == 0 or not fixed.is_valid:
         return Repair(None, False, f"invalid geometry that cannot be repaired ({reason})")
     return Repair(fixed, True, reason)
-
-
-def parse_duration(text: str):
-    """'30m', '12h', '5d', '2w' -> timedelta."""
-    import datetime as dt
-    import re
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*", text or "")
-    if not m:
-        raise ValueError(f"{text!r} is not a duration like 30m, 12h, 5d or 2w")
-    n, unit = float(m.group(1)), m.group(2)
-    try:
-        delta = {"m": dt.timedelta(minutes=n), "h": dt.timedelta(hours=n), "d": dt.timedelta(days=n),
-                 "w": dt.timedelta(weeks=n)}[unit]
-    except OverflowError as e:
-        raise ValueError(f"{text!r} is too long a duration") from e
-    if delta.total_seconds() <= 0:
-        raise ValueError(f"{text!r} must be longer than zero")
-    return delta
-
-
-def format_duration(delta) -> str:
-    s = int(delta.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if s % size == 0:
-            return f"{s // size}{unit}"
-    return f"{s}s"

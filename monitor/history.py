@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from monitor.db.tables import Area, Parcel
 from monitor.errors import BadInput, NotFound
+from monitor.inventory.areas import get_area
 
 PARCEL_COLUMNS = ("area", "external_id", "observed_on", "scene_id", "clear", "built_m2", "built_fraction",
                   "new_m2", "verdict", "permit_id", "alert_id", "parcel_m2")
@@ -36,8 +37,6 @@ def parcel_history(session: Session, external_id: str, area_name: str | None = N
 
 def area_history(session: Session, area_name: str) -> list[dict]:
     """Every processed date of an area: built-up and settlement km2, clear fraction, changes, alerts."""
-    from monitor.registry.areas import get_area
-
     area = get_area(session, area_name)
     return _rows(session, f"SELECT {', '.join(AREA_COLUMNS)} FROM area_indicators "
                           "WHERE area_id = :aid ORDER BY observed_on", aid=area.id)

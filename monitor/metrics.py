@@ -10,6 +10,8 @@ STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800
 
 
 class Metrics:
+    """Every metric of the process, on one registry (a fresh one unless given)."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry if registry is not None else CollectorRegistry()
         self.registry = r
@@ -38,17 +40,19 @@ class Metrics:
         self.last_success = Gauge("monitor_last_successful_run_timestamp_seconds",
                                   "Unix time of the last successful run of an area", ["area"], registry=r)
         self.newest_scene = Gauge("monitor_newest_scene_timestamp_seconds",
-                                  "Acquisition time of the newest usable scene of an area", ["area"], registry=r)
+                                  "Acquisition time of the newest processed scene of an area", ["area"], registry=r)
         # models
-        self.inference_tiles = Counter("monitor_inference_tiles_total", "Inference windows run through a model",
-                                       ["kind"], registry=r)
-        self.inference_tiles_per_second = Gauge("monitor_inference_tiles_per_second",
-                                                "Inference windows per second of the last inference", ["kind"], registry=r)
+        self.inference_windows = Counter("monitor_inference_windows_total", "Inference windows run through a model",
+                                         ["kind"], registry=r)
+        self.inference_windows_per_second = Gauge("monitor_inference_windows_per_second",
+                                                  "Inference windows per second of the last inference", ["kind"],
+                                                  registry=r)
         # results
         self.detections = Counter("monitor_detections_total", "Detection polygons stored", ["area"], registry=r)
         self.changes = Counter("monitor_changes_total", "Change polygons stored", ["area"], registry=r)
-        self.alerts_created = Counter("monitor_alerts_created_total", "Alerts raised or escalated",
-                                      ["area", "confidence"], registry=r)
+        self.alert_events = Counter("monitor_alert_events_total",
+                                    "Alert events by kind (created, updated, escalated, resolved)",
+                                    ["area", "event", "confidence"], registry=r)
         self.open_alerts = Gauge("monitor_open_alerts", "Open alerts of an area", ["area"], registry=r)
         self.built_km2 = Gauge("monitor_built_up_km2", "Built-up area on the newest date", ["area"], registry=r)
         self.settlement_km2 = Gauge("monitor_settlement_km2", "Informal-settlement area on the newest date",

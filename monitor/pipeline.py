@@ -3,8 +3,12 @@
 Every step commits its own result (files are written to a temporary name and renamed), and
 every step's work is replaced rather than appended when it runs again, so a pass killed at any
 point is resumed by the next one with nothing lost and nothing duplicated. One failing scene
-never stops the others. Steps are plain functions of (ids, settings); the only state kept
-between passes is the loaded models (``monitor.ml.modelstore`` caches them per path).
+never stops the others.
+
+The steps of a scene are plain functions of ``(engine, scene_id, settings, ...)`` that return
+JSON-able values: ``infer_scene``, ``vectorize_scene``, ``diff_scene`` and ``judge_scene``, so that
+any worker process can run any step. The only state kept between passes is the loaded models
+(``monitor.ml.modelstore`` caches them per path).
 """
 
 from __future__ import annotations
@@ -14,20 +18,37 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, or_, select, update
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.orm import Session
+from tqdm import tqdm
 
+from monitor import change
+from monitor.alerts.evidence import render_evidence
+from monitor.alerts.webhooks import deliver_pending, enqueue
+from monitor.db import queries
 from monitor.db.engine import transaction
-from monitor.db.tables import Area, Model, Run, Scene
+from monitor.db.tables import Area, Indicator, Model, Run, Scene
+from monitor.domain import AlertEvent, ModelKind, RunStatus, SceneStatus
 from monitor.errors import ConfigError, MonitorError
+from monitor.imagery.prepare import clear_path_for
+from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
+from monitor.inventory.areas import get_area
 from monitor.metrics import Metrics, default_metrics
+from monitor.ml.inference import classify_tiles, count_windows, predict_raster
+from monitor.ml.modelstore import LoadedModel, open_model
 from monitor.settings import Settings
+from monitor.vectorize import polygonize, read_probability
 
 log = logging.getLogger(__name__)
-KINDS = ("segmenter", "classifier", "change")
+#: Events after which an alert's evidence chips are rendered (again).
+RENDERED = (AlertEvent.CREATED, AlertEvent.UPDATED, AlertEvent.ESCALATED)
 
 
 class Stopped(Exception):
@@ -47,30 +68,32 @@ class Recorder:
             s.flush()
             self.id = run.id
 
-    def _save(self, **values) -> None:
+    def _save(self, **values: object) -> None:
         with transaction(self.engine) as s:
             s.execute(update(Run).where(Run.id == self.id).values(steps=dict(self.steps), **values))
 
     @contextmanager
-    def step(self, name: str):
+    def step(self, name: str) -> Iterator[None]:
+        """Record the step ``name`` around the block: running, then succeeded or failed with the error."""
         started = time.perf_counter()
-        self.steps[name] = {"status": "running", "started_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+        self.steps[name] = {"status": RunStatus.RUNNING, "started_at": dt.datetime.now(dt.timezone.utc).isoformat()}
         self._save()
         try:
             yield
         except BaseException as e:
             seconds = time.perf_counter() - started
-            self.steps[name].update(status="failed", seconds=round(seconds, 3), error=str(e))
+            self.steps[name].update(status=RunStatus.FAILED, seconds=round(seconds, 3), error=str(e))
             self.metrics.run_errors.labels(self.area_name, name).inc()
             self._save()
             raise
         seconds = time.perf_counter() - started
         self.metrics.step_duration.labels(name).observe(seconds)
-        self.steps[name].update(status="succeeded", seconds=round(seconds, 3))
+        self.steps[name].update(status=RunStatus.SUCCEEDED, seconds=round(seconds, 3))
         self._save()
 
     def finish(self, error: str | None = None) -> None:
-        status = "failed" if error else "succeeded"
+        """Close the run: failed with ``error``, else succeeded."""
+        status = RunStatus.FAILED if error else RunStatus.SUCCEEDED
         self._save(status=status, error=error, finished_at=dt.datetime.now(dt.timezone.utc))
         self.metrics.runs.labels(self.area_name, status).inc()
 
@@ -78,49 +101,20 @@ class Recorder:
 def area_model_dirs(session: Session, area: Area, settings: Settings) -> dict[str, Path | None]:
     """The model directory of each kind for an area: its own, else the settings' default."""
     out: dict[str, Path | None] = {}
-    for kind in KINDS:
+    for kind in ModelKind:
         model_id = getattr(area, f"{kind}_model_id")
         path = session.scalar(select(Model.path).where(Model.id == model_id)) if model_id else None
         out[kind] = Path(path) if path else getattr(settings, f"{kind}_model")
     return out
 
 
-def _load(model_dir: Path | None, settings: Settings):
-    if model_dir is None:
-        return None
-    from monitor.ml.modelstore import load_model
-
-    return load_model(model_dir, precision=settings.inference_precision)
+def _models(dirs: dict[str, Path | None], settings: Settings) -> dict[str, LoadedModel | None]:
+    return {kind: open_model(d, precision=settings.inference_precision) if d is not None else None
+            for kind, d in dirs.items()}
 
 
-def _previous_processed(session: Session, scene: Scene) -> Scene | None:
-    return session.scalar(select(Scene).where(
-        Scene.area_id == scene.area_id, Scene.status == "processed", Scene.acquired_at < scene.acquired_at,
-        Scene.file_path.is_not(None)).order_by(Scene.acquired_at.desc()).limit(1))
-
-
-def _read_probability(path: Path, clear_path: Path | None):
-    import numpy as np
-    import rasterio
-
-    with rasterio.open(path) as src:
-        prob = src.read(1, masked=True)
-        transform, crs = src.transform, src.crs
-    valid = ~np.ma.getmaskarray(prob) & np.isfinite(prob.filled(np.nan))
-    if clear_path is not None and clear_path.exists():
-        with rasterio.open(clear_path) as src:
-            valid &= src.read(1) > 0
-    return np.where(valid, prob.filled(0), 0).astype("float32"), valid, transform, crs
-
-
-def _settlement_km2(classifier, scene_path: Path, clear_path: Path | None) -> float:
+def settlement_km2(classifier: LoadedModel, scene_path: Path, clear_path: Path | None) -> float:
     """Informal-settlement km2: tiles the classifier calls settlement, counting only their clear part."""
-    import numpy as np
-    import rasterio
-    from rasterio.enums import Resampling
-
-    from monitor.ml.inference import classify_tiles
-
     probs, tile_transform = classify_tiles(classifier, scene_path)
     tile_m2 = abs(tile_transform.a * tile_transform.e)
     clear_frac = np.ones_like(probs, dtype="float64")
@@ -130,86 +124,140 @@ def _settlement_km2(classifier, scene_path: Path, clear_path: Path | None) -> fl
     return float(((probs >= classifier.threshold) * clear_frac).sum() * tile_m2 / 1e6)
 
 
+def _windows(model: LoadedModel, scene: Path, settings: Settings) -> int:
+    """How many inference windows the tiled engine runs over a scene."""
+    with rasterio.open(scene) as src:
+        return count_windows(model, src.height, src.width, settings.inference_window, settings.inference_overlap)
+
+
+# --- the steps of a scene
+
+def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metrics | None = None) -> dict:
+    """The scene's probability rasters (segmenter; change model against the scene's before image) under
+    ``data_dir/probability/<area id>/``, and the settlement km2 of its classifier.
+
+    Returns ``{"probabilities": {kind: {"path", "version", "threshold"}}, "settlement_km2": float | None}``.
+    A raster already there (from a pass killed later on) is kept.
+    """
+    metrics = metrics or default_metrics()
+    with transaction(engine) as s:
+        scene, area = queries.scene_and_area(s, scene_id)
+        dirs = area_model_dirs(s, area, settings)
+        before = queries.before_image(s, scene)
+    models = _models(dirs, settings)
+    scene_path = Path(str(scene.file_path))
+    out_dir = settings.data_dir / "probability" / str(area.id)
+    probabilities: dict[str, dict] = {}
+    for kind in (ModelKind.SEGMENTER, ModelKind.CHANGE):
+        model = models[kind]
+        if model is None or (kind == ModelKind.CHANGE and before is None):
+            continue
+        target = out_dir / f"{scene.id}_{kind}_{model.version}.tif"
+        if not target.exists():
+            # a pass killed during inference leaves its temporary file behind
+            for stale in out_dir.glob(f".{scene.id}_{kind}_*"):
+                stale.unlink(missing_ok=True)
+            t0 = time.perf_counter()
+            predict_raster(model, scene_path, target,
+                           before=Path(str(before.file_path)) if kind == ModelKind.CHANGE and before else None,
+                           batch=settings.inference_batch, overlap=settings.inference_overlap,
+                           window=settings.inference_window)
+            windows = _windows(model, scene_path, settings)
+            metrics.inference_windows.labels(kind).inc(windows)
+            metrics.inference_windows_per_second.labels(kind).set(windows / (time.perf_counter() - t0))
+            log.info("%s: %s inference in %.1fs", area.name, kind, time.perf_counter() - t0)
+        probabilities[kind] = {"path": str(target), "version": model.version, "threshold": model.threshold}
+    classifier = models[ModelKind.CLASSIFIER]
+    settlement = None if classifier is None else settlement_km2(classifier, scene_path, clear_path_for(scene_path))
+    return {"probabilities": probabilities, "settlement_km2": settlement}
+
+
+def vectorize_scene(engine: Engine, scene_id: int, settings: Settings, probabilities: dict[str, dict],
+                    metrics: Metrics | None = None) -> dict[str, int]:
+    """Polygons of the scene's probability rasters (``infer_scene``'s): the segmenter's stored as its
+    detections, the change model's as its change-model changes. Returns the counts stored."""
+    metrics = metrics or default_metrics()
+    out: dict[str, int] = {}
+    with transaction(engine) as s:
+        scene, area = queries.scene_and_area(s, scene_id)
+        clear = clear_path_for(str(scene.file_path))
+        for kind, made in probabilities.items():
+            prob = read_probability(made["path"], clear_path=clear)
+            polys = polygonize(prob.values, prob.transform, threshold=made["threshold"],
+                               median_px=settings.median_filter_px, min_area_m2=settings.min_region_m2,
+                               valid=prob.valid)
+            if kind == ModelKind.SEGMENTER:
+                out["detections"] = change.store_detections(s, area, scene, polys, prob.crs, made["version"],
+                                                            metrics=metrics)
+            else:
+                out["change_polygons"] = change.store_change_polygons(s, area, scene, polys, prob.crs,
+                                                                      made["version"], metrics=metrics)
+    return out
+
+
+def diff_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metrics | None = None) -> int:
+    """The scene's new construction against earlier dates (``change.diff``); returns the changes stored."""
+    with transaction(engine) as s:
+        scene, area = queries.scene_and_area(s, scene_id)
+        return change.diff(s, area, scene, settings, metrics=metrics)
+
+
+def announce(session: Session, events: Sequence[change.Event]) -> None:
+    """Queue the webhooks of alert events, in the transaction that stores the alerts."""
+    for alert, event in events:
+        enqueue(session, alert, event)
+
+
+def _rendered(events: Sequence[change.Event]) -> list[int]:
+    return [alert.id for alert, event in events if event in RENDERED]
+
+
+def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlement_km2: float | None = None,
+                metrics: Metrics | None = None) -> list[tuple[int, str]]:
+    """Judge the scene's changes, queue the events' webhooks and record the date's indicators, in one
+    transaction that also marks the scene processed; then render the evidence chips. Returns the
+    ``(alert id, event)`` pairs."""
+    with transaction(engine) as s:
+        scene, area = queries.scene_and_area(s, scene_id)
+        # in the same transaction as the verdicts, so evidence can be rendered from this scene
+        scene.status = SceneStatus.PROCESSED
+        scene.status_reason = None
+        scene.next_attempt_at = None
+        s.flush()
+        events = change.judge(s, area, scene, settings, metrics=metrics)
+        announce(s, events)
+        change.record_indicators(s, area, scene, settlement_km2=settlement_km2, metrics=metrics)
+    render_evidence(engine, _rendered(events), settings)
+    return [(alert.id, str(event)) for alert, event in events]
+
+
 def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metrics,
                   stop: threading.Event | None = None) -> dict:
-    """infer -> vectorize -> diff -> judge for one prepared scene; returns a summary."""
-    from monitor import change, vectorize
-
+    """infer -> vectorize -> diff -> judge for one prepared scene, recorded as a run; returns a summary."""
     with transaction(engine) as s:
-        scene = s.get(Scene, scene_id)
-        area = s.get(Area, scene.area_id)
+        scene, area = queries.scene_and_area(s, scene_id)
         dirs = area_model_dirs(s, area, settings)
-        previous = _previous_processed(s, scene)
-    if dirs["segmenter"] is None and dirs["change"] is None:
+    if dirs[ModelKind.SEGMENTER] is None and dirs[ModelKind.CHANGE] is None:
         raise ConfigError(f"area {area.name!r} has no segmenter or change model: set one with "
                           "`monitor areas configure NAME --segmenter-model DIR` or MONITOR_SEGMENTER_MODEL")
-    models = {k: _load(d, settings) for k, d in dirs.items()}
-    versions = {k: m.version for k, m in models.items() if m is not None}
+    versions = {k: m.version for k, m in _models(dirs, settings).items() if m is not None}
     rec = Recorder(engine, area, metrics, scene_id=scene.id, model_versions=versions)
-    scene_path = Path(scene.file_path)
-    clear_path = scene_path.with_name(scene_path.stem + ".clear.tif")
-    out_dir = settings.data_dir / "probability" / str(area.id)
-    summary = {"scene": scene.id, "date": scene.acquired_at.date().isoformat(), "alerts": 0}
+    summary: dict = {"scene": scene.id, "date": scene.acquired_at.date().isoformat(), "alerts": 0}
     try:
-        settlement = None
-        prob_paths: dict[str, Path] = {}
         with rec.step("infer"):
-            from monitor.ml.inference import predict_raster
-
-            for kind in ("segmenter", "change"):
-                model = models[kind]
-                if model is None or (kind == "change" and previous is None):
-                    continue
-                target = out_dir / f"{scene.id}_{kind}_{model.version}.tif"
-                if not target.exists():
-                    # a pass killed during inference leaves its temporary file behind
-                    for stale in out_dir.glob(f".{scene.id}_{kind}_*"):
-                        stale.unlink(missing_ok=True)
-                    before = Path(previous.file_path) if kind == "change" else None
-                    t0 = time.perf_counter()
-                    predict_raster(model, scene_path, target, before=before, batch=settings.inference_batch,
-                                   overlap=settings.inference_overlap, window=settings.inference_window)
-                    windows = _windows(model, scene_path, settings)
-                    metrics.inference_tiles.labels(kind).inc(windows)
-                    metrics.inference_tiles_per_second.labels(kind).set(windows / (time.perf_counter() - t0))
-                    log.info("%s: %s inference in %.1fs", area.name, kind, time.perf_counter() - t0)
-                prob_paths[kind] = target
-            if models["classifier"] is not None:
-                settlement = _settlement_km2(models["classifier"], scene_path, clear_path)
+            inferred = infer_scene(engine, scene_id, settings, metrics)
         _check(stop)
         with rec.step("vectorize"):
-            with transaction(engine) as s:
-                area, scene = s.get(Area, area.id), s.get(Scene, scene.id)
-                for kind, path in prob_paths.items():
-                    prob, valid, transform, crs = _read_probability(path, clear_path)
-                    polys = vectorize.polygonize(prob, transform, threshold=models[kind].threshold,
-                                                 median_px=settings.median_filter_px,
-                                                 min_area_m2=settings.min_region_m2, valid=valid)
-                    if kind == "segmenter":
-                        summary["detections"] = change.store_detections(
-                            s, area, scene, polys, crs.to_epsg(), models[kind].version, metrics=metrics)
-                    else:
-                        summary["change_polygons"] = change.store_change_polygons(
-                            s, area, scene, polys, crs.to_epsg(), models[kind].version, metrics=metrics)
+            summary.update(vectorize_scene(engine, scene_id, settings, inferred["probabilities"], metrics))
         _check(stop)
         with rec.step("diff"):
-            with transaction(engine) as s:
-                area, scene = s.get(Area, area.id), s.get(Scene, scene.id)
-                if "segmenter" in prob_paths:
-                    summary["changes"] = change.diff(s, area, scene, settings, metrics=metrics)
+            if ModelKind.SEGMENTER in inferred["probabilities"]:
+                summary["changes"] = diff_scene(engine, scene_id, settings, metrics)
         _check(stop)
         with rec.step("judge"):
-            with transaction(engine) as s:
-                area, scene = s.get(Area, area.id), s.get(Scene, scene.id)
-                # in the same transaction as the verdicts, so evidence can be rendered from this scene
-                scene.status = "processed"
-                scene.status_reason = None
-                scene.next_attempt_at = None
-                s.flush()
-                events = change.judge(s, area, scene, settings, metrics=metrics)
-                change.record_indicators(s, area, scene, settlement_km2=settlement)
-            summary["alerts"] = sum(1 for _a, ev in events if ev in ("alert.created", "alert.escalated"))
-            summary["settlement_km2"] = settlement
+            events = judge_scene(engine, scene_id, settings, inferred["settlement_km2"], metrics)
+            summary["alerts"] = sum(1 for _a, ev in events if ev in (AlertEvent.CREATED, AlertEvent.ESCALATED))
+            summary["settlement_km2"] = inferred["settlement_km2"]
     except BaseException as e:
         rec.finish(error=_reason(e))
         raise
@@ -217,14 +265,17 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
     return summary
 
 
-def _windows(model, scene: Path, settings: Settings) -> int:
-    """How many inference windows the tiled engine runs over a scene."""
-    import rasterio
-
-    from monitor.ml.inference import count_windows
-
-    with rasterio.open(scene) as src:
-        return count_windows(model, src.height, src.width, settings.inference_window, settings.inference_overlap)
+def import_detections(engine: Engine, area_name: str, date: dt.date, raster: Path, threshold: float | None,
+                      settings: Settings, metrics: Metrics | None = None) -> dict:
+    """``monitor detections import``: a raster made elsewhere through vectorize, diff, judge and
+    indicators as the area's scene of ``date`` (``change.import_detections``), its webhooks queued in
+    the same transaction; the evidence is rendered after the commit. Returns the summary."""
+    with transaction(engine) as s:
+        imported = change.import_detections(s, get_area(s, area_name), date, raster, threshold, settings,
+                                            metrics=metrics)
+        announce(s, imported.events)
+    render_evidence(engine, _rendered(imported.events), settings)
+    return imported.summary
 
 
 def _check(stop: threading.Event | None) -> None:
@@ -242,35 +293,32 @@ def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics 
              stop: threading.Event | None = None, progress: bool = False) -> dict:
     """One pass over an area: record new scenes, fetch pending ones, process prepared ones in date
     order, then deliver pending webhooks. Per-scene failures are recorded and the pass goes on."""
-    from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
-
     metrics = metrics or default_metrics()
     with transaction(engine) as s:
-        area = s.get(Area, area_id)
-        if area is None:
-            raise MonitorError(f"no area with id {area_id}")
+        area = queries.row(s, Area, area_id)
     summary: dict = {"area": area.name, "found": 0, "fetched": 0, "skipped": 0, "failed": 0, "processed": 0,
                      "alerts": 0, "errors": []}
     rec = Recorder(engine, area, metrics)
     try:
         with rec.step("search"):
             with transaction(engine) as s:
-                found = search_scenes(s, s.get(Area, area_id), settings, metrics)
+                found = search_scenes(s, queries.row(s, Area, area_id), settings, metrics)
                 summary["found"] = len(found)
         with rec.step("fetch"):
             with transaction(engine) as s:
-                pending = [sc.id for sc in pending_scenes(s, s.get(Area, area_id))]
+                pending = [sc.id for sc in pending_scenes(s, queries.row(s, Area, area_id))]
             for scene_id in _progress(pending, progress, f"{area.name}: fetch"):
                 _check(stop)
                 scene = fetch_scene(engine, scene_id, settings, metrics, progress=False)
-                key = {"prepared": "fetched", "skipped": "skipped"}.get(scene.status, "failed")
+                key = {str(SceneStatus.PREPARED): "fetched", str(SceneStatus.SKIPPED): "skipped"}.get(scene.status,
+                                                                                                     "failed")
                 summary[key] += 1
                 if key == "failed":
                     summary["errors"].append(f"scene {scene.product_id}: {scene.status_reason}")
         with transaction(engine) as s:
             now = dt.datetime.now(dt.timezone.utc)
             todo = list(s.scalars(select(Scene.id).where(
-                Scene.area_id == area_id, Scene.status == "prepared",
+                Scene.area_id == area_id, Scene.status == SceneStatus.PREPARED,
                 or_(Scene.next_attempt_at.is_(None), Scene.next_attempt_at <= now)).order_by(Scene.acquired_at)))
         for scene_id in _progress(todo, progress, f"{area.name}: process"):
             _check(stop)
@@ -286,8 +334,6 @@ def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics 
             summary["processed"] += 1
             summary["alerts"] += result["alerts"]
         with rec.step("notify"):
-            from monitor.alerts.webhooks import deliver_pending
-
             summary["delivered"] = deliver_pending(engine, settings, metrics)
         _gauges(engine, area_id, area.name, metrics)
     except BaseException as e:
@@ -302,25 +348,17 @@ def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics 
 def _retry_later(engine: Engine, scene_id: int, reason: str, settings: Settings) -> None:
     """Keep a scene whose processing failed for a later pass, backing off with each failure."""
     with transaction(engine) as s:
-        from sqlalchemy import func
-
-        scene = s.get(Scene, scene_id)
+        scene = queries.row(s, Scene, scene_id)
         failures = s.scalar(select(func.count()).select_from(Run).where(Run.scene_id == scene_id,
-                                                                         Run.status == "failed"))
+                                                                         Run.status == RunStatus.FAILED)) or 0
         wait = min(settings.scene_retry_s * 2 ** max(failures - 1, 0), settings.scene_retry_max_s)
         scene.next_attempt_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=wait)
         scene.status_reason = reason[:2000]
 
 
 def _gauges(engine: Engine, area_id: int, name: str, metrics: Metrics) -> None:
-    from sqlalchemy import func
-
-    from monitor.db.tables import Alert, Indicator
-    from monitor.db.tables import OPEN_ALERT_STATUSES
-
     with transaction(engine) as s:
-        newest = s.scalar(select(func.max(Scene.acquired_at)).where(Scene.area_id == area_id,
-                                                                    Scene.status == "processed"))
+        newest = queries.newest_processed(s, area_id).get(name)
         if newest is not None:
             metrics.newest_scene.labels(name).set(newest.timestamp())
         ind = s.scalar(select(Indicator).where(Indicator.area_id == area_id).order_by(Indicator.observed_on.desc())
@@ -330,13 +368,10 @@ def _gauges(engine: Engine, area_id: int, name: str, metrics: Metrics) -> None:
                 metrics.built_km2.labels(name).set(ind.built_km2)
             if ind.settlement_km2 is not None:
                 metrics.settlement_km2.labels(name).set(ind.settlement_km2)
-        metrics.open_alerts.labels(name).set(s.scalar(select(func.count()).select_from(Alert).where(
-            Alert.area_id == area_id, Alert.status.in_(OPEN_ALERT_STATUSES))))
+        metrics.open_alerts.labels(name).set(queries.count_open_alerts(s, area_id))
 
 
-def _progress(items: list, enabled: bool, desc: str):
+def _progress(items: list, enabled: bool, desc: str) -> Sequence:
     if not enabled or not items:
         return items
-    from tqdm import tqdm
-
     return tqdm(items, desc=desc, unit="scene")

@@ -32,10 +32,12 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, func, select
 
+from monitor.alerts.webhooks import deliver_pending
 from monitor.db.engine import transaction
 from monitor.db.tables import Area, Run
 from monitor.errors import MonitorError
 from monitor.metrics import Metrics, default_metrics
+from monitor.pipeline import run_area
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,6 @@ JOBS_TABLE = "apscheduler_jobs"
 WEBHOOK_JOB = "webhooks"
 AREA_PREFIX = "area-"
 
-MIN_INTERVAL_S = 60.0
-MAX_INTERVAL_S = 366 * 86400.0
 
 _instances: dict[str, Scheduler] = {}
 
@@ -110,6 +110,7 @@ class Scheduler:
 
     @property
     def is_leader(self) -> bool:
+        """Whether this replica schedules."""
         return self._role == "leader"
 
     # --- life cycle
@@ -177,6 +178,8 @@ class Scheduler:
             return False
 
     def _lock_alive(self) -> bool:
+        if self._lock_conn is None:
+            return False
         try:
             self._lock_conn.execute(sa.text("SELECT 1"))
             return True
@@ -244,8 +247,8 @@ class Scheduler:
         counts = {"added": 0, "changed": 0, "removed": 0}
         kwargs = {"replica": self.replica}
         for job_id, area in areas.items():
-            # Clamped so that a silly cadence can neither spin the daemon nor overflow a date.
-            seconds = min(max(area.cadence.total_seconds(), MIN_INTERVAL_S), MAX_INTERVAL_S)
+            # monitor.domain.parse_cadence and the database keep a cadence within 1 minute and 366 days.
+            seconds = area.cadence.total_seconds()
             trigger = IntervalTrigger(seconds=seconds, jitter=jitter or None, timezone=dt.timezone.utc)
             job = jobs.get(job_id)
             if job is None:
@@ -288,8 +291,6 @@ class Scheduler:
     def _area_callable(self) -> AreaJob:
         if self.job is not None:
             return self.job
-        from monitor.pipeline import run_area
-
         return run_area
 
     def run_area(self, area_id: int) -> object:
@@ -349,8 +350,6 @@ class Scheduler:
 
     def deliver_webhooks(self) -> int:
         """Send due webhook deliveries; a failure is logged and retried on the next beat."""
-        from monitor.alerts.webhooks import deliver_pending
-
         t0 = time.monotonic()
         try:
             return deliver_pending(self.engine, self.settings, self.metrics)

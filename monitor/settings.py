@@ -1,12 +1,14 @@
 """Settings: the only module that reads the environment.
 
 Every setting is an environment variable ``MONITOR_<NAME>`` (``DATABASE_URL``
-has no prefix) or a line in a ``.env`` file in the working directory. The README's
-configuration table lists them all; ``monitor settings`` prints the values in force.
+has no prefix) or a line in a ``.env`` file in the working directory. ``docs/configuration.md``
+lists them all and is written from this class by ``python -m monitor.settings > docs/configuration.md``
+(a test fails when the two differ); ``monitor settings`` prints the values in force.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
+    """Every setting of the project; ``Settings()`` reads them from the environment and ``.env``."""
+
     model_config = SettingsConfigDict(env_prefix="MONITOR_", env_file=".env", extra="ignore")
 
     # --- storage
@@ -26,12 +30,12 @@ class Settings(BaseSettings):
                        "and evidence chips (relative to the working directory).")
     pg_port: int = Field(55432, description="TCP port of the private PostGIS cluster (127.0.0.1 only).")
     pg_bin: Path | None = Field(None, description="Folder with initdb/pg_ctl of the private cluster; "
-                                "found automatically when unset.")
+                                "found automatically when unset (the newest /usr/lib/postgresql/*/bin).")
     db_pool_size: int = Field(5, description="Database connection pool size.")
 
     # --- areas
     default_cadence: str = Field("5d", description="Cadence of a new area when `areas add` names none "
-                                 "(e.g. 12h, 5d, 1w).")
+                                 "(30m, 12h, 5d, 2w; between 1 minute and 366 days).")
     default_providers: str = Field("stac,sentinelsat", description="Provider order of a new area when "
                                    "`areas add` names none.")
     default_max_cloud: float = Field(20.0, description="Max cloud/nodata percentage over the area for a "
@@ -47,11 +51,13 @@ class Settings(BaseSettings):
                             '{"s2:processing_baseline": {"eq": "05.00"}}.')
     stac_cloud_filter: Literal["none", "query", "cql2"] = Field(
         "none", description="Also send the area's cloud limit to the STAC server: none (filter on this "
-        "side only), query (the `query` extension) or cql2 (a CQL2-JSON filter).")
+        "side only), query (the `query` extension) or cql2 (a CQL2-JSON filter). Cloud cover is always enforced "
+        "client-side too.")
     dhus_platform: str = Field("Sentinel-2", description="platformname of DHuS searches (empty: any).")
     dhus_product_type: str = Field("S2MSI2A", description="producttype of DHuS searches (empty: any).")
-    search_lookback_days: int = Field(30, description="How far back the first search of an area looks, "
-                                      "days (later searches start from the newest scene found).")
+    search_lookback_days: int = Field(30, description="How far back the first search of an area in a catalogue "
+                                      "(stac, sentinelsat) looks, days; later searches start a day before the newest "
+                                      "scene found. Drop folders are searched whole.")
     offline_retry_s: float = Field(3600.0, description="Wait before fetching again a product that was "
                                    "offline (long-term archive), seconds.")
     scene_retry_s: float = Field(600.0, description="Wait before processing again a scene whose processing "
@@ -70,17 +76,21 @@ class Settings(BaseSettings):
     crop_margin_m: float = Field(100.0, description="Margin around the area when cropping a scene, metres.")
 
     # --- models and inference
-    segmenter_model: Path | None = Field(None, description="Model directory of the built-up segmenter.")
-    classifier_model: Path | None = Field(None, description="Model directory of the settlement classifier.")
-    change_model: Path | None = Field(None, description="Model directory of the change model (optional).")
+    segmenter_model: Path | None = Field(None, description="Model directory of the built-up segmenter, used by "
+                                           "areas that name none of their own.")
+    classifier_model: Path | None = Field(None, description="Model directory of the settlement classifier, used "
+                                            "by areas that name none of their own.")
+    change_model: Path | None = Field(None, description="Model directory of the change model (optional), used by "
+                                        "areas that name none of their own.")
     inference_batch: int = Field(4, ge=1, description="Inference windows per call to a model.")
     inference_window: int = Field(512, ge=16, description="Largest side of an inference window, pixels "
-                                  "(at least the model's tile; sized to cover the scene evenly).")
+                                  "(at least the model's tile; sized to cover the scene evenly, rounded up to a "
+                                  "multiple of 2^depth).")
     inference_overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of neighbouring inference windows, "
                                      "fraction of the model's tile.")
     inference_precision: Literal["auto", "float32", "mixed", "bfloat16"] = Field(
-        "auto", description="Inference arithmetic: auto is mixed float16 on a GPU, mixed bfloat16 on a CPU with "
-        "AMX bfloat16 units, float32 on other CPUs.")
+        "auto", description="Inference arithmetic: auto (mixed float16 on a GPU, mixed bfloat16 on a CPU with "
+        "AMX bfloat16 units, float32 on other CPUs), float32, mixed (float16) or bfloat16.")
 
     # --- vectorize, diff, alerts
     min_region_m2: float = Field(20.0, description="Detected regions smaller than this are dropped, m2.")
@@ -100,28 +110,73 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(12, description="Delivery attempts before a webhook is given up.")
     webhook_backoff_s: float = Field(30.0, description="Delay before the first webhook retry, seconds; "
                                      "doubles each attempt.")
-    webhook_backoff_max_s: float = Field(3600.0, description="Cap of the webhook retry delay, seconds.")
+    webhook_backoff_max_s: float = Field(3600.0, description="Cap of the webhook retry delay, seconds; with the "
+                                         "defaults a delivery is retried for about 5 hours.")
     webhook_poll_s: float = Field(15.0, description="How often the daemon sends due webhook deliveries, s.")
     scheduler_sync_s: float = Field(30.0, description="How often the daemon re-reads the areas, checks its "
-                                    "leadership, and (standby) tries to take over, seconds.")
+                                    "leadership, and (standby) tries to take over, seconds: how soon a standby takes "
+                                    "over.")
     log_level: str = Field("INFO", description="Logging level.")
 
     @property
     def data_dir(self) -> Path:
+        """Scenes, probability rasters, downloads and evidence chips."""
         return self.home / "data"
 
     @property
     def models_dir(self) -> Path:
+        """Where trained models go by default."""
         return self.home / "models"
 
     @property
     def pg_dir(self) -> Path:
+        """The private PostGIS cluster."""
         return self.home / "pg"
 
-    def provider_list(self) -> list[str]:
-        return [p.strip() for p in self.default_providers.split(",") if p.strip()]
+
+# The first setting of each group, and the group's title in docs/configuration.md.
+SECTIONS = {
+    "database_url": "Storage",
+    "default_cadence": "Areas",
+    "stac_url": "Imagery providers",
+    "segmenter_model": "Models and inference",
+    "min_region_m2": "Vectorize, diff and alerts",
+    "api_host": "Daemon, API, metrics and webhooks",
+}
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment (and .env), with explicit overrides on top."""
-    return Settings(**overrides)
+def variable(name: str) -> str:
+    """The environment variable of the setting ``name``."""
+    return "DATABASE_URL" if name == "database_url" else f"MONITOR_{name.upper()}"
+
+
+def _default(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, str) and not value:
+        return "empty"
+    return f"`{value}`"
+
+
+def markdown() -> str:
+    """``docs/configuration.md``: every setting with its variable, default and meaning."""
+    out = [
+        "# Configuration",
+        "",
+        "<!-- Written by `python -m monitor.settings > docs/configuration.md` from monitor/settings.py;",
+        "     tests/test_docs.py fails when this file and the code differ. -->",
+        "",
+        "Every setting is an environment variable (or a line in `.env` in the working directory).",
+        "`monitor settings` prints the values in force, secrets masked. Durations are in seconds unless",
+        "the name says otherwise; areas in m2.",
+    ]
+    for name, field in Settings.model_fields.items():
+        if name in SECTIONS:
+            out += ["", f"## {SECTIONS[name]}", "", "| variable | default | meaning |", "|---|---|---|"]
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        out.append(f"| `{variable(name)}` | {_default(field.default)} | {meaning} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

@@ -1,16 +1,27 @@
-"""Probability raster -> building polygons: threshold, median filter, drop small regions,
-polygonize, merge touching pieces, simplify. Pure: numpy, scipy, rasterio.features, shapely."""
+"""Probability raster -> building polygons: read, threshold, median filter, drop small regions,
+polygonize, merge touching pieces, simplify. Pure: numpy, scipy, rasterio, shapely."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import rasterio
 import shapely
 from affine import Affine
+from pyproj import CRS
 from rasterio import features
+from rasterio.errors import RasterioIOError, WindowError
+from rasterio.warp import Resampling, calculate_default_transform, transform_bounds
+from rasterio.warp import reproject as warp
+from rasterio.windows import Window, from_bounds
 from scipy import ndimage
 from shapely.geometry import Polygon, shape
+from shapely.geometry.base import BaseGeometry
+
+from monitor.errors import BadInput
 
 # Pieces that touch only at a corner are joined by a buffer this fraction of a pixel wide.
 _JOIN_PX = 1e-3
@@ -93,3 +104,82 @@ def polygonize(prob: np.ndarray, transform: Affine, *, threshold: float, median_
             continue
         out.append((geom, float(means[label])))
     return out
+
+
+@dataclass
+class Probability:
+    """Band 1 of a probability raster: values (float32, NaN where not valid), where it is valid, its grid."""
+
+    values: np.ndarray
+    valid: np.ndarray
+    transform: Affine
+    crs: CRS
+
+
+def read_probability(path: str | Path, *, region: BaseGeometry | None = None, crs: CRS | None = None,
+                     region_name: str = "the area", clear_path: str | Path | None = None) -> Probability:
+    """Band 1 of a probability (float 0..1) or mask (0/1, 0/255 integers) raster.
+
+    Nodata and NaN pixels are not valid: NaN in ``values``, False in ``valid``. With ``region`` (an
+    EPSG:4326 geometry) only the window that covers it, plus two pixels, is read; with ``crs`` the
+    result is reprojected onto that CRS when the raster has another (nearest for masks, bilinear for
+    probabilities). ``clear_path`` is a 0/1 raster on the same grid (a prepared scene's clear mask):
+    its 0 pixels are not valid either. Anything else is a ``BadInput`` naming the file.
+    """
+    path = Path(path)
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as e:
+        raise BadInput(f"not a readable raster: {e}", file=path) from e
+    with src:
+        if src.crs is None:
+            raise BadInput("has no CRS (georeference the raster)", file=path)
+        win = Window(0, 0, src.width, src.height)
+        if region is not None:
+            bounds = transform_bounds("EPSG:4326", src.crs, *region.bounds, densify_pts=21)
+            box = from_bounds(*bounds, transform=src.transform)
+            col0, row0 = math.floor(box.col_off) - 2, math.floor(box.row_off) - 2
+            box = Window(col0, row0, math.ceil(box.col_off + box.width) + 2 - col0,
+                         math.ceil(box.row_off + box.height) + 2 - row0)
+            try:
+                win = box.intersection(win)
+            except WindowError:
+                raise BadInput(f"does not overlap {region_name}", file=path) from None
+        data = src.read(1, window=win)
+        valid = src.read_masks(1, window=win) > 0
+        transform = src.window_transform(win)
+        src_crs = CRS.from_user_input(src.crs)
+    if clear_path is not None and Path(clear_path).exists():
+        with rasterio.open(clear_path) as clear:
+            valid &= clear.read(1, window=win) > 0
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data)
+        seen = data[valid]
+        if seen.size and (seen.min() < 0 or seen.max() > 1):
+            raise BadInput(f"holds values {seen.min():g}..{seen.max():g}: expected probabilities 0..1 "
+                           "or a 0/1 mask", file=path)
+        prob, is_mask = data.astype("float32"), False
+    else:
+        present = set(np.unique(data[valid]).tolist())
+        if present <= {0, 1}:
+            prob = data.astype("float32")
+        elif present <= {0, 255}:
+            prob = (data / 255).astype("float32")
+        else:
+            raise BadInput(f"holds integer values {sorted(present)[:6]}: expected a 0/1 mask or "
+                           "probabilities 0..1", file=path)
+        is_mask = True
+    prob[~valid] = np.nan
+    if crs is not None and src_crs != crs:
+        height, width = prob.shape
+        left, top = transform @ (0, 0)
+        right, bottom = transform @ (width, height)
+        dst_transform, w, h = calculate_default_transform(src_crs, crs, width, height,
+                                                          left=min(left, right), bottom=min(top, bottom),
+                                                          right=max(left, right), top=max(top, bottom))
+        out = np.full((h, w), np.nan, dtype="float32")
+        warp(prob, out, src_transform=transform, src_crs=src_crs, dst_transform=dst_transform, dst_crs=crs,
+             src_nodata=np.nan, dst_nodata=np.nan,
+             resampling=Resampling.nearest if is_mask else Resampling.bilinear)
+        prob, transform, src_crs = out, dst_transform, crs
+    return Probability(prob, np.isfinite(prob), transform, src_crs)

@@ -22,7 +22,9 @@ import shapely
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from scipy import ndimage
-from shapely.geometry import box, mapping
+from shapely.geometry import box
+
+from monitor.readers import write_polygons
 
 EPSG = 32721  # UTM 21S, the outskirts of Buenos Aires
 X0, Y0 = 318000.0, 6172000.0  # top-left corner
@@ -45,6 +47,8 @@ SURFACES = {
 
 @dataclass
 class Building:
+    """A building of the synthetic world: footprint, the date it appears, its parcel and permit."""
+
     geom: shapely.Polygon
     appears: dt.date
     kind: str  # formal | informal | new_permitted | new_unpermitted
@@ -53,6 +57,8 @@ class Building:
 
 @dataclass
 class World:
+    """The files of a synthetic world and its ground truth."""
+
     root: Path
     scenes: dict[dt.date, Path] = field(default_factory=dict)
     masks: dict[dt.date, Path] = field(default_factory=dict)
@@ -67,6 +73,7 @@ class World:
 
 
 def transform():
+    """The world's raster transform (2 m pixels, UTM 21S)."""
     return from_origin(X0, Y0, RES, RES)
 
 
@@ -203,10 +210,7 @@ def _write(path: Path, data: np.ndarray, dtype: str, nodata=None, descriptions=N
 
 
 def _geojson(path: Path, geoms, props, epsg: int = EPSG) -> Path:
-    doc = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}},
-           "features": [{"type": "Feature", "properties": p, "geometry": mapping(g)} for g, p in zip(geoms, props)]}
-    path.write_text(json.dumps(doc))
-    return path
+    return write_polygons(path, geoms, props, f"EPSG:{epsg}", driver="GeoJSON")
 
 
 def make_world(root: Path, seed: int = 7) -> World:

@@ -19,7 +19,22 @@ from monitor.db import migrate
 from monitor.db.tables import Alert
 from monitor.errors import BadInput, Conflict, NotFound
 from tests.test_change import (  # noqa: F401  (world is a fixture)
-    A, C, D1, D2, EPSG, GRID, N, NEW, X0, Y0, alerts_by_parcel, buildings, pid, q, summary, world,
+    D1,
+    D2,
+    EPSG,
+    GRID,
+    NEW,
+    X0,
+    Y0,
+    A,
+    C,
+    N,
+    alerts_by_parcel,
+    buildings,
+    pid,
+    q,
+    summary,
+    world,
 )
 
 VIEWS = ("parcel_history", "area_indicators", "open_alerts")
@@ -45,8 +60,9 @@ def test_list_filters_and_formats(two_alerts, cli):
     assert f["properties"]["parcel"] == pid(*A) and f["properties"]["area"] == "ba"
     assert set(f["properties"]["evidence"]) == {"before", "after"}
     # A's parcel spans x 50..100, y 0..50 m from the area's corner: a bbox around it finds only A
-    from monitor.geo import reproject
     from shapely.geometry import box
+
+    from monitor.geo import reproject
 
     bbox = ",".join(f"{v:.7f}" for v in reproject(box(X0 + 55, Y0 + 5, X0 + 95, Y0 + 45), EPSG, 4326).bounds)
     only = json.loads(cli("alerts", "list", "--bbox", bbox, "--format", "geojson").stdout)
@@ -131,7 +147,7 @@ def test_evidence_chips_from_rgb_and_grey_scenes(two_alerts, world, engine, sett
 def test_evidence_failure_is_logged_not_fatal(world, cli, engine, caplog):
     summary(cli, D1, buildings().write(world / "d1.tif"))
     (world / "d1.tif").unlink()  # the before scene's file is gone
-    with caplog.at_level(logging.WARNING, logger="monitor.change"):
+    with caplog.at_level(logging.WARNING, logger="monitor.alerts.evidence"):
         out = summary(cli, D2, buildings().put(*A, *NEW).write(world / "d2.tif"))
     assert out["alerts"]["created"] == 1
     assert "evidence chips of alert" in caplog.text
@@ -149,7 +165,7 @@ def test_views_draw_in_qgis_and_the_reader_role_reads_only_them(two_alerts, engi
         assert conn.execute(sa.text("SELECT count(*) FROM area_indicators")).scalar() == 2
         assert conn.execute(sa.text("SELECT count(*) FROM parcel_history WHERE area = 'ba'")).scalar() == 32
         assert conn.execute(sa.text("SELECT ST_SRID(geom) FROM open_alerts LIMIT 1")).scalar() == 4326
-        # the README's example queries
+        # the example queries of docs/api.md
         growth = conn.execute(sa.text(
             "SELECT observed_on, round(built_km2::numeric, 3) AS km2, round(built_km2_change::numeric, 4) AS change, "
             "clear_fraction, alerts_raised FROM area_indicators WHERE area = 'ba' ORDER BY observed_on")).all()

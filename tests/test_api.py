@@ -13,8 +13,8 @@ import schemathesis
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
-from hypothesis.errors import Unsatisfiable
 from hypothesis import settings as hsettings
+from hypothesis.errors import Unsatisfiable
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from shapely.geometry import box, mapping

@@ -367,7 +367,7 @@ def test_change_model_polygons_and_metrics(world, cli, engine, settings):
         for day, canvas in ((dt.date(2024, 1, 10), buildings()),
                             (dt.date(2024, 2, 10), buildings().put(*A, *NEW).cloud(*C))):
             out = change.import_detections(session, area, day, canvas.write(world / f"{day}.tif"), None, s,
-                                           metrics=metrics)
+                                           metrics=metrics).summary
         assert out["alerts"]["created"] == 1
         scene = session.get(Scene, out["scene_id"])
         corner = lambda i, j, x, y, w, h: box(X0 + i * 50 + x, Y0 + j * 50 + y, X0 + i * 50 + x + w,  # noqa: E731
@@ -390,7 +390,7 @@ def test_change_model_polygons_and_metrics(world, cli, engine, settings):
     sample = metrics.registry.get_sample_value
     assert sample("monitor_detections_total", {"area": "ba"}) == 16 + 16
     assert sample("monitor_changes_total", {"area": "ba"}) == 1 + 2 + 2
-    assert sample("monitor_alerts_created_total", {"area": "ba", "confidence": "probable"}) == 2
+    assert sample("monitor_alert_events_total", {"area": "ba", "event": "created", "confidence": "probable"}) == 2
     assert sample("monitor_open_alerts", {"area": "ba"}) == 2
     assert sample("monitor_built_up_km2", {"area": "ba"}) == pytest.approx(ind.built_km2)
     assert sample("monitor_settlement_km2", {"area": "ba"}) == 0.0123

@@ -7,9 +7,10 @@ import pytest
 import rasterio
 from affine import Affine
 
+from monitor.domain import ModelMeta
 from monitor.errors import BadInput, ModelError
 from monitor.ml.inference import NODATA, classify_tiles, predict_array, predict_raster, run_tiled
-from monitor.ml.modelstore import load_model, read_meta, save_model
+from monitor.ml.modelstore import load_model, save_model
 from tests.ml_synthetic import BANDS, saved_model, write_scene
 
 
@@ -157,7 +158,7 @@ def test_saved_and_loaded_model_predicts_the_same(tmp_path):
             "normalization": {"mean": [0.0] * 4, "std": [1.0] * 4}, "architecture": {"depth": 2}}
     d = save_model(net, tmp_path / "m", meta)
     assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.keras"]
-    m = read_meta(d)
+    m = ModelMeta.read(d).to_dict()
     assert m["version"].startswith("segmenter-") and m["created_at"]
     loaded = load_model(d, precision="float32")
     assert load_model(d, precision="float32") is loaded  # loaded once per path
@@ -246,7 +247,7 @@ def test_test_time_augmentation_makes_maps_turn_with_the_scene(tmp_path):
     assert not plain.tta
     p = predict_array(plain, a)
     assert np.abs(predict_array(plain, np.rot90(a)) - np.rot90(p)).max() > 1e-3  # a U-Net alone is not symmetric
-    meta = read_meta(d)
+    meta = ModelMeta.read(d).to_dict()
     meta["inference"] = {"tta": True}
     (d / "model.json").write_text(__import__("json").dumps(meta))
     tta = type(plain)(plain.path, meta, plain.keras_model, plain.net)

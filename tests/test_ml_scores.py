@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from monitor.ml import scores
-from monitor.ml.tiling import blend_weights, grid, starts, stride_for
+from monitor.ml.tiling import blend_weights, starts
 
 
 @pytest.mark.parametrize("length,tile,stride", [(100, 32, 24), (32, 32, 24), (20, 32, 24), (1000, 256, 192),
@@ -20,15 +20,6 @@ def test_windows_cover_every_pixel_and_stay_inside(length, tile, stride):
     assert covered[:length].all()
     assert s == sorted(set(s))
     assert all(b - a <= stride for a, b in zip(s, s[1:]))
-
-
-def test_grid_and_stride():
-    assert stride_for(256, 0.25) == 192
-    assert stride_for(64, 0) == 64
-    with pytest.raises(ValueError):
-        stride_for(64, 1.0)
-    g = grid(100, 60, 32, 24)
-    assert len(g) == len(starts(100, 32, 24)) * len(starts(60, 32, 24))
 
 
 def test_blend_weights_fall_towards_the_sides_and_stay_positive():

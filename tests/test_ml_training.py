@@ -7,16 +7,17 @@ import json
 import numpy as np
 import pytest
 
+from monitor.domain import ModelMeta
 from monitor.errors import BadInput
 from monitor.ml.datasets import build_tiles
 from monitor.ml.evaluation import evaluate
-from monitor.ml.modelstore import load_model, read_meta
+from monitor.ml.modelstore import load_model
 from monitor.ml.training import train_change, train_classifier, train_segmenter, validation_rows
 from tests.ml_synthetic import BANDS, buildings_scene, change_dataset, settlement_scene
 
 
 def _loss_fell(model_dir) -> None:
-    meta = read_meta(model_dir)
+    meta = ModelMeta.read(model_dir).to_dict()
     assert meta["training"]["epochs_run"] >= 1
     assert meta["training"]["best_epoch"] is not None
 
@@ -26,7 +27,7 @@ def test_segmenter_learns_roofs(tmp_path):
     build_tiles(scene, labels, tmp_path / "seg", kind="segmenter", tile=32, val_fraction=0.25)
     d = train_segmenter(tmp_path / "seg", tmp_path / "model", epochs=6, depth=2, base_filters=8, batch=8,
                         lr=3e-3, seed=1)
-    meta = read_meta(d)
+    meta = ModelMeta.read(d).to_dict()
     assert meta["kind"] == "segmenter" and meta["bands"] == BANDS and meta["tile"] == 32
     assert len(meta["normalization"]["mean"]) == 4 and 0 < meta["threshold"] < 1
     # roofs cover ~10 % of pixels: chance F1 is about 0.2
@@ -42,7 +43,7 @@ def test_classifier_learns_which_tiles_have_roofs(tmp_path):
     assert val["true"] >= 10 and val["false"] >= 10
     d = train_classifier(tmp_path / "clf", tmp_path / "model", backbone="small", dense=16, epochs=12, batch=16,
                          lr=0.01, seed=0)
-    meta = read_meta(d)
+    meta = ModelMeta.read(d).to_dict()
     assert meta["architecture"]["backbone"] == "small" and meta["tile"] == 32
     r = evaluate(load_model(d, precision="float32"), tmp_path / "clf")
     # always answering "true" would score F1 = 2p / (1 + p), p the share of true tiles (about 0.67 here)
@@ -55,7 +56,7 @@ def test_change_model_learns_new_roofs_and_repeats_with_a_seed(tmp_path):
     data = change_dataset(tmp_path / "pairs", cities=2, size=128)
     kw = dict(epochs=4, steps_per_epoch=15, patch=32, batch=8, depth=2, base_filters=8, seed=5, lr=3e-3)
     d1 = train_change(data, tmp_path / "m1", **kw)
-    meta = read_meta(d1)
+    meta = ModelMeta.read(d1).to_dict()
     assert meta["kind"] == "change" and meta["bands"] == ["B02", "B03", "B04", "B08"]
     assert len(meta["normalization"]["mean"]) == 8 and meta["normalization"]["per_image"]
     assert meta["training"]["cities"] == ["site0", "site1"]

@@ -152,15 +152,18 @@ def test_killed_pass_resumes_to_the_same_result(cli, engine, world, roof_model, 
 def _area_with_drops(engine, world, model: Path, tmp_path: Path, dates, parcels: bool = False) -> int:
     """The world's area on the local provider, its drop folder holding the scenes of ``dates``."""
     from monitor.db.engine import transaction
-    from monitor.registry.areas import AreaSpec, add_area, configure_area
-    from monitor.registry.parcels import import_parcels
+    from monitor.domain import AreaSpec
+    from monitor.inventory.areas import add_area, configure_area
+    from monitor.inventory.parcels import import_parcels
 
     drops = tmp_path / "drops"
     drops.mkdir()
     for date in dates:
         shutil.copy2(world.scenes[date], drops)
     with transaction(engine) as s:
-        area = add_area(s, AreaSpec("demo", str(world.area), "1d", ["local"], 40, {"local": str(drops)}, 2.0))
+        spec = AreaSpec.parse("demo", cadence="1d", providers="local", max_cloud=40, sources={"local": str(drops)},
+                              resolution_m=2.0)
+        area = add_area(s, spec, world.area)
         if parcels:
             import_parcels(s, area, world.parcels, "parcel_id")
         configure_area(s, "demo", models={"segmenter": str(model)})
@@ -180,7 +183,7 @@ def test_pass_reports_its_metrics(settings, engine, world, roof_model, tmp_path)
     text = generate_latest(metrics.registry).decode()
     sample = lambda name, **labels: metrics.registry.get_sample_value(name, labels)  # noqa: E731
     assert sample("monitor_scenes_found_total", area="demo", provider="local") == 2
-    assert sample("monitor_inference_tiles_total", kind="segmenter") > 0
+    assert sample("monitor_inference_windows_total", kind="segmenter") > 0
     assert sample("monitor_step_duration_seconds_count", step="judge") == 2
     assert sample("monitor_runs_total", area="demo", status="succeeded") == 3
     assert sample("monitor_last_successful_run_timestamp_seconds", area="demo") > time.time() - 600

@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from monitor.db.engine import transaction
 from monitor.db.tables import Run
+from monitor.inventory.areas import configure_area, remove_area
 from monitor.metrics import Metrics
-from monitor.registry.areas import configure_area, remove_area
 from monitor.scheduler import Scheduler
 from tests.test_webhooks import free_port, make_area
 

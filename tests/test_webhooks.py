@@ -19,8 +19,9 @@ from shapely.geometry import MultiPolygon, box
 from monitor.alerts.webhooks import add_subscription, backoff, deliver_pending, enqueue, verify_signature
 from monitor.db.engine import transaction
 from monitor.db.tables import Alert, Delivery, Parcel
+from monitor.domain import AreaSpec
+from monitor.inventory.areas import add_area
 from monitor.metrics import Metrics
-from monitor.registry.areas import AreaSpec, add_area
 from tests.vectors import geojson
 
 SECRET = "s3cret-shared-with-the-receiver"
@@ -34,8 +35,7 @@ def make_area(engine, tmp_path, name: str = "ba", cadence: str = "5d",
               bounds=(-58.50, -34.60, -58.45, -34.55)) -> int:
     f = geojson(tmp_path / f"{name}.geojson", [box(*bounds)])
     with transaction(engine) as s:
-        return add_area(s, AreaSpec(name=name, geometry_file=str(f), cadence=cadence, providers=["local"],
-                                    max_cloud=20, sources={})).id
+        return add_area(s, AreaSpec.parse(name, cadence=cadence, providers="local", max_cloud=20), f).id
 
 
 def make_alert(engine, area_id: int, external_id: str = "p1", confidence: str = "probable",

@@ -3,7 +3,7 @@ rendered from the stored scenes' files."""
 
 from __future__ import annotations
 
-import datetime as dt
+import logging
 import math
 from pathlib import Path
 
@@ -14,13 +14,17 @@ from PIL import Image, ImageDraw
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window, from_bounds
-from sqlalchemy import select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from monitor.db.engine import transaction
+from monitor.db.queries import earlier_scenes, row, scene_on
 from monitor.db.tables import Alert, Parcel, Scene
-from monitor.errors import ImageryError
+from monitor.errors import ImageryError, NoCRS
 from monitor.geo import reproject
 from monitor.settings import Settings
+
+log = logging.getLogger(__name__)
 
 CHIP_MIN_PX = 256  # chips are enlarged (nearest neighbour) to at least this many pixels a side
 MARGIN = 0.25  # context around the parcel, as a fraction of its larger side
@@ -28,16 +32,6 @@ MARGIN_MIN_PX = 3
 RGB_BANDS = ("B04", "B03", "B02")
 PARCEL_COLOUR = (255, 221, 0)
 CONSTRUCTION_COLOUR = (255, 0, 0)
-
-
-def _scene(session: Session, area_id: int, *, on=None, before=None) -> Scene | None:
-    q = select(Scene).where(Scene.area_id == area_id, Scene.status == "processed")
-    if on is not None:
-        start = dt.datetime.combine(on, dt.time(), tzinfo=dt.timezone.utc)
-        q = q.where(Scene.acquired_at >= start, Scene.acquired_at < start + dt.timedelta(days=1))
-    if before is not None:
-        q = q.where(Scene.acquired_at < dt.datetime.combine(before, dt.time(), tzinfo=dt.timezone.utc))
-    return session.scalar(q.order_by(Scene.acquired_at.desc(), Scene.id.desc()).limit(1))
 
 
 def _band_indexes(src) -> list[int]:
@@ -84,7 +78,7 @@ def render_chip(path: str | Path, parcel_4326, construction_4326, out: Path) -> 
         raise ImageryError(f"{path}: cannot read the scene file for evidence: {e}") from e
     with src:
         if src.crs is None:
-            raise ImageryError(f"{path}: has no CRS")
+            raise NoCRS(f"{path}: has no CRS")
         parcel = reproject(parcel_4326, 4326, src.crs)
         construction = reproject(construction_4326, 4326, src.crs)
         minx, miny, maxx, maxy = parcel.union(construction).bounds
@@ -119,12 +113,13 @@ def render_chips(session: Session, alert: Alert, settings: Settings) -> dict:
     """Render the alert's chips under ``data_dir/evidence/<alert id>/``: ``before`` (the last processed
     date before it was first seen) and ``after`` (the date it was last seen); stores and returns
     ``{name: png path}``. Scenes without a stored file are left out."""
-    parcel = to_shape(session.get(Parcel, alert.parcel_id).geom)
+    parcel = to_shape(row(session, Parcel, alert.parcel_id).geom)
     construction = to_shape(alert.geom)
     folder = Path(settings.data_dir).resolve() / "evidence" / str(alert.id)
     evidence: dict = {}
-    for name, scene in (("before", _scene(session, alert.area_id, before=alert.first_seen)),
-                        ("after", _scene(session, alert.area_id, on=alert.last_seen))):
+    before = earlier_scenes(session, alert.area_id, alert.first_seen, limit=1)
+    for name, scene in (("before", before[0] if before else None),
+                        ("after", scene_on(session, alert.area_id, alert.last_seen))):
         if scene is None or not scene.file_path:
             continue
         out = render_chip(scene.file_path, parcel, construction, folder / f"{name}.png")
@@ -132,3 +127,25 @@ def render_chips(session: Session, alert: Alert, settings: Settings) -> dict:
     if evidence:
         alert.evidence = evidence
     return evidence
+
+
+def render_evidence(engine: Engine, alert_ids: list[int], settings: Settings) -> None:
+    """Render the chips of these alerts, each in a transaction of its own, after the transaction that
+    stored them. Evidence is a convenience: a chip that cannot be rendered (a file gone) is logged and
+    the alert is kept without it."""
+    ids = sorted(set(alert_ids))
+    if not ids:
+        return
+    with transaction(engine) as s:
+        area_ids = set(s.scalars(select(Alert.area_id).where(Alert.id.in_(ids))))
+        if not s.scalar(select(func.count()).select_from(Scene).where(Scene.area_id.in_(area_ids),
+                                                                      Scene.file_path.is_not(None))):
+            return  # no scene has a file to render from
+    for alert_id in ids:
+        try:
+            with transaction(engine) as s:
+                alert = s.get(Alert, alert_id)
+                if alert is not None:
+                    render_chips(s, alert, settings)
+        except Exception as e:
+            log.warning("evidence chips of alert %s not rendered: %s", alert_id, e)

@@ -13,14 +13,16 @@ from shapely.geometry import mapping
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from monitor.db.tables import OPEN_ALERT_STATUSES, Alert, Area, Parcel
+from monitor.db.tables import Alert, Area, Parcel
+from monitor.domain import OPEN_ALERT_STATUSES, AlertStatus, parse_bbox, values
 from monitor.errors import BadInput, Conflict, NotFound
+from monitor.inventory.areas import get_area
 
-STATUSES = ("new", "acknowledged", "confirmed", "dismissed", "resolved")
-ACTIONS = {"ack": "acknowledged", "confirm": "confirmed", "dismiss": "dismissed"}
+A = AlertStatus
+ACTIONS = {"ack": A.ACKNOWLEDGED, "confirm": A.CONFIRMED, "dismiss": A.DISMISSED}
 # The statuses each review action may start from (repeating an action updates note and reviewer).
-ALLOWED_FROM = {"ack": {"new", "acknowledged"}, "confirm": {"new", "acknowledged", "confirmed"},
-                "dismiss": {"new", "acknowledged", "confirmed", "dismissed"}}
+ALLOWED_FROM = {"ack": {A.NEW, A.ACKNOWLEDGED}, "confirm": {A.NEW, A.ACKNOWLEDGED, A.CONFIRMED},
+                "dismiss": {A.NEW, A.ACKNOWLEDGED, A.CONFIRMED, A.DISMISSED}}
 
 
 def _date(value, field: str) -> dt.date | None:
@@ -32,28 +34,12 @@ def _date(value, field: str) -> dt.date | None:
         raise BadInput(f"{value!r} is not a date (use YYYY-MM-DD)", field=field) from None
 
 
-def parse_bbox(value) -> tuple[float, float, float, float] | None:
-    """'minlon,minlat,maxlon,maxlat' (or a 4-sequence) -> floats, checked."""
-    if value is None:
-        return None
-    parts = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        box = tuple(float(p) for p in parts)
-    except (TypeError, ValueError):
-        raise BadInput(f"{value!r} is not minlon,minlat,maxlon,maxlat", field="bbox") from None
-    if len(box) != 4 or box[0] > box[2] or box[1] > box[3]:
-        raise BadInput(f"{value!r} is not minlon,minlat,maxlon,maxlat", field="bbox")
-    return box  # type: ignore[return-value]
-
-
 def list_alerts(session: Session, *, area=None, status=None, since=None, until=None, bbox=None) -> list[Alert]:
     """Alerts filtered by area (name or Area), status (one, several, or 'open'), the dates they were
     seen (last seen on/after ``since``, first seen on/before ``until``) and a 4326 bbox; oldest first."""
     q = select(Alert)
     if area is not None:
         if not isinstance(area, Area):
-            from monitor.registry.areas import get_area
-
             area = get_area(session, area)
         q = q.where(Alert.area_id == area.id)
     if status is not None:
@@ -63,11 +49,12 @@ def list_alerts(session: Session, *, area=None, status=None, since=None, until=N
                 part = part.strip()
                 if part == "open":
                     wanted.update(OPEN_ALERT_STATUSES)
-                elif part in STATUSES:
+                elif part in values(AlertStatus):
                     wanted.add(part)
                 else:
-                    raise BadInput(f"unknown status {part!r}; known: open, {', '.join(STATUSES)}", field="status")
-        q = q.where(Alert.status.in_(sorted(wanted)))
+                    raise BadInput(f"unknown status {part!r}; known: open, {', '.join(values(AlertStatus))}",
+                                   field="status")
+        q = q.where(Alert.status.in_(sorted(str(w) for w in wanted)))
     since, until = _date(since, "since"), _date(until, "until")
     if since is not None:
         q = q.where(Alert.last_seen >= since)
@@ -99,6 +86,7 @@ def review(session: Session, alert_id: int, action: str, note: str | None, revie
 
 
 def alert_properties(alert: Alert, area_name: str | None, parcel_id: str | None) -> dict:
+    """An alert's properties as the API, the CLI and the webhooks show them."""
     return {
         "id": alert.id,
         "area": area_name,
@@ -130,7 +118,11 @@ def names(session: Session, alerts: Sequence[Alert]) -> dict[int, tuple[str, str
 
 
 def to_geojson(session: Session, alerts: Sequence[Alert]) -> dict:
-    """A GeoJSON FeatureCollection (EPSG:4326) of the alerts' new construction."""
+    """A GeoJSON FeatureCollection (EPSG:4326) of the alerts' new construction.
+
+    Built as a dict (shapely's ``mapping`` for the geometries) because the API returns it as JSON and
+    the CLI prints it; no file is written, so pyogrio has nothing to add here.
+    """
     labels = names(session, alerts)
     return {
         "type": "FeatureCollection",

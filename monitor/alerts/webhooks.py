@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import time
+from urllib.parse import urlsplit
 
 import requests
 from geoalchemy2.shape import to_shape
@@ -18,44 +19,47 @@ from shapely.geometry import mapping
 from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session
 
+from monitor.alerts.lifecycle import alert_properties
 from monitor.db.engine import transaction
 from monitor.db.tables import Alert, Area, Delivery, Parcel, Subscription
+from monitor.domain import AlertEvent, Confidence, DeliveryStatus, values
 from monitor.errors import BadInput, NotFound
+from monitor.inventory.areas import get_area
 from monitor.metrics import Metrics
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CONFIDENCE_RANK = {"probable": 0, "confirmed": 1}
-EVENTS = ("alert.created", "alert.escalated", "alert.updated", "alert.resolved")
 
 
 def alert_payload(session: Session, alert: Alert, event: str) -> dict:
     """The JSON a subscriber receives: the event and the alert as the API shows it, with its geometry."""
-    from monitor.alerts.lifecycle import alert_properties
-
     area = session.get(Area, alert.area_id)
     parcel = session.get(Parcel, alert.parcel_id)
     props = alert_properties(alert, area.name if area else None, parcel.external_id if parcel else None)
     return {"event": event, "alert": {**props, "geometry": mapping(to_shape(alert.geom))}}
 
 
+def _rank(confidence: str) -> int:
+    return Confidence(confidence).rank if confidence in values(Confidence) else 0
+
+
 def enqueue(session: Session, alert: Alert, event: str) -> int:
-    """Queue one delivery of ``event`` for every active subscription that wants this alert."""
-    if event not in EVENTS:
+    """Queue one delivery of ``event`` (an ``AlertEvent``) for every active subscription that wants this alert."""
+    if event not in values(AlertEvent):
         raise ValueError(f"unknown webhook event {event!r}")
     session.flush()
     subs = session.scalars(select(Subscription).where(
         Subscription.active.is_(True),
         or_(Subscription.area_id.is_(None), Subscription.area_id == alert.area_id)))
-    rank = CONFIDENCE_RANK.get(alert.confidence, 0)
+    rank = _rank(alert.confidence)
     payload = None
     count = 0
     for sub in subs:
-        if CONFIDENCE_RANK.get(sub.min_confidence, 0) > rank:
+        if _rank(sub.min_confidence) > rank:
             continue
         payload = payload or alert_payload(session, alert, event)
-        session.add(Delivery(subscription_id=sub.id, alert_id=alert.id, event=event, payload=payload))
+        session.add(Delivery(subscription_id=sub.id, alert_id=alert.id, event=str(event), payload=payload))
         count += 1
     session.flush()
     return count
@@ -66,17 +70,13 @@ def enqueue(session: Session, alert: Alert, event: str) -> int:
 def add_subscription(session: Session, url: str, secret: str, *, area: str | None = None,
                      min_confidence: str = "probable") -> Subscription:
     """Subscribe ``url`` to new and escalated alerts (of one area, or of every area)."""
-    from urllib.parse import urlsplit
-
-    from monitor.registry.areas import get_area
-
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadInput(f"{url!r} is not an http(s) URL", field="url")
     if not secret:
         raise BadInput("a subscription needs a secret to sign its deliveries", field="secret")
-    if min_confidence not in CONFIDENCE_RANK:
-        raise BadInput(f"{min_confidence!r} is not one of {', '.join(CONFIDENCE_RANK)}", field="min-confidence")
+    if min_confidence not in values(Confidence):
+        raise BadInput(f"{min_confidence!r} is not one of {', '.join(values(Confidence))}", field="min-confidence")
     area_id = get_area(session, area).id if area else None
     sub = Subscription(url=url, secret=secret, area_id=area_id, min_confidence=min_confidence)
     session.add(sub)
@@ -94,7 +94,7 @@ def list_subscriptions(session: Session) -> list[dict]:
     rows = session.execute(select(Subscription, Area.name).outerjoin(Area, Area.id == Subscription.area_id)
                            .order_by(Subscription.id))
     return [{"id": s.id, "url": s.url, "area": name, "min_confidence": s.min_confidence, "active": s.active,
-             "deliveries": {k: counts.get(s.id, {}).get(k, 0) for k in ("pending", "succeeded", "failed")}}
+             "deliveries": {k: counts.get(s.id, {}).get(k, 0) for k in values(DeliveryStatus)}}
             for s, name in rows]
 
 
@@ -122,7 +122,7 @@ def sign(secret: str, body: bytes) -> str:
 
 def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
     """What a receiver checks: the header matches the body signed with the shared secret."""
-    return bool(header) and hmac.compare_digest(sign(secret, body), header)
+    return header is not None and hmac.compare_digest(sign(secret, body), header)
 
 
 def backoff(attempt: int, settings: Settings) -> dt.timedelta:
@@ -160,7 +160,7 @@ def deliver_pending(engine: Engine, settings: Settings, metrics: Metrics | None 
             with transaction(engine) as session:
                 row = session.execute(
                     select(Delivery, Subscription).join(Subscription, Subscription.id == Delivery.subscription_id)
-                    .where(Delivery.status == "pending", Delivery.next_attempt_at <= cutoff,
+                    .where(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= cutoff,
                            Subscription.active.is_(True))
                     .order_by(Delivery.next_attempt_at, Delivery.id)
                     .limit(1).with_for_update(of=Delivery, skip_locked=True)).first()
@@ -175,15 +175,15 @@ def deliver_pending(engine: Engine, settings: Settings, metrics: Metrics | None 
                 delivery.attempts = [*delivery.attempts, attempt]
                 delivery.attempt_count += 1
                 if error is None:
-                    delivery.status = "succeeded"
+                    delivery.status = DeliveryStatus.SUCCEEDED
                 elif delivery.attempt_count >= settings.webhook_max_attempts:
-                    delivery.status = "failed"
+                    delivery.status = DeliveryStatus.FAILED
                 else:
                     delivery.next_attempt_at = at + backoff(delivery.attempt_count, settings)
                 done += 1
             if metrics is not None:
-                metrics.webhook_deliveries.labels("succeeded" if error is None else "failed").inc()
-                if delivery.status == "failed":
+                metrics.webhook_deliveries.labels(DeliveryStatus.SUCCEEDED if error is None else DeliveryStatus.FAILED).inc()
+                if delivery.status == DeliveryStatus.FAILED:
                     metrics.webhook_failures.inc()
             if error is None:
                 log.info("webhook %s delivered to %s", delivery.delivery_id, sub.url)

@@ -9,10 +9,13 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from monitor import __version__
-from monitor.errors import BadInput, Conflict, DatabaseError, MonitorError, NotFound
+from monitor.api import areas, results
+from monitor.db import migrate, queries
+from monitor.db.engine import make_engine, transaction
+from monitor.errors import MonitorError
 from monitor.metrics import Metrics, default_metrics
 from monitor.settings import Settings
 
@@ -29,16 +32,8 @@ writes nothing.
 
 
 def status_of(error: MonitorError) -> int:
-    """The HTTP status of a project error."""
-    if isinstance(error, NotFound):
-        return 404
-    if isinstance(error, Conflict):
-        return 409
-    if isinstance(error, BadInput):
-        return 422
-    if isinstance(error, DatabaseError):
-        return 503
-    return 500
+    """The HTTP status of a project error (its class says it: ``http_status``)."""
+    return error.http_status
 
 
 def _body(message: str, **extra) -> dict:
@@ -78,18 +73,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 def refresh_gauges(engine: Engine, metrics: Metrics) -> None:
     """Gauges that the database knows best, refreshed at scrape time so that every replica, and a
     freshly restarted one, reports them: open alerts and the newest processed scene per area."""
-    from monitor.db.engine import transaction
-    from monitor.db.tables import OPEN_ALERT_STATUSES, Alert, Area, Scene
-
     with transaction(engine) as s:
-        open_alerts = dict(s.execute(select(Area.name, func.count(Alert.id)).outerjoin(
-            Alert, (Alert.area_id == Area.id) & Alert.status.in_(OPEN_ALERT_STATUSES)).group_by(Area.name)).all())
-        newest = s.execute(select(Area.name, func.max(Scene.acquired_at)).join(Scene, Scene.area_id == Area.id)
-                           .where(Scene.status == "processed").group_by(Area.name)).all()
+        open_alerts = queries.open_alerts(s)
+        newest = queries.newest_processed(s)
     metrics.open_alerts.clear()
     for name, n in open_alerts.items():
         metrics.open_alerts.labels(name).set(n)
-    for name, when in newest:
+    for name, when in newest.items():
         metrics.newest_scene.labels(name).set(when.timestamp())
 
 
@@ -98,12 +88,7 @@ def create_app(settings: Settings, engine: Engine | None = None, metrics: Metric
     """The API. ``engine`` defaults to ``make_engine(settings)``, ``metrics`` to the process-wide
     ones; ``scheduler_state`` returns ``leader``, ``standby`` or ``stopped`` for ``/readyz``
     (``Scheduler.role``); without it ``/readyz`` reports the scheduler as ``off``."""
-    from monitor.api import registry, results
-    from monitor.db import migrate
-
     if engine is None:
-        from monitor.db.engine import make_engine
-
         engine = make_engine(settings)
     metrics = metrics if metrics is not None else default_metrics()
     head = migrate.head()
@@ -116,7 +101,7 @@ def create_app(settings: Settings, engine: Engine | None = None, metrics: Metric
     app.state.engine = engine
     app.state.metrics = metrics
     _install_error_handlers(app)
-    app.include_router(registry.router)
+    app.include_router(areas.router)
     app.include_router(results.router)
 
     @app.get("/healthz", tags=["service"], summary="The process is up")

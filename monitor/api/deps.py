@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import math
 import re
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from monitor.auth import verify_token
 from monitor.db.engine import transaction
 from monitor.errors import BadInput
 
@@ -45,6 +45,7 @@ _bearer = HTTPBearer(auto_error=False, description="A token made by `monitor tok
 
 
 def engine(request: Request) -> Engine:
+    """The application's database engine."""
     return request.app.state.engine
 
 
@@ -57,8 +58,6 @@ def tx(request: Request) -> Iterator[Session]:
 
 def _principal(request: Request,
                creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    from monitor.auth import verify_token
-
     unauthorized = {"WWW-Authenticate": "Bearer"}
     if creds is None or creds.scheme.lower() != "bearer":
         raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)", headers=unauthorized)
@@ -85,23 +84,6 @@ Reader = Annotated[Principal, Depends(require_read)]
 Writer = Annotated[Principal, Depends(require_write)]
 
 
-def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
-    """'minlon,minlat,maxlon,maxlat' -> a tuple, refusing what is not a lon/lat box."""
-    if text is None or not text.strip():
-        return None
-    parts = text.split(",")
-    try:
-        box = tuple(float(p) for p in parts)
-    except ValueError:
-        box = ()
-    if len(box) != 4 or not all(math.isfinite(v) for v in box):
-        raise BadInput(f"{text!r} is not minlon,minlat,maxlon,maxlat", field="bbox")
-    x0, y0, x1, y1 = box
-    if not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90):
-        raise BadInput(f"{text!r} is not a box within -180..180, -90..90 with min <= max", field="bbox")
-    return box
-
-
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -119,7 +101,7 @@ def upload_path(upload: UploadFile, field: str = "file") -> Iterator[FsPath]:
             yield path
         except BadInput as e:
             if e.data.get("file") is not None and str(e.data["file"]).startswith(tmp):
-                raise BadInput(e.reason, file=original, row=e.data.get("row"), field=e.data.get("field")) from e
+                raise BadInput(e.detail, file=original, row=e.data.get("row"), field=e.field) from e
             raise
         except (UnicodeDecodeError, ValueError, csv.Error) as e:
             # Readers meant for text files meet binary or oddly encoded uploads here.

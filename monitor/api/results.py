@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path as FsPath
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from monitor.api.deps import NO_NUL, BboxQuery, BigId, ExternalId, Limit, Name, Offset, Reader, Writer, parse_bbox, tx
+from monitor import history
+from monitor.alerts import lifecycle
+from monitor.api.deps import NO_NUL, BboxQuery, BigId, ExternalId, Limit, Name, Offset, Reader, Writer, tx
 from monitor.db.tables import Alert, Area, Run, Scene
+from monitor.domain import AlertStatus, RunStatus, SceneStatus, parse_bbox, values
 from monitor.errors import BadInput, NotFound
+from monitor.inventory.areas import get_area
 
 router = APIRouter()
 
-AlertStatus = Literal["open", "new", "acknowledged", "confirmed", "dismissed", "resolved"]
-SceneStatus = Literal["found", "downloaded", "prepared", "processed", "skipped", "failed", "offline"]
+if TYPE_CHECKING:
+    AlertStatusQuery = str
+    SceneStatusQuery = str
+else:
+    AlertStatusQuery = Literal[("open", *values(AlertStatus))]
+    SceneStatusQuery = Literal[tuple(values(SceneStatus))]
 AreaQuery = Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="Area name.")]
 Since = Annotated[dt.date | None, Query(description="On or after this date (YYYY-MM-DD).")]
 Until = Annotated[dt.date | None, Query(description="On or before this date (YYYY-MM-DD).")]
@@ -40,28 +48,25 @@ def _alert(s, alert_id: int) -> Alert:
 
 @router.get("/alerts", tags=["alerts"], summary="Alerts as a GeoJSON FeatureCollection")
 def list_alerts(request: Request, _: Reader, area: AreaQuery = None,
-                status: Annotated[AlertStatus | None, Query(description="open: new, acknowledged or confirmed")] = None,
+                status: Annotated[AlertStatusQuery | None, Query(description="open: new, acknowledged or confirmed")] = None,
                 since: Since = None, until: Until = None, bbox: BboxQuery = None) -> dict:
-    from monitor.alerts.lifecycle import list_alerts, to_geojson
-    from monitor.registry.areas import get_area
-
     _dates(since, until)
     box = parse_bbox(bbox)
     with tx(request) as s:
         if area is not None:
             get_area(s, area)  # a 404 for an unknown area rather than an empty list
-        return to_geojson(s, list_alerts(s, area=area, status=status, since=since, until=until, bbox=box))
+        return lifecycle.to_geojson(s, lifecycle.list_alerts(s, area=area, status=status, since=since, until=until, bbox=box))
 
 
 @router.get("/alerts/{alert_id}", tags=["alerts"], summary="One alert as a GeoJSON Feature")
 def get_alert(request: Request, alert_id: BigId, _: Reader) -> dict:
-    from monitor.alerts.lifecycle import to_geojson
-
     with tx(request) as s:
-        return to_geojson(s, [_alert(s, alert_id)])["features"][0]
+        return lifecycle.to_geojson(s, [_alert(s, alert_id)])["features"][0]
 
 
 class Review(BaseModel):
+    """A reviewer's decision on an alert, with an optional note."""
+
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"action": "confirm", "note": "seen on site 2024-05-02"}]})
 
@@ -73,12 +78,9 @@ class Review(BaseModel):
 @router.post("/alerts/{alert_id}/review", tags=["alerts"],
              summary="Acknowledge, confirm or dismiss an alert, with a note")
 def review_alert(request: Request, alert_id: BigId, body: Review, who: Writer) -> dict:
-    from monitor.alerts.lifecycle import review, to_geojson
-
     with tx(request) as s:
-        alert = review(s, alert_id, body.action, body.note, who.name)
-        return to_geojson(s, [alert])["features"][0]
-
+        alert = lifecycle.review(s, alert_id, body.action, body.note, who.name)
+        return lifecycle.to_geojson(s, [alert])["features"][0]
 
 
 
@@ -108,22 +110,16 @@ def get_evidence(request: Request, alert_id: BigId, name: Annotated[str, Path(ma
 
 @router.get("/areas/{area}/history", tags=["history"], summary="An area's history, date by date")
 def area_history(request: Request, area: Name, _: Reader) -> list[dict]:
-    from monitor.history import area_history
-    from monitor.registry.areas import get_area
-
     with tx(request) as s:
         get_area(s, area)
-        return area_history(s, area)
+        return history.area_history(s, area)
 
 
 @router.get("/areas/{area}/parcels/{external_id}/history", tags=["history"], summary="A parcel's history")
 def parcel_history(request: Request, area: Name, external_id: ExternalId, _: Reader) -> list[dict]:
-    from monitor.history import parcel_history
-    from monitor.registry.areas import get_area
-
     with tx(request) as s:
         get_area(s, area)
-        return parcel_history(s, external_id, area)
+        return history.parcel_history(s, external_id, area)
 
 
 # --- scenes and runs
@@ -137,10 +133,8 @@ def _scene(sc: Scene) -> dict:
 
 
 @router.get("/areas/{area}/scenes", tags=["scenes"], summary="An area's scenes, newest first")
-def list_scenes(request: Request, area: Name, _: Reader, status: SceneStatus | None = None, since: Since = None,
+def list_scenes(request: Request, area: Name, _: Reader, status: SceneStatusQuery | None = None, since: Since = None,
                 until: Until = None, limit: Limit = 1000, offset: Offset = 0) -> list[dict]:
-    from monitor.registry.areas import get_area
-
     _dates(since, until)
     with tx(request) as s:
         q = select(Scene).where(Scene.area_id == get_area(s, area).id)
@@ -171,10 +165,8 @@ def _run(r: Run, area: str) -> dict:
 @router.get("/runs", tags=["runs"], summary="Pipeline runs, newest first")
 def list_runs(request: Request, _: Reader, area: AreaQuery = None,
               status: Annotated[str | None, Query(max_length=32, pattern=NO_NUL,
-                                                  description="running, succeeded or failed")] = None,
+                                                  description=", ".join(values(RunStatus)))] = None,
               limit: Limit = 100, offset: Offset = 0) -> list[dict]:
-    from monitor.registry.areas import get_area
-
     with tx(request) as s:
         q = select(Run, Area.name).join(Area, Area.id == Run.area_id)
         if area is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from monitor import __version__
+from monitor.cli import access, areas, daemon, db, ml, pipeline_cmd, results, scenes, settings_cmd
 from monitor.cli.common import State, new_app, setup_logging
 from monitor.settings import Settings
 
@@ -26,32 +27,28 @@ def _root(ctx: typer.Context,
     ctx.obj = State(settings)
 
 
-def _register() -> None:
-    from monitor.cli import daemon, db, ml, pipeline_cmd, registry, results, scenes, settings_cmd
-
-    app.add_typer(db.app, name="db")
-    app.add_typer(registry.areas, name="areas")
-    app.add_typer(registry.parcels, name="parcels")
-    app.add_typer(registry.permits, name="permits")
-    app.add_typer(scenes.app, name="scenes")
-    app.add_typer(ml.dataset, name="dataset")
-    app.add_typer(ml.train, name="train")
-    app.add_typer(ml.models, name="models")
-    app.command("predict")(ml.predict)
-    app.command("evaluate")(ml.evaluate)
-    app.add_typer(results.detections, name="detections")
-    app.command("process")(pipeline_cmd.process)
-    app.add_typer(results.alerts, name="alerts")
-    app.add_typer(results.history, name="history")
-    app.command("run")(daemon.run)
-    app.add_typer(daemon.tokens, name="tokens")
-    app.add_typer(daemon.subscriptions, name="subscriptions")
-    app.command("demo")(pipeline_cmd.demo)
-    app.command("settings")(settings_cmd.show_settings)
-
-_register()
+app.add_typer(db.app, name="db")
+app.add_typer(areas.areas, name="areas")
+app.add_typer(areas.parcels, name="parcels")
+app.add_typer(areas.permits, name="permits")
+app.add_typer(scenes.app, name="scenes")
+app.add_typer(ml.dataset, name="dataset")
+app.add_typer(ml.train, name="train")
+app.add_typer(ml.models, name="models")
+app.command("predict")(ml.predict)
+app.command("evaluate")(ml.evaluate)
+app.add_typer(results.detections, name="detections")
+app.command("process")(pipeline_cmd.process)
+app.add_typer(results.alerts, name="alerts")
+app.add_typer(results.history, name="history")
+app.command("run")(daemon.run)
+app.add_typer(access.tokens, name="tokens")
+app.add_typer(access.subscriptions, name="subscriptions")
+app.command("demo")(pipeline_cmd.demo)
+app.command("settings")(settings_cmd.show_settings)
 
 
 def main() -> None:
+    """The ``monitor`` command."""
     app()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -15,20 +14,25 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from typer.core import TyperGroup
 
+from monitor.db.engine import make_engine
 from monitor.errors import MonitorError
 from monitor.settings import Settings
+from monitor.text import table
+
+__all__ = ["State", "echo_json", "new_app", "setup_logging", "state", "table", "warn"]
 
 
 @dataclass
 class State:
+    """What the commands of one invocation share: the settings, and an engine made on first use."""
+
     settings: Settings
     _engine: Engine | None = field(default=None, repr=False)
 
     @property
     def engine(self) -> Engine:
+        """The database engine (the private cluster is started on first use when DATABASE_URL is unset)."""
         if self._engine is None:
-            from monitor.db.engine import make_engine
-
             self._engine = make_engine(self.settings)
         return self._engine
 
@@ -40,6 +44,7 @@ class State:
 
 
 def state(ctx: typer.Context) -> State:
+    """The invocation's ``State``, made from the environment when the root callback did not run."""
     root = ctx.find_root()
     if not isinstance(root.obj, State):
         root.obj = State(Settings())
@@ -49,35 +54,32 @@ def state(ctx: typer.Context) -> State:
 class MonitorGroup(TyperGroup):
     """Turns project errors into a message and the documented exit code (2 bad input, 1 other)."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
-            return super().invoke(ctx)
+            return super().invoke(ctx)  # type: ignore[arg-type]
         except MonitorError as e:
             click.secho(f"error: {e}", err=True, fg="red")
             ctx.exit(e.exit_code)
 
 
 def new_app(help: str) -> typer.Typer:
+    """A command group that reports project errors with the documented exit codes."""
     return typer.Typer(help=help, cls=MonitorGroup, no_args_is_help=True, add_completion=False,
                        pretty_exceptions_enable=False)
 
 
 def warn(message: str) -> None:
+    """Print a warning on stderr."""
     typer.secho(f"warning: {message}", err=True, fg="yellow")
 
 
 def echo_json(obj) -> None:
+    """Print ``obj`` as indented JSON (dates and paths as strings)."""
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-def table(rows: Iterable[Sequence], headers: Sequence[str]) -> str:
-    rows = [["" if v is None else str(v) for v in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 def setup_logging(level: str) -> None:
+    """Log to stderr at ``level``, keeping chatty libraries at WARNING."""
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "httpx", "urllib3"):

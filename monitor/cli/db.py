@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from monitor.cli.common import new_app, state
+from monitor.db import migrate
+from monitor.db.embedded import Cluster
 
 app = new_app("Create, migrate and inspect the database.")
 
@@ -12,8 +14,6 @@ app = new_app("Create, migrate and inspect the database.")
 @app.command()
 def upgrade(ctx: typer.Context, revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Create or migrate the schema up to REVISION (default: the newest)."""
-    from monitor.db import migrate
-
     engine = state(ctx).engine
     migrate.upgrade(engine, revision)
     typer.echo(f"database at revision {migrate.current(engine)}")
@@ -22,8 +22,6 @@ def upgrade(ctx: typer.Context, revision: str = typer.Argument("head", help="Tar
 @app.command()
 def downgrade(ctx: typer.Context, revision: str = typer.Argument(..., help="Target revision; 'base' drops everything.")) -> None:
     """Migrate the schema down to REVISION ('base' removes the whole schema)."""
-    from monitor.db import migrate
-
     engine = state(ctx).engine
     migrate.downgrade(engine, revision)
     typer.echo(f"database at revision {migrate.current(engine) or 'base'}")
@@ -32,8 +30,6 @@ def downgrade(ctx: typer.Context, revision: str = typer.Argument(..., help="Targ
 @app.command()
 def current(ctx: typer.Context) -> None:
     """Print the schema revision of the database and the newest one this code knows."""
-    from monitor.db import migrate
-
     rev = migrate.current(state(ctx).engine)
     head = migrate.head()
     typer.echo(f"current: {rev or 'base (empty)'}\nhead:    {head}")
@@ -50,8 +46,6 @@ def url(ctx: typer.Context) -> None:
 @app.command()
 def stop(ctx: typer.Context) -> None:
     """Stop the private PostGIS cluster (no effect with DATABASE_URL)."""
-    from monitor.db.embedded import Cluster
-
     s = state(ctx).settings
     if s.database_url:
         typer.echo("DATABASE_URL is set: there is no private cluster to stop")

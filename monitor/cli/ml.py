@@ -1,15 +1,30 @@
 """``monitor dataset``, ``monitor train``, ``monitor models``, ``monitor predict``, ``monitor evaluate``.
 
-TensorFlow is imported only inside the commands that need it.
+TensorFlow itself is loaded (by ``monitor.ml.runtime``) only when a command builds, trains or runs a model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import rasterio
 import typer
+from sqlalchemy import select
 
 from monitor.cli.common import echo_json, new_app, state, table
+from monitor.db.tables import Model
+from monitor.domain import ModelKind, ModelMeta
+from monitor.errors import BadInput
+from monitor.inventory.models import register_model
+from monitor.ml import training
+from monitor.ml.datasets import build_tiles
+from monitor.ml.evaluation import evaluate as run_evaluation
+from monitor.ml.inference import NODATA, classify_tiles, predict_raster
+from monitor.ml.modelstore import LoadedModel, new_version, open_model
+from monitor.ml.oscd import convert_oscd
+from monitor.ml.runtime import INFERENCE_PRECISIONS
+from monitor.settings import Settings
 
 dataset = new_app("Build training datasets from scenes and labels.")
 train = new_app("Train the segmenter, the settlement classifier or the change model.")
@@ -21,16 +36,12 @@ def _bands(text: str | None) -> list[str] | None:
 
 
 def _out_dir(ctx: typer.Context, out: Path | None, kind: str) -> tuple[Path, str]:
-    from monitor.ml.modelstore import new_version
-
     version = new_version(kind)
     return (out if out is not None else state(ctx).settings.models_dir / version), version
 
 
 def _report(model_dir: Path) -> None:
-    from monitor.ml.modelstore import read_meta
-
-    meta = read_meta(model_dir)
+    meta = ModelMeta.read(model_dir).to_dict()
     v = meta["metrics"]["validation"]
     typer.echo(f"saved {meta['kind']} model {meta['version']} to {model_dir}\n"
                f"threshold {meta['threshold']:.2f}; validation precision {v['precision']:.3f} recall {v['recall']:.3f} "
@@ -56,8 +67,6 @@ def dataset_build(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Cut a scene into tiles labelled by polygons, split into train and validation."""
-    from monitor.ml.datasets import build_tiles
-
     s = build_tiles(scene, labels, out, kind=kind, tile=tile, min_cover=min_cover, val_fraction=val_fraction,
                     seed=seed, overwrite=overwrite, progress=True)
     t = s["tiles"]
@@ -74,8 +83,6 @@ def dataset_oscd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Convert OSCD Sentinel-2 pairs and change maps into the change-training layout."""
-    from monitor.ml.oscd import convert_oscd
-
     s = convert_oscd(src, out, cities=city or None, overwrite=overwrite, progress=True)
     typer.echo(table([(c, e["width"], e["height"], " / ".join(e["dates"] or []), e.get("change_fraction", ""))
                       for c, e in s["cities"].items()], ["city", "width", "height", "dates", "change_fraction"]))
@@ -102,8 +109,6 @@ def train_segmenter(
     time_limit: float = _LIMIT,
 ) -> None:
     """U-Net on image/mask tiles; loss BCE + Dice; IoU and F1 metrics."""
-    from monitor.ml import training
-
     out, version = _out_dir(ctx, out, "segmenter")
     _report(training.train_segmenter(data, out, epochs=epochs, seed=seed, bands=_bands(bands), depth=depth,
                                      base_filters=base_filters, batch=batch, lr=lr, patience=patience, progress=True,
@@ -125,8 +130,6 @@ def train_classifier(
     time_limit: float = _LIMIT,
 ) -> None:
     """Settlement classifier on train|validation/true|false tiles (ResNet50 recipe by default)."""
-    from monitor.ml import training
-
     out, version = _out_dir(ctx, out, "classifier")
     _report(training.train_classifier(data, out, epochs=epochs, seed=seed, bands=_bands(bands), backbone=backbone,
                                       weights=weights, freeze=freeze, dense=dense, batch=batch, lr=lr,
@@ -160,8 +163,6 @@ def train_change(
                              "of its input at inference (8 times the work; the threshold is chosen that way)."),
 ) -> None:
     """Early-fusion U-Net on before/after pairs (`monitor dataset oscd` layout)."""
-    from monitor.ml import training
-
     out, version = _out_dir(ctx, out, "change")
     _report(training.train_change(data, out, epochs=epochs, seed=seed, bands=_bands(bands), cities=city or None,
                                   patch=patch, steps_per_epoch=steps, batch=batch, pos_weight=pos_weight,
@@ -178,10 +179,6 @@ def models_list(ctx: typer.Context,
                                               "under MONITOR_HOME/models that are not registered yet."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Registered models, and model directories under MONITOR_HOME/models not registered yet."""
-    from sqlalchemy import select
-
-    from monitor.db.tables import Model
-    from monitor.registry.models import read_meta, register_model
 
     st = state(ctx)
     root = st.settings.models_dir
@@ -197,7 +194,7 @@ def models_list(ctx: typer.Context,
                 for r in session.scalars(select(Model).order_by(Model.id))]
     if not register:
         for d in new:
-            meta = read_meta(d)
+            meta = ModelMeta.read(d).to_dict()
             rows.append({"id": None, "kind": meta["kind"], "version": meta["version"], "path": str(d),
                          "registered": False, "created_at": meta.get("created_at"), "threshold": meta.get("threshold")})
     if as_json:
@@ -213,8 +210,6 @@ def models_list(ctx: typer.Context,
 @models.command("register")
 def models_register(ctx: typer.Context, model_dir: Path = typer.Argument(..., help="Model directory.")) -> None:
     """Register a model directory (model.keras + model.json)."""
-    from monitor.registry.models import register_model
-
     with state(ctx).transaction() as session:
         row = register_model(session, model_dir)
         typer.echo(f"model {row.id}: {row.kind} {row.version} at {row.path}")
@@ -237,30 +232,20 @@ def predict(
                                   "MONITOR_INFERENCE_PRECISION."),
 ) -> None:
     """Probability raster of a scene on its own grid (one value per tile for a classifier)."""
-    from monitor.ml.modelstore import load_model
-
     s = state(ctx).settings
-    m = load_model(model, precision=_precision(precision, s))
+    m = open_model(model, precision=_precision(precision, s))
     batch = batch or s.inference_batch
-    if m.kind == "classifier":
+    if m.kind == ModelKind.CLASSIFIER:
         if before is not None:
-            from monitor.errors import BadInput
-
             raise BadInput("a classifier takes one scene, not --before", field="before")
         _write_tile_grid(m, scene, out, batch)
     else:
-        from monitor.ml.inference import predict_raster
-
         predict_raster(m, scene, out, before=before, progress=True, batch=batch, window=window or s.inference_window,
                        overlap=s.inference_overlap if overlap is None else overlap)
     typer.echo(f"{m.kind} probability of {scene} written to {out} (model {m.version}, threshold {m.threshold:.2f})")
 
 
-def _write_tile_grid(m, scene: Path, out: Path, batch: int) -> None:
-    import numpy as np
-    import rasterio
-
-    from monitor.ml.inference import NODATA, classify_tiles
+def _write_tile_grid(m: LoadedModel, scene: Path, out: Path, batch: int) -> None:
 
     grid, transform = classify_tiles(m, scene, batch=batch, progress=True)
     with rasterio.open(scene) as src:
@@ -285,19 +270,13 @@ def evaluate(
                                   "MONITOR_INFERENCE_PRECISION."),
 ) -> None:
     """Precision, recall, F1 and IoU of the positive class as JSON (per city and pooled for change data)."""
-    from monitor.ml.evaluation import evaluate as run
-    from monitor.ml.modelstore import load_model
-
     s = state(ctx).settings
-    m = load_model(model, precision=_precision(precision, s))
-    echo_json(run(m, data, split=split, cities=city or None, batch=s.inference_batch, progress=True,
+    m = open_model(model, precision=_precision(precision, s))
+    echo_json(run_evaluation(m, data, split=split, cities=city or None, batch=s.inference_batch, progress=True,
                   window=window or s.inference_window, overlap=s.inference_overlap))
 
 
-def _precision(precision: str | None, settings) -> str:
-    from monitor.errors import BadInput
-    from monitor.ml.runtime import INFERENCE_PRECISIONS
-
+def _precision(precision: str | None, settings: Settings) -> str:
     if precision is not None and precision not in INFERENCE_PRECISIONS:
         raise BadInput(f"must be one of {', '.join(INFERENCE_PRECISIONS)}, not {precision!r}", field="precision")
     return precision or settings.inference_precision

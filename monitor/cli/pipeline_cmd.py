@@ -5,17 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+import uvicorn
 
+from monitor.api import create_app
 from monitor.cli.common import echo_json, state
+from monitor.demo import run_demo
+from monitor.inventory.areas import get_area
+from monitor.metrics import default_metrics
+from monitor.pipeline import run_area
 
 
 def process(ctx: typer.Context,
             area: str = typer.Option(..., "--area", help="The area to run."),
             quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
     """Run one pipeline pass over an area: search, fetch, infer, vectorize, diff, judge, notify."""
-    from monitor.pipeline import run_area
-    from monitor.registry.areas import get_area
-
     st = state(ctx)
     with st.transaction() as session:
         area_id = get_area(session, area).id
@@ -32,7 +35,11 @@ def demo(ctx: typer.Context,
          seed: int = typer.Option(7, help="Seed of the synthetic world and the demo models.")) -> None:
     """The whole job on a synthetic world: train or reuse small models, register the area, parcels and
     permits, run the pipeline date by date through the local provider, and summarize."""
-    from monitor.demo import run_demo
-
     st = state(ctx)
-    run_demo(st.settings, out, seed=seed, serve=serve)
+    run_demo(st.settings, out, seed=seed)
+    if serve:
+        settings = st.settings
+        typer.secho(f"serving the API on http://{settings.api_host}:{settings.api_port}/docs and /metrics "
+                    "(Ctrl-C stops)", fg="cyan", err=True)
+        app = create_app(settings, engine=st.engine, metrics=default_metrics())
+        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import typer
 
+from monitor.alerts.lifecycle import list_alerts, names, review, to_geojson
 from monitor.cli.common import echo_json, new_app, state, table
 from monitor.errors import BadInput
+from monitor.history import AREA_COLUMNS, PARCEL_COLUMNS, area_history, parcel_history
+from monitor.pipeline import import_detections
 
 detections = new_app("Import detections made elsewhere (probability or 0/1 mask rasters).")
 alerts = new_app("List and review alerts of unpermitted construction.")
@@ -37,13 +40,9 @@ def detections_import(
 ) -> None:
     """Vectorize a raster as the area's detections of DATE, diff it against the previous date,
     judge the changes against parcels and permits, and record the indicators (one transaction)."""
-    from monitor.change import import_detections
-    from monitor.registry.areas import get_area
-
     day = _parse_date(date, "date")
     st = state(ctx)
-    with st.transaction() as session:
-        summary = import_detections(session, get_area(session, area), day, raster, threshold, st.settings)
+    summary = import_detections(st.engine, area, day, raster, threshold, st.settings)
     if as_json:
         echo_json(summary)
         return
@@ -56,8 +55,6 @@ def detections_import(
 
 
 def _print_alerts(session, rows, fmt: str) -> None:
-    from monitor.alerts.lifecycle import names, to_geojson
-
     if fmt == "geojson":
         echo_json(to_geojson(session, rows))
         return
@@ -84,8 +81,6 @@ def alerts_list(
     fmt: str = typer.Option("table", "--format", help="table or geojson."),
 ) -> None:
     """List alerts, oldest first."""
-    from monitor.alerts.lifecycle import list_alerts
-
     if fmt not in ("table", "geojson"):
         raise BadInput(f"{fmt!r} is not table or geojson", field="format")
     with state(ctx).transaction() as session:
@@ -94,8 +89,6 @@ def alerts_list(
 
 
 def _review(ctx: typer.Context, alert_id: int, action: str, note: str | None, reviewer: str | None) -> None:
-    from monitor.alerts.lifecycle import review
-
     who = reviewer or os.environ.get("USER") or getpass.getuser()
     with state(ctx).transaction() as session:
         alert = review(session, alert_id, action, note, who)
@@ -140,8 +133,6 @@ def history_parcel(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Every processed date of a parcel: built m2, new construction and its verdict (the view parcel_history)."""
-    from monitor.history import PARCEL_COLUMNS, parcel_history
-
     with state(ctx).transaction() as session:
         rows = parcel_history(session, parcel_id, area)
     if as_json:
@@ -160,8 +151,6 @@ def history_area(
 ) -> None:
     """Every processed date of an area: built-up and settlement km2, clear fraction, changes, alerts
     (the view area_indicators)."""
-    from monitor.history import AREA_COLUMNS, area_history
-
     with state(ctx).transaction() as session:
         rows = area_history(session, name)
     if as_json:

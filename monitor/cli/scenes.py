@@ -5,10 +5,15 @@ from __future__ import annotations
 import datetime as dt
 
 import typer
+from sqlalchemy import select
 from tqdm import tqdm
 
 from monitor.cli.common import echo_json, new_app, state, table, warn
+from monitor.db.tables import Scene
+from monitor.domain import SceneStatus
 from monitor.errors import BadInput
+from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
+from monitor.inventory.areas import get_area
 
 app = new_app("Find, download and prepare imagery of an area.")
 
@@ -41,9 +46,6 @@ def search(ctx: typer.Context,
            until: str = typer.Option(None, "--until", help="Last acquisition date, inclusive (YYYY-MM-DD). "
                                      "Default: now.")) -> None:
     """Search the area's providers (in order, the next when one fails) and record new scenes."""
-    from monitor.imagery.service import search_scenes
-    from monitor.registry.areas import get_area
-
     st = state(ctx)
     since_, until_ = _when(since, "since"), _when(until, "until")
     with st.transaction() as session:
@@ -59,21 +61,19 @@ def fetch(ctx: typer.Context,
           area: str = typer.Option(..., "--area", help="The area's name."),
           limit: int = typer.Option(None, "--limit", min=1, help="Fetch at most this many scenes.")) -> None:
     """Download, verify and prepare the area's pending scenes (found, or offline and due)."""
-    from monitor.imagery.service import fetch_scene, pending_scenes
-    from monitor.registry.areas import get_area
-
     st = state(ctx)
     with st.transaction() as session:
         ids = [s.id for s in pending_scenes(session, get_area(session, area))][:limit]
     done = []
     for scene_id in tqdm(ids, desc=f"scenes of {area}", unit="scene", disable=not ids):
         scene = fetch_scene(st.engine, scene_id, st.settings, progress=True)
-        if scene.status == "failed":
+        if scene.status == SceneStatus.FAILED:
             warn(f"scene {scene.product_id}: {scene.status_reason}")
         done.append(scene)
     if done:
         typer.echo(table([_row(s) for s in done], HEADERS))
-    counts = {k: sum(s.status == k for s in done) for k in ("prepared", "skipped", "offline", "failed")}
+    counts = {str(k): sum(s.status == k for s in done)
+              for k in (SceneStatus.PREPARED, SceneStatus.SKIPPED, SceneStatus.OFFLINE, SceneStatus.FAILED)}
     typer.echo(f"{len(done)} scene(s) fetched for {area!r}: "
                + ", ".join(f"{n} {k}" for k, n in counts.items()))
 
@@ -85,10 +85,6 @@ def list_(ctx: typer.Context,
                                      "processed, skipped, offline, failed)."),
           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the area's scenes, oldest first."""
-    from sqlalchemy import select
-
-    from monitor.db.tables import Scene
-    from monitor.registry.areas import get_area
 
     with state(ctx).transaction() as session:
         a = get_area(session, area)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from sqlalchemy.engine import make_url
 
 from monitor.cli.common import echo_json, state
 
@@ -20,8 +21,6 @@ def show_settings(ctx: typer.Context) -> None:
 
 
 def _mask_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:

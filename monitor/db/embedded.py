@@ -12,9 +12,11 @@ import glob
 import os
 import shutil
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
+
+import psycopg2
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from monitor.errors import ConfigError, DatabaseError
 from monitor.settings import Settings
@@ -69,9 +71,11 @@ class Cluster:
 
     @property
     def url(self) -> str:
+        """The URL of the ``monitor`` database of the cluster."""
         return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{DBNAME}"
 
     def admin_url(self, dbname: str = "postgres") -> str:
+        """The URL of another database of the cluster (``postgres`` by default), for administration."""
         return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
 
     def _cmd(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -106,6 +110,7 @@ class Cluster:
                                       "to a folder outside it, or set DATABASE_URL")
 
     def running(self) -> bool:
+        """Whether the cluster's server runs."""
         if not (self.data / "PG_VERSION").exists():
             return False
         bindir = find_bindir(self.settings)
@@ -133,18 +138,13 @@ class Cluster:
         return self.url
 
     def _create_database(self, name: str) -> None:
-        import psycopg2
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres")
-                break
-            except psycopg2.OperationalError as e:
-                if time.monotonic() > deadline:
-                    raise DatabaseError(f"the private PostGIS cluster does not answer on port "
-                                        f"{self.port}: {e}") from e
-                time.sleep(0.3)
+        # A server just started may refuse connections for a moment: try for 30 s.
+        connect = Retrying(stop=stop_after_delay(30), wait=wait_fixed(0.3),
+                           retry=retry_if_exception_type(psycopg2.OperationalError), reraise=True)
+        try:
+            conn = connect(psycopg2.connect, host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres")
+        except psycopg2.OperationalError as e:
+            raise DatabaseError(f"the private PostGIS cluster does not answer on port {self.port}: {e}") from e
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
@@ -155,6 +155,7 @@ class Cluster:
             conn.close()
 
     def stop(self) -> bool:
+        """Stop the cluster's server; False when it was not running."""
         if not self.running():
             return False
         bindir = find_bindir(self.settings)

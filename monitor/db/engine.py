@@ -7,8 +7,9 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
+from monitor.db.embedded import Cluster
 from monitor.errors import DatabaseError
 from monitor.settings import Settings
 
@@ -20,12 +21,11 @@ def database_url(settings: Settings) -> str:
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg2://" + url.split("://", 1)[1]
         return url
-    from monitor.db.embedded import Cluster
-
     return Cluster(settings).ensure()
 
 
 def make_engine(settings: Settings | None = None, url: str | None = None) -> Engine:
+    """An engine on ``url`` (default: ``database_url(settings)``), checked by connecting once."""
     if url is None:
         url = database_url(settings or Settings())
     pool = settings.db_pool_size if settings else 5
@@ -37,10 +37,6 @@ def make_engine(settings: Settings | None = None, url: str | None = None) -> Eng
         raise DatabaseError(f"cannot connect to the database {engine.url.render_as_string(hide_password=True)}: "
                             f"{e.orig}".strip()) from e
     return engine
-
-
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager

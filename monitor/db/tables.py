@@ -8,14 +8,48 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from enum import StrEnum
 
 from geoalchemy2 import Geometry
 from sqlalchemy import (
-    ARRAY, BigInteger, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, Interval,
-    MetaData, String, Text, UniqueConstraint, func, text,
+    ARRAY,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Interval,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from monitor.domain import (
+    AREA_PROVIDERS,
+    MAX_CADENCE,
+    MIN_CADENCE,
+    AlertEvent,
+    AlertStatus,
+    ChangeSource,
+    Confidence,
+    DeliveryStatus,
+    DetectionKind,
+    ModelKind,
+    Provider,
+    RunStatus,
+    SceneStatus,
+    Verdict,
+    values,
+)
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -26,11 +60,22 @@ NAMING = {
 }
 
 SRID = 4326
-OPEN_ALERT_STATUSES = ("new", "acknowledged", "confirmed")
 
 
 class Base(DeclarativeBase):
+    """Base of the mapped classes; constraints are named by ``NAMING``."""
+
     metadata = MetaData(naming_convention=NAMING)
+
+
+def one_of(column: str, enum: type[StrEnum]) -> CheckConstraint:
+    """CHECK that ``column`` holds a value of ``enum`` (named ``ck_<table>_<column>``)."""
+    allowed = ", ".join(f"'{v}'" for v in values(enum))
+    return CheckConstraint(f"{column} IN ({allowed})", name=column)
+
+
+def _seconds(delta) -> int:
+    return int(delta.total_seconds())
 
 
 def _geom(kind: str = "MULTIPOLYGON", nullable: bool = False):
@@ -51,7 +96,7 @@ class Model(Base):
     """A registered model directory (``.keras`` + ``model.json``)."""
 
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("kind", "version", name="uq_models_kind_version"),)
+    __table_args__ = (UniqueConstraint("kind", "version", name="uq_models_kind_version"), one_of("kind", ModelKind))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))  # segmenter | classifier | change
@@ -65,6 +110,12 @@ class Area(Base):
     """A watched area."""
 
     __tablename__ = "areas"
+    __table_args__ = (
+        CheckConstraint("providers <@ ARRAY[" + ", ".join(f"'{p}'" for p in values(AREA_PROVIDERS)) + "]::text[]",
+                        name="providers"),
+        CheckConstraint(f"cadence BETWEEN interval '{_seconds(MIN_CADENCE)} seconds' "
+                        f"AND interval '{_seconds(MAX_CADENCE)} seconds'", name="cadence"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -125,6 +176,8 @@ class Scene(Base):
     __table_args__ = (
         UniqueConstraint("area_id", "provider", "product_id", name="uq_scenes_area_provider_product"),
         Index("ix_scenes_area_acquired", "area_id", "acquired_at"),
+        one_of("provider", Provider),
+        one_of("status", SceneStatus),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -139,7 +192,7 @@ class Scene(Base):
     file_path: Mapped[str | None] = mapped_column(Text)  # the prepared COG
     checksum: Mapped[str | None] = mapped_column(Text)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    # found -> downloaded -> prepared -> processed; or skipped | failed | offline
+    # found -> prepared -> processed; or skipped | failed | offline (monitor.domain.SceneStatus)
     status: Mapped[str] = mapped_column(String(32), server_default=text("'found'"), index=True)
     status_reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
@@ -152,6 +205,7 @@ class Run(Base):
     """One pipeline pass over an area (and a scene), with per-step status and timings."""
 
     __tablename__ = "runs"
+    __table_args__ = (one_of("status", RunStatus),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"), index=True)
@@ -169,7 +223,7 @@ class Detection(Base):
     from a change model (``kind`` change)."""
 
     __tablename__ = "detections"
-    __table_args__ = (Index("ix_detections_area_date", "area_id", "observed_on"),)
+    __table_args__ = (Index("ix_detections_area_date", "area_id", "observed_on"), one_of("kind", DetectionKind))
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"))
@@ -203,7 +257,7 @@ class Change(Base):
     """New construction of an area between ``previous_on`` and ``observed_on``."""
 
     __tablename__ = "changes"
-    __table_args__ = (Index("ix_changes_area_date", "area_id", "observed_on"),)
+    __table_args__ = (Index("ix_changes_area_date", "area_id", "observed_on"), one_of("source", ChangeSource))
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"))
@@ -225,6 +279,9 @@ class Alert(Base):
         Index("uq_alerts_open_parcel", "parcel_id", unique=True,
               postgresql_where=text("status IN ('new', 'acknowledged', 'confirmed')")),
         Index("ix_alerts_area_status", "area_id", "status"),
+        one_of("status", AlertStatus),
+        one_of("confidence", Confidence),
+        one_of("source", ChangeSource),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -252,7 +309,8 @@ class ParcelChange(Base):
     """A change as it falls on one parcel, and how it was judged."""
 
     __tablename__ = "parcel_changes"
-    __table_args__ = (UniqueConstraint("change_id", "parcel_id", name="uq_parcel_changes_change_parcel"),)
+    __table_args__ = (UniqueConstraint("change_id", "parcel_id", name="uq_parcel_changes_change_parcel"),
+                      one_of("verdict", Verdict))
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     change_id: Mapped[int] = mapped_column(ForeignKey("changes.id", ondelete="CASCADE"))
@@ -269,6 +327,7 @@ class Subscription(Base):
     """A webhook subscription (``area_id`` NULL: every area)."""
 
     __tablename__ = "subscriptions"
+    __table_args__ = (one_of("min_confidence", Confidence),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     area_id: Mapped[int | None] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"), index=True)
@@ -284,7 +343,8 @@ class Delivery(Base):
     """A webhook delivery of one alert event to one subscription; ``attempts`` keeps every try."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (Index("ix_deliveries_pending", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_deliveries_pending", "status", "next_attempt_at"), one_of("status", DeliveryStatus),
+                      one_of("event", AlertEvent))
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     delivery_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True,

@@ -8,6 +8,7 @@ what they find and prepares what they fetch.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib
 import re
 from dataclasses import dataclass, field
@@ -16,13 +17,16 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from shapely.geometry.base import BaseGeometry
 
+from monitor.domain import Provider as ProviderName
 from monitor.errors import ConfigError
+from monitor.metrics import Metrics
+from monitor.settings import Settings
 
 # Modules are imported on first use, so a provider's client library is only loaded when needed.
-PROVIDERS: dict[str, str] = {
-    "stac": "monitor.imagery.stac:StacProvider",
-    "sentinelsat": "monitor.imagery.sentinelsat_:SentinelsatProvider",
-    "local": "monitor.imagery.local:LocalProvider",
+PROVIDERS: dict[str, str] = {  # every area provider of monitor.domain.AREA_PROVIDERS
+    ProviderName.STAC: "monitor.imagery.stac:StacProvider",
+    ProviderName.SENTINELSAT: "monitor.imagery.sentinelsat_:SentinelsatProvider",
+    ProviderName.LOCAL: "monitor.imagery.local:LocalProvider",
 }
 
 # Sentinel-2 band names in their natural order.
@@ -75,6 +79,8 @@ class Product:
 
 @runtime_checkable
 class Provider(Protocol):
+    """What an imagery provider does: search an area, fetch a product."""
+
     name: ClassVar[str]
     # True for catalogues searched by date window; False for a drop folder, where every file not
     # yet recorded is new whatever its date (searched without a lower bound unless one is given).
@@ -91,6 +97,7 @@ class Provider(Protocol):
 
 
 def provider_class(name: str) -> type:
+    """The provider class registered under ``name`` (its module imported on first use)."""
     try:
         target = PROVIDERS[name]
     except KeyError:
@@ -99,7 +106,8 @@ def provider_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def get_provider(name: str, settings, area: AreaInfo | None = None, metrics=None) -> Provider:
+def get_provider(name: str, settings: Settings, area: AreaInfo | None = None,
+                 metrics: Metrics | None = None) -> Provider:
     """An instance of the named provider, configured from settings and the area's source."""
     return provider_class(name)(settings, source=area.source if area else None, metrics=metrics)
 
@@ -109,11 +117,10 @@ def safe_name(text: str, limit: int = 120) -> str:
     text = re.sub(r"\.(tiff?|jp2|zip|safe)$", "", text, flags=re.I)
     text = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "product"
     if len(text) > limit:
-        import hashlib
-
         text = text[: limit - 9] + "_" + hashlib.sha1(text.encode()).hexdigest()[:8]
     return text
 
 
 def band_sort_key(name: str):
+    """Sort key of band names: Sentinel-2 order, then any other name."""
     return (S2_BANDS.index(name), name) if name in S2_BANDS else (len(S2_BANDS), name)

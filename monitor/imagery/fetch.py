@@ -1,8 +1,8 @@
 """Downloads that never leave a corrupt or partial file behind.
 
 A download streams into ``<name>.part`` beside its destination, resumes with an HTTP Range
-request after a dropped connection, retries transient failures with exponential backoff up to a
-cap, verifies size and checksum (MD5 or SHA3-256 from the provider; a plain MD5 ETag or the
+request after a dropped connection, retries transient failures (tenacity) with exponential backoff
+up to a cap, verifies size and checksum (MD5 or SHA3-256 from the provider; a plain MD5 ETag or the
 announced length where that is all there is) and only then renames the file into place.
 Whatever fails, the ``.part`` file is removed.
 """
@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tqdm import tqdm
 
 from monitor import __version__
-from monitor.errors import DownloadError, ProductOffline
+from monitor.errors import ChecksumMismatch, DownloadError, ProductOffline, SizeMismatch
+from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ class RetryPolicy:
     timeout_s: float = 60.0
 
     @classmethod
-    def from_settings(cls, settings) -> RetryPolicy:
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """The download settings (MONITOR_DOWNLOAD_*, MONITOR_HTTP_TIMEOUT_S) as a policy."""
         return cls(attempts=max(1, settings.download_retries), backoff_s=settings.download_backoff_s,
                    backoff_max_s=settings.download_backoff_max_s, timeout_s=settings.http_timeout_s)
 
@@ -64,6 +67,7 @@ class Downloaded:
 
 
 def new_session() -> requests.Session:
+    """A requests session with the project's User-Agent."""
     s = requests.Session()
     s.headers["User-Agent"] = USER_AGENT
     return s
@@ -84,7 +88,7 @@ def _verify(path: Path, size: int | None, checksum: tuple[str, str] | None, etag
     actual = path.stat().st_size
     expected_size = size if size is not None else announced
     if expected_size is not None and actual != expected_size:
-        raise DownloadError(f"size mismatch for {url}: got {actual} bytes, expected {expected_size}"
+        raise SizeMismatch(f"size mismatch for {url}: got {actual} bytes, expected {expected_size}"
                             + (" (truncated)" if actual < expected_size else ""), url=url)
     algos = {"sha256"}
     etag_md5 = None
@@ -97,18 +101,79 @@ def _verify(path: Path, size: int | None, checksum: tuple[str, str] | None, etag
     if checksum:
         algo, want = checksum
         if sums[algo] != want.lower():
-            raise DownloadError(f"checksum mismatch for {url}: {algo.upper()} {sums[algo]}, "
+            raise ChecksumMismatch(f"checksum mismatch for {url}: {algo.upper()} {sums[algo]}, "
                                 f"expected {want.lower()}", url=url)
         return Downloaded(path, actual, sums, algo)
     if etag_md5:
         if sums["md5"] != etag_md5:
-            raise DownloadError(f"checksum mismatch for {url}: MD5 {sums['md5']}, ETag says {etag_md5}", url=url)
+            raise ChecksumMismatch(f"checksum mismatch for {url}: MD5 {sums['md5']}, ETag says {etag_md5}", url=url)
         return Downloaded(path, actual, sums, "etag")
     return Downloaded(path, actual, sums, "size")
 
 
 class _Retry(Exception):
-    pass
+    """An answer worth another try (a transient HTTP status, a refused range)."""
+
+
+# What tenacity retries: the connection dropped or timed out, or a transient answer.
+_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Retry)
+
+
+@dataclass
+class _Transfer:
+    """One download's state across attempts: where the ``.part`` file is and what the server said."""
+
+    url: str
+    part: Path
+    session: requests.Session
+    timeout_s: float
+    progress: bool
+    on_bytes: Callable[[int], None] | None
+    etag: str | None = None
+    announced: int | None = None
+
+    def attempt(self) -> None:
+        """One request, resuming the ``.part`` file with a Range request when it holds bytes already."""
+        offset = self.part.stat().st_size if self.part.exists() else 0
+        if offset and self.announced is not None and offset >= self.announced:
+            return
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        if offset and self.etag:
+            headers["If-Range"] = self.etag
+        with self.session.get(self.url, headers=headers, stream=True, timeout=self.timeout_s) as r:
+            if r.status_code == 202:
+                raise ProductOffline("product is offline; retrieval from the archive was requested",
+                                     status=202, retryable=True)
+            if r.status_code in _RETRY_STATUS:
+                raise _Retry(f"HTTP {r.status_code}")
+            if r.status_code == 416 and offset:
+                self.part.unlink()  # the server refuses our range: start over
+                raise _Retry("HTTP 416 on resume")
+            if r.status_code >= 400 or r.status_code not in (200, 206):
+                raise DownloadError(f"HTTP {r.status_code} for {self.url}", url=self.url, status=r.status_code)
+            self.etag = r.headers.get("ETag") or self.etag
+            start = 0
+            if r.status_code == 206:
+                m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", r.headers.get("Content-Range", ""))
+                if not m:
+                    raise DownloadError(f"unusable Content-Range from {self.url}", url=self.url)
+                start = int(m.group(1))
+                if m.group(2) != "*":
+                    self.announced = int(m.group(2))
+            elif "Content-Length" in r.headers:
+                self.announced = int(r.headers["Content-Length"])
+            if start != offset:
+                offset = 0  # a full body (or an unexpected range): start over
+                if r.status_code == 206:
+                    raise _Retry("server answered another range than asked")
+            with open(self.part, "ab" if offset else "wb") as f, tqdm(
+                    total=self.announced, initial=offset, unit="B", unit_scale=True, leave=False,
+                    desc=self.part.name[:40], disable=not self.progress) as bar:
+                for chunk in r.iter_content(CHUNK):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+                    if self.on_bytes:
+                        self.on_bytes(len(chunk))
 
 
 def download(url: str, dest: Path, *, session: requests.Session | None = None, size: int | None = None,
@@ -117,8 +182,10 @@ def download(url: str, dest: Path, *, session: requests.Session | None = None, s
              sleep: Callable[[float], None] = time.sleep) -> Downloaded:
     """Download ``url`` to ``dest`` and verify it; ``checksum`` is ``(algorithm, hex)``.
 
-    Raises ``ProductOffline`` on HTTP 202 (the archive accepted a retrieval request) and
-    ``DownloadError`` for everything else that goes wrong; no ``.part`` file survives either.
+    Transient failures are retried by tenacity, ``policy.attempts`` times in all, waiting
+    ``policy.delay`` between attempts. Raises ``ProductOffline`` on HTTP 202 (the archive accepted a
+    retrieval request) and ``DownloadError`` for everything else that goes wrong; no ``.part`` file
+    survives either.
     """
     session = session or new_session()
     dest = Path(dest)
@@ -132,66 +199,25 @@ def download(url: str, dest: Path, *, session: requests.Session | None = None, s
         except DownloadError:
             dest.unlink()
     part.unlink(missing_ok=True)
-    etag: str | None = None
-    announced: int | None = None
-    failures = 0
+    transfer = _Transfer(url, part, session, policy.timeout_s, progress, on_bytes)
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("download of %s interrupted (%s); retry %d in %.1fs", url, type(error).__name__,
+                    state.attempt_number, policy.delay(state.attempt_number))
+
+    retrying = Retrying(stop=stop_after_attempt(policy.attempts),
+                        wait=lambda state: policy.delay(state.attempt_number),
+                        retry=retry_if_exception_type(_TRANSIENT), sleep=sleep, before_sleep=before_sleep,
+                        reraise=True)
     try:
-        while True:
-            offset = part.stat().st_size if part.exists() else 0
-            if offset and announced is not None and offset >= announced:
-                break
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            if offset and etag:
-                headers["If-Range"] = etag
-            try:
-                with session.get(url, headers=headers, stream=True, timeout=policy.timeout_s) as r:
-                    if r.status_code == 202:
-                        raise ProductOffline("product is offline; retrieval from the archive was requested",
-                                             status=202, retryable=True)
-                    if r.status_code in _RETRY_STATUS:
-                        raise _Retry(f"HTTP {r.status_code}")
-                    if r.status_code == 416 and offset:
-                        part.unlink()  # the server refuses our range: start over
-                        raise _Retry("HTTP 416 on resume")
-                    if r.status_code >= 400 or r.status_code not in (200, 206):
-                        raise DownloadError(f"HTTP {r.status_code} for {url}", url=url, status=r.status_code)
-                    etag = r.headers.get("ETag") or etag
-                    start = 0
-                    if r.status_code == 206:
-                        m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", r.headers.get("Content-Range", ""))
-                        if not m:
-                            raise DownloadError(f"unusable Content-Range from {url}", url=url)
-                        start = int(m.group(1))
-                        if m.group(2) != "*":
-                            announced = int(m.group(2))
-                    elif "Content-Length" in r.headers:
-                        announced = int(r.headers["Content-Length"])
-                    if start != offset:
-                        offset = 0  # a full body (or an unexpected range): start over
-                        start = 0
-                        if r.status_code == 206:
-                            raise _Retry("server answered another range than asked")
-                    with open(part, "ab" if offset else "wb") as f, tqdm(
-                            total=announced, initial=offset, unit="B", unit_scale=True, leave=False,
-                            desc=dest.name[:40], disable=not progress) as bar:
-                        for chunk in r.iter_content(CHUNK):
-                            f.write(chunk)
-                            bar.update(len(chunk))
-                            if on_bytes:
-                                on_bytes(len(chunk))
-                break
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                    _Retry) as e:
-                failures += 1
-                if failures >= policy.attempts:
-                    reason = "timed out" if isinstance(e, requests.Timeout) else str(e) or type(e).__name__
-                    raise DownloadError(f"download of {url} failed after {failures} attempts: {reason}",
-                                        url=url, retryable=True) from e
-                wait = policy.delay(failures)
-                log.warning("download of %s interrupted (%s); retry %d in %.1fs", url, type(e).__name__,
-                            failures, wait)
-                sleep(wait)
-        result = _verify(part, size, checksum, etag, announced, url)
+        try:
+            retrying(transfer.attempt)
+        except _TRANSIENT as e:
+            reason = "timed out" if isinstance(e, requests.Timeout) else str(e) or type(e).__name__
+            raise DownloadError(f"download of {url} failed after {policy.attempts} attempts: {reason}",
+                                url=url, retryable=True) from e
+        result = _verify(part, size, checksum, transfer.etag, transfer.announced, url)
         os.replace(part, dest)
         result.path = dest
         return result

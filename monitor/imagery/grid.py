@@ -26,10 +26,12 @@ class Grid:
 
     @property
     def resolution(self) -> float:
+        """Pixel size in the grid's units (metres)."""
         return self.transform.a
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(height, width)."""
         return self.height, self.width
 
     @property

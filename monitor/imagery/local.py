@@ -19,10 +19,13 @@ from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 from shapely.geometry import box
 
+from monitor.domain import Provider
 from monitor.errors import DownloadError, ProviderError
 from monitor.imagery.base import AreaInfo, Candidate, Product
 from monitor.imagery.fetch import copy_verified
 from monitor.imagery.prepare import raster_bands
+from monitor.metrics import Metrics
+from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ def _parse_tag(value: str) -> dt.datetime | None:
 
 
 def date_from_name(name: str) -> dt.datetime | None:
+    """The acquisition date a file name carries (``..._20180115.tif``, ``2018-01-15_....tif``), or None."""
     for m in _NAME_DATE.finditer(name):
         try:
             d = dt.datetime(int(m.group(1)), int(m.group(2)), int(m.group(3)))
@@ -71,10 +75,10 @@ def acquisition_date(src, name: str) -> dt.datetime | None:
 class LocalProvider:
     """GeoTIFFs in a folder: the area's ``local`` source, else ``MONITOR_LOCAL_DIR``."""
 
-    name: ClassVar[str] = "local"
+    name: ClassVar[str] = Provider.LOCAL
     windowed: ClassVar[bool] = False
 
-    def __init__(self, settings, source: str | None = None, metrics=None) -> None:
+    def __init__(self, settings: Settings, source: str | None = None, metrics: Metrics | None = None) -> None:
         folder = source or settings.local_dir
         self.folder = Path(folder).expanduser() if folder else None
         self.metrics = metrics
@@ -85,6 +89,7 @@ class LocalProvider:
             self.metrics.scenes_skipped.labels(area.name, self.name, reason).inc()
 
     def search(self, area: AreaInfo, since: dt.datetime, until: dt.datetime) -> list[Candidate]:
+        """Every readable, dated GeoTIFF of the drop folder acquired in [since, until] over the area."""
         if self.folder is None:
             raise ProviderError("no drop folder: give the area --source local=DIR or set MONITOR_LOCAL_DIR",
                                 provider=self.name)
@@ -115,6 +120,7 @@ class LocalProvider:
 
     def fetch(self, product_id: str, remote: dict, bands: list[str], workdir: Path,
               progress: bool = False) -> Product:
+        """Copy the file into ``workdir`` (checked) and hand over its bands."""
         src = Path(remote.get("path", ""))
         if not src.is_file():
             raise DownloadError(f"{product_id} is no longer in the drop folder ({src})")

@@ -32,7 +32,7 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import MultiPolygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from monitor.errors import ImageryError
+from monitor.errors import ImageryError, NoCRS
 from monitor.geo import as_multipolygon, reproject
 from monitor.imagery.base import Band, Product, band_sort_key
 from monitor.imagery.fetch import file_hashes
@@ -135,7 +135,7 @@ def _warp_file(path: str, indexes: list[int], grid: Grid, *, categorical: bool, 
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
-                raise ImageryError(f"{_short(path)} has no CRS (not georeferenced)")
+                raise NoCRS(f"{_short(path)} has no CRS (not georeferenced)")
             dtype = np.result_type(*[src.dtypes[i - 1] for i in indexes])
             out = np.zeros((len(indexes), *grid.shape), dtype=dtype)
             valid = np.zeros(grid.shape, dtype=bool)
@@ -210,6 +210,7 @@ def area_mask(area_4326: BaseGeometry, grid: Grid) -> np.ndarray:
 
 
 def clear_polygons(clear: np.ndarray, grid: Grid, area_4326: BaseGeometry) -> MultiPolygon | None:
+    """The clear pixels' region inside the area, as an EPSG:4326 MultiPolygon (None when nothing is clear)."""
     polys = [shape(g) for g, _ in features.shapes(clear.astype(np.uint8), mask=clear, transform=grid.transform)]
     if not polys:
         return None

@@ -17,12 +17,17 @@ from typing import ClassVar
 import requests
 import shapely
 from requests.adapters import HTTPAdapter
+from sentinelsat import SentinelAPI, geojson_to_wkt
+from sentinelsat.exceptions import InvalidKeyError, LTAError, SentinelAPIError, UnauthorizedError
 from shapely.geometry import mapping
 
+from monitor.domain import Provider
 from monitor.errors import ProductOffline, ProviderError
 from monitor.imagery.base import AreaInfo, Candidate, Product, safe_name
 from monitor.imagery.fetch import USER_AGENT, Downloaded, RetryPolicy, download
 from monitor.imagery.prepare import safe_product
+from monitor.metrics import Metrics
+from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_WKT = 1500  # DHuS refuses long query strings; larger footprints are sent as their convex hull
@@ -42,8 +47,6 @@ class _TimeoutAdapter(HTTPAdapter):
 
 def footprint_wkt(footprint) -> str:
     """The area as DHuS query WKT (4 decimals, as sentinelsat writes it)."""
-    from sentinelsat import geojson_to_wkt
-
     parts = list(getattr(footprint, "geoms", [footprint]))
     # DHuS takes one polygon: an area in several parts is sent as their hull (results are then
     # checked against the parts themselves)
@@ -61,12 +64,10 @@ def _number(x: float):
 class SentinelsatProvider:
     """A DHuS API: the area's ``sentinelsat`` source, else ``MONITOR_DHUS_URL``."""
 
-    name: ClassVar[str] = "sentinelsat"
+    name: ClassVar[str] = Provider.SENTINELSAT
     windowed: ClassVar[bool] = True
 
-    def __init__(self, settings, source: str | None = None, metrics=None) -> None:
-        from sentinelsat import SentinelAPI
-
+    def __init__(self, settings: Settings, source: str | None = None, metrics: Metrics | None = None) -> None:
         password = settings.dhus_password.get_secret_value() if settings.dhus_password else None
         self.api = SentinelAPI(settings.dhus_user, password, source or settings.dhus_url,
                                show_progressbars=False, timeout=settings.http_timeout_s)
@@ -81,11 +82,10 @@ class SentinelsatProvider:
 
     @property
     def url(self) -> str:
+        """The DHuS API's URL."""
         return self.api.api_url
 
     def _error(self, e: Exception, what: str) -> ProviderError:
-        from sentinelsat.exceptions import InvalidKeyError, LTAError, UnauthorizedError
-
         if isinstance(e, requests.Timeout):
             return ProviderError(f"{what} at {self.url} timed out", provider=self.name, retryable=True)
         if isinstance(e, requests.RequestException):
@@ -107,8 +107,7 @@ class SentinelsatProvider:
                              provider=self.name, status=status, retryable=status is None or status >= 500)
 
     def search(self, area: AreaInfo, since: dt.datetime, until: dt.datetime) -> list[Candidate]:
-        from sentinelsat.exceptions import SentinelAPIError
-
+        """Products over the area in [since, until] within its cloud limit (OpenSearch, every page)."""
         keywords: dict = {}
         if self.platform:
             keywords["platformname"] = self.platform
@@ -138,8 +137,6 @@ class SentinelsatProvider:
 
     def download(self, product_id: str, remote: dict, workdir: Path, progress: bool = False) -> Downloaded:
         """The product's zip in ``workdir``, verified against its OData size and checksum."""
-        from sentinelsat.exceptions import SentinelAPIError
-
         uuid = remote.get("uuid")
         if not uuid:
             raise ProviderError(f"{product_id} has no DHuS product uuid", provider=self.name)
@@ -158,6 +155,7 @@ class SentinelsatProvider:
 
     def fetch(self, product_id: str, remote: dict, bands: list[str], workdir: Path,
               progress: bool = False) -> Product:
+        """Download and verify the product's SAFE zip and hand over its bands."""
         got = self.download(product_id, remote, workdir, progress)
         product = safe_product(got.path, bands)
         product.files = {got.path.name: {"size": got.size, **got.checksums, "verified_by": got.verified_by}}

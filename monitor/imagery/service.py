@@ -18,18 +18,20 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from monitor.db.engine import transaction
+from monitor.db.queries import row
 from monitor.db.tables import Area, Model, Scene
-from monitor.errors import DownloadError, ImageryError, MonitorError, NotFound, ProductOffline, ProviderError
+from monitor.domain import ACQUIRED_STATUSES, SceneStatus
+from monitor.errors import MonitorError, ProductOffline, ProviderError
 from monitor.geo import as_multipolygon
 from monitor.imagery.base import DEFAULT_BANDS, AreaInfo, Candidate, band_sort_key, get_provider, safe_name
 from monitor.imagery.grid import Grid, area_grid
+from monitor.imagery.prepare import clear_path_for, prepare
 from monitor.metrics import Metrics, default_metrics
+from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
-# A scene in one of these states is done with acquisition; fetching it again changes nothing.
-DONE = ("prepared", "processed", "skipped")
 
 
 def _utc(value: dt.datetime | dt.date | None, end_of_day: bool = False) -> dt.datetime | None:
@@ -41,7 +43,8 @@ def _utc(value: dt.datetime | dt.date | None, end_of_day: bool = False) -> dt.da
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def search_window(session: Session, area: Area, settings, since=None, until=None) -> tuple[dt.datetime, dt.datetime]:
+def search_window(session: Session, area: Area, settings: Settings, since: dt.date | dt.datetime | None = None,
+                  until: dt.date | dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
     """[since, until] in UTC; a date ``until`` means the end of that day. Without ``since``: a day
     before the newest scene already found, or ``MONITOR_SEARCH_LOOKBACK_DAYS`` for a new area
     (drop folders are searched without this lower bound)."""
@@ -55,6 +58,7 @@ def search_window(session: Session, area: Area, settings, since=None, until=None
 
 
 def area_info(area: Area, provider: str) -> AreaInfo:
+    """What the provider ``provider`` needs to know of an area."""
     return AreaInfo(area.id, area.name, to_shape(area.footprint), area.max_cloud, (area.sources or {}).get(provider))
 
 
@@ -68,12 +72,13 @@ def model_bands(session: Session, area: Area) -> list[str]:
     return sorted(bands, key=band_sort_key) or list(DEFAULT_BANDS)
 
 
-def grid_for(area: Area, settings) -> Grid:
+def grid_for(area: Area, settings: Settings) -> Grid:
+    """The pixel grid every scene of the area is prepared onto."""
     return area_grid(to_shape(area.footprint), area.utm_epsg, area.resolution_m or settings.resolution_m,
                      settings.crop_margin_m)
 
 
-def scene_path(settings, area_id: int, acquired_at: dt.datetime, provider: str, product_id: str) -> Path:
+def scene_path(settings: Settings, area_id: int, acquired_at: dt.datetime, provider: str, product_id: str) -> Path:
     """Where the prepared COG of a scene lives (absolute)."""
     name = f"{acquired_at.astimezone(UTC):%Y%m%d}_{provider}_{safe_name(product_id)}.tif"
     return (Path(settings.data_dir) / "scenes" / str(area_id) / name).resolve()
@@ -94,7 +99,7 @@ def _record(session: Session, area: Area, provider: str, candidates: list[Candid
         seen.add(c.product_id)
         rows.append({"area_id": area.id, "provider": provider, "product_id": c.product_id,
                      "acquired_at": _utc(c.acquired_at), "footprint": _footprint(c.footprint),
-                     "remote": {**c.remote, "scene_cloud_cover": c.cloud_cover}, "status": "found"})
+                     "remote": {**c.remote, "scene_cloud_cover": c.cloud_cover}, "status": SceneStatus.FOUND})
     if not rows:
         return []
     stmt = (insert(Scene).on_conflict_do_nothing(constraint="uq_scenes_area_provider_product")
@@ -103,7 +108,7 @@ def _record(session: Session, area: Area, provider: str, candidates: list[Candid
     return sorted(new, key=lambda s: (s.acquired_at, s.id))
 
 
-def search_scenes(session: Session, area: Area, settings, metrics: Metrics | None = None,
+def search_scenes(session: Session, area: Area, settings: Settings, metrics: Metrics | None = None,
                   since=None, until=None) -> list[Scene]:
     """Search the area's providers in order (the next one when one fails) and record new scenes
     (status ``found``); returns those. Raises the last ``ProviderError`` when every provider failed."""
@@ -140,7 +145,7 @@ def pending_scenes(session: Session, area: Area) -> list[Scene]:
     due = or_(Scene.next_attempt_at.is_(None), Scene.next_attempt_at <= func.now())
     return list(session.scalars(
         select(Scene).where(Scene.area_id == area.id,
-                            or_(Scene.status == "found", and_(Scene.status == "offline", due)))
+                            or_(Scene.status == SceneStatus.FOUND, and_(Scene.status == SceneStatus.OFFLINE, due)))
         .order_by(Scene.acquired_at, Scene.id)))
 
 
@@ -152,28 +157,11 @@ class _Outcome:
     values: dict = field(default_factory=dict)
 
 
-def _failure_reason(e: Exception) -> str:
-    text = str(e)
-    if isinstance(e, DownloadError):
-        if "checksum" in text:
-            return "checksum"
-        if "size mismatch" in text:
-            return "size"
-        return f"http_{e.data['status']}" if e.data.get("status") else "download"
-    if isinstance(e, ProviderError):
-        return f"http_{e.status}" if e.status else "provider"
-    if isinstance(e, ImageryError):
-        return "no_crs" if "no CRS" in text else "imagery"
-    return "error"
-
-
-def _acquire(settings, metrics: Metrics, area: dict, scene: dict, progress: bool) -> _Outcome:
+def _acquire(settings: Settings, metrics: Metrics, area: dict, scene: dict, progress: bool) -> _Outcome:
     provider_name, product_id = scene["provider"], scene["product_id"]
     workdir = Path(settings.data_dir) / "downloads" / provider_name / safe_name(product_id)
     out = scene_path(settings, area["id"], scene["acquired_at"], provider_name, product_id)
     try:
-        from monitor.imagery.prepare import clear_path_for, prepare
-
         provider = get_provider(provider_name, settings, area["info"], metrics)
         product = provider.fetch(product_id, scene["remote"], area["bands"], workdir, progress)
         metrics.scenes_downloaded.labels(area["name"], provider_name).inc()
@@ -186,35 +174,33 @@ def _acquire(settings, metrics: Metrics, area: dict, scene: dict, progress: bool
             clear_path_for(out).unlink(missing_ok=True)
             reason = (f"cloud/nodata {prepared.cloud_cover:.1f}% over the area exceeds the maximum "
                       f"{area['max_cloud']:g}%")
-            return _Outcome("skipped", reason, "cloud", common)
-        return _Outcome("prepared", None, None, {**common, "file_path": str(prepared.path),
+            return _Outcome(SceneStatus.SKIPPED, reason, "cloud", common)
+        return _Outcome(SceneStatus.PREPARED, None, None, {**common, "file_path": str(prepared.path),
                                                  "checksum": prepared.checksum, "size_bytes": prepared.size_bytes})
     except ProductOffline as e:
         when = dt.datetime.now(UTC) + dt.timedelta(seconds=settings.offline_retry_s)
-        return _Outcome("offline", f"{e} (next try after {when:%Y-%m-%d %H:%M} UTC)", None,
+        return _Outcome(SceneStatus.OFFLINE, f"{e} (next try after {when:%Y-%m-%d %H:%M} UTC)", None,
                         {"next_attempt_at": when})
     except MonitorError as e:
-        return _Outcome("failed", str(e), _failure_reason(e))
+        return _Outcome(SceneStatus.FAILED, str(e), e.label)
     except Exception as e:  # a bug or an unexpected library error must not stop the other scenes
         log.exception("scene %s of area %s: unexpected error", product_id, area["name"])
-        return _Outcome("failed", f"unexpected error: {type(e).__name__}: {e}", "error")
+        return _Outcome(SceneStatus.FAILED, f"unexpected error: {type(e).__name__}: {e}", "error")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def fetch_scene(engine: Engine, scene_id: int, settings, metrics: Metrics | None = None,
+def fetch_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metrics | None = None,
                 progress: bool = False) -> Scene:
     """Download, verify and prepare one scene, committing its outcome: ``prepared``, ``skipped``
     (too cloudy over the area), ``offline`` (retrieval requested; due again after
     ``next_attempt_at``) or ``failed`` with the reason. Never raises for a failure of the scene."""
     metrics = metrics or default_metrics()
     with transaction(engine) as session:
-        scene = session.get(Scene, scene_id, with_for_update=True)
-        if scene is None:
-            raise NotFound(f"no scene with id {scene_id}")
-        if scene.status in DONE:
+        scene = row(session, Scene, scene_id, with_for_update=True)
+        if scene.status in ACQUIRED_STATUSES:
             return scene
-        area_row = session.get(Area, scene.area_id)
+        area_row = row(session, Area, scene.area_id)
         scene.attempts = (scene.attempts or 0) + 1
         area = {"id": area_row.id, "name": area_row.name, "max_cloud": area_row.max_cloud,
                 "info": area_info(area_row, scene.provider), "bands": model_bands(session, area_row),
@@ -223,19 +209,13 @@ def fetch_scene(engine: Engine, scene_id: int, settings, metrics: Metrics | None
                     "acquired_at": scene.acquired_at, "remote": dict(scene.remote or {})}
     outcome = _acquire(settings, metrics, area, snapshot, progress)
     with transaction(engine) as session:
-        scene = session.get(Scene, scene_id, with_for_update=True)
+        scene = row(session, Scene, scene_id, with_for_update=True)
         scene.status, scene.status_reason = outcome.status, outcome.reason
         for key, value in outcome.values.items():
             setattr(scene, key, value)
-        if outcome.status == "failed":
+        if outcome.status == SceneStatus.FAILED:
             metrics.scenes_failed.labels(area["name"], scene.provider, outcome.metric_reason).inc()
             log.warning("area %s: scene %s failed: %s", area["name"], scene.product_id, outcome.reason)
-        elif outcome.status == "skipped":
+        elif outcome.status == SceneStatus.SKIPPED:
             metrics.scenes_skipped.labels(area["name"], scene.provider, outcome.metric_reason).inc()
-        elif outcome.status == "prepared":
-            session.flush()
-            newest = session.scalar(select(func.max(Scene.acquired_at)).where(
-                Scene.area_id == area["id"], Scene.status.in_(("prepared", "processed"))))
-            if newest:
-                metrics.newest_scene.labels(area["name"]).set(newest.timestamp())
     return scene

@@ -25,9 +25,12 @@ from pystac_client import Client
 from pystac_client.exceptions import APIError
 from shapely.geometry import shape
 
+from monitor.domain import Provider
 from monitor.errors import ConfigError, ImageryError, ProviderError
 from monitor.imagery.base import S2_BANDS, AreaInfo, Band, Candidate, Product
 from monitor.imagery.fetch import USER_AGENT, RetryPolicy, download, new_session
+from monitor.metrics import Metrics
+from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +96,10 @@ def band_assets(assets: dict[str, dict]) -> dict[str, dict]:
 class StacProvider:
     """A STAC API: the area's ``stac`` source, else ``MONITOR_STAC_URL``."""
 
-    name: ClassVar[str] = "stac"
+    name: ClassVar[str] = Provider.STAC
     windowed: ClassVar[bool] = True
 
-    def __init__(self, settings, source: str | None = None, metrics=None) -> None:
+    def __init__(self, settings: Settings, source: str | None = None, metrics: Metrics | None = None) -> None:
         self.url = source or settings.stac_url
         self.collection = settings.stac_collection
         self.timeout = settings.http_timeout_s
@@ -119,6 +122,7 @@ class StacProvider:
                              retryable=status is None or status >= 500)
 
     def search(self, area: AreaInfo, since: dt.datetime, until: dt.datetime) -> list[Candidate]:
+        """Items of the collection over the area in [since, until] (every page), within its cloud limit."""
         query = dict(self.query or {})
         params: dict = {}
         if self.cloud_filter == "query":
@@ -157,6 +161,7 @@ class StacProvider:
 
     def fetch(self, product_id: str, remote: dict, bands: list[str], workdir: Path,
               progress: bool = False) -> Product:
+        """Download and verify the band assets (and SCL) the area's models need."""
         assets = remote.get("assets") or {}
         missing = [b for b in bands if b not in assets]
         if missing:

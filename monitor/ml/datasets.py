@@ -17,6 +17,7 @@ import json
 import secrets
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -26,12 +27,14 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
+from monitor.domain import ModelKind
 from monitor.errors import BadInput
 from monitor.geo import reproject
 from monitor.ml.rasters import band_indexes, band_names, open_raster, pixel_size_m, valid_mask
+from monitor.readers import read_polygons
 
 SPLITS = ("train", "validation")
-KINDS = ("classifier", "segmenter")
+KINDS = (ModelKind.CLASSIFIER, ModelKind.SEGMENTER)  # the model kinds trained on tiles
 
 
 def _split(names: list[str], fraction: float, rng: np.random.Generator) -> set[str]:
@@ -55,6 +58,7 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
 
 
 def commit_out(tmp: Path, out: Path) -> None:
+    """Rename the finished temporary folder into place, replacing ``out``."""
     if out.exists():
         old = out.with_name(f".{out.name}.old-{secrets.token_hex(3)}")
         out.rename(old)
@@ -73,8 +77,6 @@ def build_tiles(scene: str | Path, labels: str | Path, out: str | Path, *, kind:
     summary); tiles without any data are skipped. The split is stratified by class (tiles with and
     without polygons) and fixed by ``seed``. Returns the summary.
     """
-    from monitor.registry.readers import read_polygons
-
     if kind not in KINDS:
         raise BadInput(f"kind must be one of {', '.join(KINDS)}", field="kind")
     if tile < 8:
@@ -121,7 +123,7 @@ def build_tiles(scene: str | Path, labels: str | Path, out: str | Path, *, kind:
                         for i, b in enumerate(names, 1):
                             dst.set_band_description(i, b)
                     dst.update_tags(cover=f"{cover:.6f}", scene=scene.name, row=r, col=c)
-                info = {"cover": cover, "positive": cover > min_cover}
+                info: dict[str, Any] = {"cover": cover, "positive": cover > min_cover}
                 if kind == "segmenter":
                     mask = rasterize(((p, 1) for p in pieces), out_shape=(tile, tile), transform=t, fill=0,
                                      dtype="uint8") if len(hits) else np.zeros((tile, tile), np.uint8)
@@ -172,6 +174,7 @@ def build_tiles(scene: str | Path, labels: str | Path, out: str | Path, *, kind:
 
 
 def read_summary(data_dir: str | Path) -> dict:
+    """The ``summary.json`` of a dataset folder."""
     f = Path(data_dir) / "summary.json"
     if not f.is_file():
         raise BadInput("is not a dataset folder (no summary.json; build one with `monitor dataset build` "

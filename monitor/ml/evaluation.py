@@ -7,9 +7,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from monitor.domain import ModelKind, values
 from monitor.errors import BadInput
 from monitor.ml import scores
+from monitor.ml.datasets import load_classifier_split, load_segmenter_split, read_summary
+from monitor.ml.inference import DEFAULT_WINDOW, predict_array
 from monitor.ml.modelstore import LoadedModel
+from monitor.ml.oscd import load_city
 
 
 def _result(model: LoadedModel, data_dir, cm: dict, **extra) -> dict:
@@ -25,18 +29,15 @@ def evaluate(model: LoadedModel, data_dir: str | Path, *, split: str = "validati
     of their confusion counts). Tile datasets: the tiles of ``split`` (pixels for a segmenter, tiles for a
     classifier). ``window`` and ``overlap`` are those of tiled inference over a change dataset's cities.
     """
-    from monitor.ml.datasets import load_classifier_split, load_segmenter_split, read_summary
-
     summary = read_summary(data_dir)
     kind = summary.get("kind")
-    expected = {"change": "change", "segmenter": "segmenter", "classifier": "classifier"}.get(kind)
-    if expected != model.kind:
+    if kind not in values(ModelKind) or kind != model.kind:
         raise BadInput(f"is a {kind} dataset but model {model.version} is a {model.kind}", file=data_dir)
-    if kind == "change":
+    if kind == ModelKind.CHANGE:
         return _evaluate_change(model, data_dir, summary, cities, batch, progress, window, overlap)
     if split not in ("train", "validation"):
         raise BadInput("split must be train or validation", field="split")
-    if kind == "classifier":
+    if kind == ModelKind.CLASSIFIER:
         x, y, _ = load_classifier_split(data_dir, split, model.bands)
         valid = None
     else:
@@ -51,9 +52,6 @@ def evaluate(model: LoadedModel, data_dir: str | Path, *, split: str = "validati
 
 def _evaluate_change(model: LoadedModel, data_dir, summary: dict, cities, batch: int, progress: bool,
                      window: int | None, overlap: float) -> dict:
-    from monitor.ml.inference import DEFAULT_WINDOW, predict_array
-    from monitor.ml.oscd import load_city
-
     labelled = [c for c, e in summary["cities"].items() if e.get("labelled")]
     cities = list(cities) if cities else labelled
     unknown = [c for c in cities if c not in labelled]

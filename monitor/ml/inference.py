@@ -21,6 +21,7 @@ from affine import Affine
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from monitor.domain import ModelKind
 from monitor.errors import BadInput, ModelError
 from monitor.ml.modelstore import LoadedModel, image_stats
 from monitor.ml.rasters import band_indexes, open_raster, pixel_size_m, same_grid, valid_mask
@@ -48,7 +49,7 @@ def window_plan(model: LoadedModel, height: int, width: int, window: int | None 
     that, the side is the smallest that covers the scene's longer side with as few windows as ``window``
     would need, so that no window hangs mostly over its neighbour. Rounded up to a multiple of 2**depth.
     """
-    if model.kind == "classifier":
+    if model.kind == ModelKind.CLASSIFIER:
         raise ModelError(f"{model.path}: a classifier gives one value per tile; use classify_tiles")
     if not 0 <= overlap < 1:
         raise BadInput(f"overlap must be in [0, 1), not {overlap}", field="overlap")
@@ -73,7 +74,7 @@ def _pad_to(a: np.ndarray, rows: int, cols: int, mode: str = "symmetric") -> np.
     if pr <= 0 and pc <= 0:
         return a
     widths = [(0, max(pr, 0)), (0, max(pc, 0))] + [(0, 0)] * (a.ndim - 2)
-    return np.pad(a, widths, mode=mode) if mode != "constant" else np.pad(a, widths)
+    return np.pad(a, widths, mode=mode) if mode != "constant" else np.pad(a, widths)  # type: ignore[call-overload]
 
 
 def run_tiled(model: LoadedModel, height: int, width: int, read: Reader, write: Writer, *, window: int | None = None,
@@ -195,9 +196,9 @@ def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | No
     by description (B02, ...), by position from files without band descriptions.
     """
     scene, out = Path(scene), Path(out)
-    if model.kind == "change" and before is None:
+    if model.kind == ModelKind.CHANGE and before is None:
         raise BadInput(f"model {model.version} is a change model: give the earlier scene with --before", field="before")
-    if model.kind != "change" and before is not None:
+    if model.kind != ModelKind.CHANGE and before is not None:
         raise BadInput(f"model {model.version} is a {model.kind}, it takes one scene, not --before", field="before")
     srcs = [open_raster(before)] if before is not None else []
     srcs.append(open_raster(scene))
@@ -252,7 +253,7 @@ def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid
     Cells run past the scene's right and bottom edges; a cell with less than ``min_valid`` of its
     pixels holding data is NaN.
     """
-    if model.kind != "classifier":
+    if model.kind != ModelKind.CLASSIFIER:
         raise ModelError(f"{model.path}: classify_tiles needs a classifier, not a {model.kind} model")
     tile = model.tile
     with open_raster(scene) as src:

@@ -3,7 +3,8 @@
 ``model.json`` holds ``kind`` (segmenter | classifier | change), ``version``, ``bands`` (per date for a
 change model, whose input is before and after stacked), ``normalization`` ({"mean", "std"} per input
 channel), ``tile``, ``resolution_m``, ``threshold``, ``inference`` ({"tta": true} when maps are averaged
-over the input's flips and rotations), ``training``, ``metrics`` and ``created_at``.
+over the input's flips and rotations), ``training``, ``metrics`` and ``created_at``; it is checked by
+``monitor.domain.ModelMeta``, the same check the model registry makes.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from monitor.domain import ModelMeta
+from monitor.domain import input_bands as domain_input_bands
 from monitor.errors import BadInput, ModelError
+from monitor.ml.runtime import inference_policy, keras, tf
 
-KINDS = ("segmenter", "classifier", "change")
-REQUIRED = ("kind", "version", "bands", "normalization", "tile", "threshold")
 CLIP = 10.0  # standardized values beyond this many deviations (saturated pixels) are clipped
 
 
@@ -32,32 +34,9 @@ def new_version(kind: str) -> str:
     return f"{kind}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
-def read_meta(model_dir: str | Path) -> dict:
-    """The checked ``model.json`` of a model directory (no TensorFlow involved)."""
-    model_dir = Path(model_dir)
-    meta_file = model_dir / "model.json"
-    if not (model_dir / "model.keras").is_file() or not meta_file.is_file():
-        raise BadInput("is not a model directory (needs model.keras and model.json)", file=model_dir)
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise BadInput(f"is not valid JSON: {e}", file=meta_file) from e
-    for key in REQUIRED:
-        if key not in meta:
-            raise BadInput("lacks a required field", file=meta_file, field=key)
-    if meta["kind"] not in KINDS:
-        raise BadInput(f"kind {meta['kind']!r} is not one of {', '.join(KINDS)}", file=meta_file, field="kind")
-    n = len(input_bands(meta))
-    norm = meta["normalization"]
-    if len(norm.get("mean", [])) != n or len(norm.get("std", [])) != n:
-        raise BadInput(f"normalization must have {n} means and stds", file=meta_file, field="normalization")
-    return meta
-
-
 def input_bands(meta: dict) -> list[str]:
     """Names of the model's input channels: the bands, twice (before, after) for a change model."""
-    bands = list(meta["bands"])
-    return [f"before:{b}" for b in bands] + [f"after:{b}" for b in bands] if meta["kind"] == "change" else bands
+    return domain_input_bands(meta["kind"], meta["bands"])
 
 
 def normalize(x: np.ndarray, mean, std) -> np.ndarray:
@@ -84,8 +63,6 @@ def save_model(keras_model, out_dir: str | Path, meta: dict) -> Path:
     The directory appears whole or not at all: it is written beside its final place and renamed.
     The optimizer state is not kept (a saved model is for inference and fine-tuning from its weights).
     """
-    from monitor.ml.runtime import keras
-
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "model.json").exists():
         raise BadInput("exists and is not a model directory; choose another --out", file=out_dir)
@@ -99,7 +76,7 @@ def save_model(keras_model, out_dir: str | Path, meta: dict) -> Path:
         clean.set_weights(keras_model.get_weights())
         clean.save(tmp / "model.keras")
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, default=_jsonable))
-        read_meta(tmp)
+        ModelMeta.read(tmp)
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{secrets.token_hex(3)}")
@@ -135,26 +112,32 @@ class LoadedModel:
 
     @property
     def kind(self) -> str:
+        """segmenter, classifier or change."""
         return self.meta["kind"]
 
     @property
     def version(self) -> str:
+        """The model's version (model.json)."""
         return self.meta["version"]
 
     @property
     def threshold(self) -> float:
+        """Probability above which a pixel (or tile) is positive."""
         return float(self.meta["threshold"])
 
     @property
     def bands(self) -> list[str]:
+        """Input bands in order (per date for a change model)."""
         return list(self.meta["bands"])
 
     @property
     def tile(self) -> int:
+        """Training tile (and smallest inference window), pixels."""
         return int(self.meta["tile"])
 
     @property
     def channels(self) -> int:
+        """Number of input channels."""
         return len(input_bands(self.meta))
 
     @property
@@ -203,8 +186,6 @@ class LoadedModel:
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._fn is None:
-            from monitor.ml.runtime import tf
-
             t = tf()
             net = self.net if self.net is not None else self.keras_model
             self._fn = t.function(lambda x: net(x, training=False),
@@ -213,7 +194,7 @@ class LoadedModel:
         return out[..., 0]
 
 
-_cache: dict[tuple[str, int], LoadedModel] = {}
+_cache: dict[tuple[str, int, str], LoadedModel] = {}
 _lock = threading.Lock()
 
 
@@ -224,10 +205,8 @@ def load_model(model_dir: str | Path, precision: str = "auto") -> LoadedModel:
     units, float32 otherwise), float32, mixed (float16) or bfloat16. Inference runs a copy of the
     network with batch normalization folded into the convolutions before it.
     """
-    from monitor.ml.runtime import inference_policy, keras
-
     model_dir = Path(model_dir).resolve()
-    meta = read_meta(model_dir)
+    meta = ModelMeta.read(model_dir).to_dict()
     policy = inference_policy(precision)
     key = (str(model_dir), (model_dir / "model.keras").stat().st_mtime_ns, policy)
     with _lock:
@@ -248,6 +227,12 @@ def load_model(model_dir: str | Path, precision: str = "auto") -> LoadedModel:
         return loaded
 
 
+def open_model(ref: str | Path, precision: str = "auto") -> LoadedModel:
+    """The loaded model a reference names: the one place where a model directory given on the command
+    line, in the settings or by an area becomes a model (see ``load_model``)."""
+    return load_model(Path(ref), precision=precision)
+
+
 def fold_batchnorm(keras_model, atol: float = 1e-3):
     """The same function for inference with each Conv2D -> BatchNormalization pair merged into one convolution.
 
@@ -256,8 +241,6 @@ def fold_batchnorm(keras_model, atol: float = 1e-3):
     and ReLU replace four passes over the activations. A model without such pairs, or whose folded copy
     does not reproduce it on a random input, is returned as it is.
     """
-    from monitor.ml.runtime import keras
-
     k = keras()
     cfg = keras_model.get_config()
     if not isinstance(cfg, dict) or "layers" not in cfg:
@@ -329,8 +312,6 @@ def _policy_of(keras_model) -> str:
 
 def with_policy(keras_model, policy: str):
     """The same network and weights under another dtype policy (float32 <-> mixed_float16)."""
-    from monitor.ml.runtime import keras
-
     def clone(layer):
         cfg = layer.get_config()
         if layer.name != "probability":

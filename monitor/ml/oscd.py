@@ -66,6 +66,7 @@ def write_city(out_dir: str | Path, name: str, before: np.ndarray, after: np.nda
 
 
 def write_summary(out_dir: str | Path, bands: list[str], cities: dict[str, dict], **extra) -> dict:
+    """Write ``summary.json`` of a change dataset; returns it."""
     summary = {"kind": "change", "bands": bands, "cities": cities, **extra,
                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -104,7 +105,8 @@ def _dates(city_dir: Path) -> tuple[str, str] | None:
     found = dict(re.findall(r"(date_[12])\s*:\s*(\d{8})", f.read_text()))
     if set(found) != {"date_1", "date_2"}:
         raise BadInput("does not give date_1 and date_2 as YYYYMMDD", file=f)
-    return tuple(dt.datetime.strptime(found[k], "%Y%m%d").date().isoformat() for k in ("date_1", "date_2"))
+    first, second = (dt.datetime.strptime(found[k], "%Y%m%d").date().isoformat() for k in ("date_1", "date_2"))
+    return first, second
 
 
 def read_oscd_label(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -125,6 +127,7 @@ def read_oscd_label(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def find_cities(src: Path) -> list[str]:
+    """The cities of an OSCD folder."""
     return sorted(p.name for p in (src / "images").iterdir() if (p / "imgs_1").is_dir() and (p / "imgs_2").is_dir()) \
         if (src / "images").is_dir() else []
 
@@ -160,7 +163,7 @@ def convert_oscd(src: str | Path, out: str | Path, *, cities: list[str] | None =
             entries[city] = write_city(tmp, city, before, after, change, crs=grid["crs"], transform=grid["transform"],
                                        bands=OSCD_BANDS, dates=_dates(city_dir))
             with rasterio.open(tmp / city / "before.tif") as r:
-                entries[city]["resolution_m"] = round(pixel_size_m(r), 2)
+                entries[city]["resolution_m"] = round(pixel_size_m(r) or 0.0, 2)
         summary = write_summary(tmp, OSCD_BANDS, entries, source=str(src.resolve()), resolution_m=10.0)
         commit_out(tmp, out)
     except BaseException:
@@ -170,6 +173,7 @@ def convert_oscd(src: str | Path, out: str | Path, *, cities: list[str] | None =
 
 
 def read_change_summary(data_dir: str | Path) -> dict:
+    """The ``summary.json`` of a change dataset, checked to be one."""
     summary = read_summary(data_dir)
     if summary.get("kind") != "change":
         raise BadInput(f"is a {summary.get('kind')} dataset, not a change dataset", file=data_dir)

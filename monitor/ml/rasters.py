@@ -12,6 +12,7 @@ from monitor.errors import BadInput
 
 
 def open_raster(path: str | Path):
+    """Open a raster for reading; BadInput naming the file when it cannot be."""
     path = Path(path)
     if not path.is_file():
         raise BadInput("raster does not exist", file=path)
@@ -55,6 +56,7 @@ def pixel_size_m(src) -> float | None:
 
 
 def same_grid(a, b) -> bool:
+    """Whether two rasters share CRS, size and transform."""
     return (a.crs == b.crs and a.width == b.width and a.height == b.height
             and a.transform.almost_equals(b.transform, precision=1e-9))
 

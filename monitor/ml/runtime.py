@@ -19,6 +19,7 @@ def keras():
 
 @lru_cache(maxsize=1)
 def tf():
+    """The TensorFlow module (imported on first use)."""
     keras()
     import tensorflow as _tf
 

@@ -21,6 +21,7 @@ def confusion(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = No
 
 
 def add(*cms: dict[str, int]) -> dict[str, int]:
+    """The sum of confusion counts."""
     return {k: sum(cm[k] for cm in cms) for k in ("tp", "fp", "fn", "tn")}
 
 
@@ -47,7 +48,7 @@ def best_threshold(prob: np.ndarray, truth: np.ndarray, valid: np.ndarray | None
     pos_above = np.concatenate([np.cumsum(t_sorted[::-1])[::-1], [0]])
     neg_above = np.concatenate([np.cumsum(~t_sorted[::-1])[::-1], [0]])
     n_pos = int(truth.sum())
-    best = (-1.0, 0.5, None)
+    best: tuple[float, float, dict[str, float]] = (-1.0, 0.5, {})
     for t in candidates:
         i = int(np.searchsorted(p_sorted, t, side="right"))  # predicted positive: prob > t
         tp, fp = int(pos_above[i]), int(neg_above[i])

@@ -16,13 +16,6 @@ def starts(length: int, tile: int, stride: int) -> list[int]:
     return out
 
 
-def stride_for(tile: int, overlap: float) -> int:
-    """Step between windows of ``tile`` overlapping by the fraction ``overlap`` (0 <= overlap < 1)."""
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), not {overlap}")
-    return max(1, int(round(tile * (1 - overlap))))
-
-
 def blend_weights(tile: int, margin: int) -> np.ndarray:
     """(tile, tile) weights: 1 inside, falling linearly towards the window's sides over ``margin`` pixels.
 
@@ -35,7 +28,3 @@ def blend_weights(tile: int, margin: int) -> np.ndarray:
     ramp = np.clip(edge / (margin + 1), 1e-3, 1.0) if margin > 0 else np.ones(tile, np.float32)
     return np.outer(ramp, ramp).astype(np.float32)
 
-
-def grid(height: int, width: int, tile: int, stride: int) -> list[tuple[int, int]]:
-    """(row, col) offsets of every window, row by row."""
-    return [(r, c) for r in starts(height, tile, stride) for c in starts(width, tile, stride)]

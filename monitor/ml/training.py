@@ -7,16 +7,25 @@ validation data; ``model.json`` records bands, normalization, tile, threshold, d
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from monitor.errors import BadInput
 from monitor.ml import scores
-from monitor.ml.modelstore import LoadedModel, image_stats, save_model
-from monitor.ml.runtime import keras, precision_policy, seed_everything
+from monitor.ml.classifier import IMAGENET_BGR_MEAN, build_classifier
+from monitor.ml.datasets import load_classifier_split, load_segmenter_split, read_summary
+from monitor.ml.inference import predict_array
+from monitor.ml.modelstore import LoadedModel, image_stats, normalize, save_model
+from monitor.ml.oscd import load_city, read_change_summary
+from monitor.ml.runtime import keras, precision_policy, seed_everything, tf
+from monitor.ml.unet import build_unet
+
+log = logging.getLogger(__name__)
 
 # The 10 m and 20 m bands: what Sentinel-2 L1C and L2A products share at a useful resolution
 # (B01, B09 and B10 are 60 m atmospheric bands, and B10 is absent from L2A).
@@ -44,7 +53,7 @@ def _f1_metric(threshold: float = 0.5):
     k = keras()
     ops = k.ops
 
-    class F1(k.metrics.Metric):
+    class F1(k.metrics.Metric):  # type: ignore[name-defined]
         def __init__(self, name="f1", **kw):
             super().__init__(name=name, **kw)
             self.counts = self.add_variable(shape=(3,), initializer="zeros", name="counts")
@@ -67,9 +76,8 @@ def _f1_metric(threshold: float = 0.5):
 def _callbacks(*, monitor: str, patience: int, epochs: int, progress: bool, time_limit_s: float | None,
                first: list | None = None) -> list:
     k = keras()
-    from tqdm import tqdm
 
-    class Progress(k.callbacks.Callback):
+    class Progress(k.callbacks.Callback):  # type: ignore[name-defined]
         def on_train_begin(self, logs=None):
             self.bar = tqdm(total=epochs, unit="epoch", desc="train", disable=not progress)
 
@@ -81,7 +89,7 @@ def _callbacks(*, monitor: str, patience: int, epochs: int, progress: bool, time
         def on_train_end(self, logs=None):
             self.bar.close()
 
-    class TimeLimit(k.callbacks.Callback):
+    class TimeLimit(k.callbacks.Callback):  # type: ignore[name-defined]
         def on_train_begin(self, logs=None):
             self.t0 = time.monotonic()
             self.hit = False
@@ -99,7 +107,7 @@ def _val_f1_callback(predict, truth: np.ndarray, valid: np.ndarray):
     """Adds ``val_f1`` (the best F1 over thresholds on validation data) to each epoch's logs."""
     k = keras()
 
-    class ValF1(k.callbacks.Callback):
+    class ValF1(k.callbacks.Callback):  # type: ignore[name-defined]
         def on_epoch_end(self, epoch, logs=None):
             _, s = scores.best_threshold(predict(), truth, valid)
             if logs is not None:
@@ -166,9 +174,6 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
                     progress: bool = False, precision: str = "auto", time_limit_s: float | None = None,
                     version: str | None = None) -> Path:
     """U-Net on ``dataset build --kind segmenter`` tiles; loss BCE + Dice; returns the model directory."""
-    from monitor.ml.datasets import load_segmenter_split, read_summary
-    from monitor.ml.unet import build_unet
-
     t0 = time.perf_counter()
     summary = read_summary(data_dir)
     if summary.get("kind") != "segmenter":
@@ -180,8 +185,6 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
     x_tr, y_tr = load_segmenter_split(data_dir, "train", bands)
     x_va, y_va = load_segmenter_split(data_dir, "validation", bands)
     mean, std = _stats(x_tr, len(bands), seed=seed)
-    from monitor.ml.modelstore import normalize
-
     x_tr, x_va = normalize(x_tr, mean, std), normalize(x_va, mean, std)
     seed_everything(seed)
     k = keras()
@@ -231,13 +234,6 @@ def train_classifier(data_dir: str | Path, out_dir: str | Path, *, epochs: int =
     SGD (momentum 0.9), binary cross-entropy, augmentation (horizontal flip, zoom 0.3, shifts 0.3,
     rotation 30 degrees, nearest fill), best validation accuracy kept, early stopping.
     """
-    import logging
-
-    from monitor.ml.classifier import IMAGENET_BGR_MEAN, build_classifier
-    from monitor.ml.datasets import load_classifier_split, read_summary
-    from monitor.ml.modelstore import normalize
-    from monitor.ml.runtime import tf
-
     t0 = time.perf_counter()
     summary = read_summary(data_dir)
     if summary.get("kind") != "classifier":
@@ -249,8 +245,7 @@ def train_classifier(data_dir: str | Path, out_dir: str | Path, *, epochs: int =
     if weights:
         mean, std = IMAGENET_BGR_MEAN, [1.0, 1.0, 1.0]
     else:
-        logging.getLogger(__name__).warning("no --weights file given: the %s backbone starts from random weights",
-                                            backbone)
+        log.warning("no --weights file given: the %s backbone starts from random weights", backbone)
         mean, std = _stats(x_tr, len(bands), seed=seed)
     x_tr, x_va = normalize(x_tr, mean, std), normalize(x_va, mean, std)
     seed_everything(seed)
@@ -371,11 +366,6 @@ def train_change(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 60,
     ``tta`` the model's maps are the mean over the 8 flips and rotations of its input (8 times the
     inference work); epochs are compared without it, the threshold is chosen with it.
     """
-    from monitor.ml.inference import predict_array
-    from monitor.ml.modelstore import normalize
-    from monitor.ml.oscd import load_city, read_change_summary
-    from monitor.ml.unet import build_unet
-
     t0 = time.perf_counter()
     summary = read_change_summary(data_dir)
     labelled = [c for c, e in summary["cities"].items() if e.get("labelled")]

@@ -9,10 +9,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from psycopg2.extras import execute_values
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from monitor.db.queries import bulk_insert
 from monitor.db.tables import Area, Parcel
 from monitor.errors import BadInput
 
@@ -28,6 +28,8 @@ REQUIRED = ("parcel_id", "permit_id", "valid_from")
 
 @dataclass
 class PermitRow:
+    """One permit of a permits file, checked; ``number`` is its row."""
+
     number: int
     parcel_id: str
     permit_id: str
@@ -70,6 +72,7 @@ def _records(path: Path) -> list[tuple[int, dict]]:
 
 
 def read_permits(path: str | Path) -> list[PermitRow]:
+    """The permits of a CSV or GeoJSON file, checked row by row (nothing is written)."""
     path = Path(path)
     if not path.exists():
         raise BadInput("file does not exist", file=path)
@@ -129,11 +132,9 @@ def import_permits(session: Session, path: str | Path, area: Area | None = None)
             raise BadInput(f"parcel id {r.parcel_id!r} exists in several areas: pass --area", file=path,
                            row=r.number, field="parcel_id")
         values.append((found[0], r.permit_id, r.kind, r.valid_from, r.valid_to))
-    conn = session.connection().connection.dbapi_connection
-    with conn.cursor() as cur:
-        execute_values(cur, """
+    bulk_insert(session, """
             INSERT INTO permits (parcel_id, permit_number, kind, valid_from, valid_to) VALUES %s
             ON CONFLICT (parcel_id, permit_number) DO UPDATE
                SET kind = EXCLUDED.kind, valid_from = EXCLUDED.valid_from, valid_to = EXCLUDED.valid_to
-        """, values, page_size=5000)
+        """, values)
     return len(values)

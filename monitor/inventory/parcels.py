@@ -8,25 +8,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import shapely
-from psycopg2.extras import execute_values
 from sqlalchemy.orm import Session
 
+from monitor.db.queries import bulk_insert
 from monitor.db.tables import Area
 from monitor.errors import BadInput
 from monitor.geo import area_m2
-from monitor.registry.readers import read_polygons
+from monitor.readers import read_polygons
 
 ID_FIELD_GUESSES = ("parcel_id", "id", "external_id", "lot_id", "fid")
 
 
 @dataclass
 class ImportResult:
+    """What a parcel import did."""
+
     inserted: int
     updated: int
     warnings: list[str]
 
     @property
     def total(self) -> int:
+        """Parcels inserted or updated."""
         return self.inserted + self.updated
 
 
@@ -66,9 +69,7 @@ def import_parcels(session: Session, area: Area, path: str | Path, id_field: str
     areas = area_m2(feats.geoms, area.utm_epsg)
     wkb = shapely.to_wkb(feats.geoms, hex=True, include_srid=False)
     records = [(i, w, float(a), json.dumps(r)) for i, w, a, r in zip(ids, wkb, areas, feats.rows)]
-    conn = session.connection().connection.dbapi_connection
-    with conn.cursor() as cur:
-        rows = execute_values(cur, f"""
+    rows = bulk_insert(session, f"""
             INSERT INTO parcels (area_id, external_id, geom, area_m2, attributes)
             SELECT {int(area.id)}, v.external_id, ST_SetSRID(ST_GeomFromWKB(decode(v.wkb, 'hex')), 4326), v.area_m2,
                    v.attributes::jsonb
@@ -77,6 +78,6 @@ def import_parcels(session: Session, area: Area, path: str | Path, id_field: str
                SET geom = EXCLUDED.geom, area_m2 = EXCLUDED.area_m2, attributes = EXCLUDED.attributes,
                    updated_at = now()
             RETURNING (xmax = 0)
-        """, records, page_size=5000, fetch=True)
+        """, records, fetch=True)
     inserted = sum(1 for (new,) in rows if new)
     return ImportResult(inserted=inserted, updated=len(rows) - inserted, warnings=feats.warnings)

@@ -248,7 +248,10 @@ def test_permit_file_problems(cli, area, tmp_path):
 def test_area_configure_and_models(cli, engine, area, tmp_path):
     model_dir = tmp_path / "change-model"
     model_dir.mkdir()
-    (model_dir / "model.json").write_text(json.dumps({"kind": "change", "version": "change-test-1"}))
+    (model_dir / "model.keras").write_bytes(b"")  # registration reads model.json only
+    (model_dir / "model.json").write_text(json.dumps({
+        "kind": "change", "version": "change-test-1", "bands": ["B04"], "tile": 64, "threshold": 0.5,
+        "normalization": {"mean": [0.0, 0.0], "std": [1.0, 1.0]}}))
     info = json.loads(cli("areas", "configure", area, "--cadence", "1w", "--max-cloud", "10", "--inactive",
                           "--source", "stac=http://127.0.0.1:9/v1", "--change-model", model_dir).stdout)
     assert info["cadence"] == "1w" and info["max_cloud"] == 10 and info["active"] is False
@@ -258,6 +261,9 @@ def test_area_configure_and_models(cli, engine, area, tmp_path):
         assert conn.execute(sa.text("SELECT kind, version FROM models")).one() == ("change", "change-test-1")
     result = cli("areas", "configure", area, "--segmenter-model", model_dir, expect=2)
     assert "is a change model, not a segmenter model" in result.stderr
-    assert "no model.json" in cli("areas", "configure", area, "--segmenter-model", tmp_path, expect=2).stderr
+    assert "not a model directory" in cli("areas", "configure", area, "--segmenter-model", tmp_path, expect=2).stderr
+    (model_dir / "model.json").write_text(json.dumps({"kind": "change", "version": "change-test-2"}))
+    # what load_model refuses, the registry refuses too
+    assert "field 'bands'" in cli("models", "register", model_dir, expect=2).stderr
     info = json.loads(cli("areas", "configure", area, "--change-model", "").stdout)
     assert info["models"]["change"] is None

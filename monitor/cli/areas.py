@@ -7,6 +7,18 @@ from pathlib import Path
 import typer
 
 from monitor.cli.common import echo_json, new_app, state, table, warn
+from monitor.domain import ModelKind, parse_sources
+from monitor.inventory.areas import (
+    add_area,
+    area_spec,
+    configure_area,
+    describe,
+    get_area,
+    list_areas,
+    remove_area,
+)
+from monitor.inventory.parcels import import_parcels
+from monitor.inventory.permits import import_permits
 
 areas = new_app("Register and inspect watched areas.")
 parcels = new_app("Import cadastral parcels.")
@@ -31,16 +43,11 @@ def areas_add(
                                      "Default: MONITOR_RESOLUTION_M."),
 ) -> None:
     """Register a watched area."""
-    from monitor.registry.areas import AreaSpec, add_area, describe, parse_providers, parse_sources
-
     st = state(ctx)
-    s = st.settings
-    spec = AreaSpec(name=name, geometry_file=str(geometry), cadence=cadence or s.default_cadence,
-                    providers=parse_providers(provider or s.default_providers),
-                    max_cloud=s.default_max_cloud if max_cloud is None else max_cloud,
-                    sources=parse_sources(source), resolution_m=resolution)
+    spec = area_spec(st.settings, name, cadence=cadence, providers=provider, max_cloud=max_cloud, sources=source,
+                     resolution_m=resolution)
     with st.transaction() as session:
-        area = add_area(session, spec)
+        area = add_area(session, spec, geometry)
         info = describe(session, area)
     typer.echo(f"area {info['name']!r} added: {info['area_km2']} km2, UTM EPSG:{info['utm_epsg']}, "
                f"every {info['cadence']}, providers {','.join(info['providers'])}, max cloud {info['max_cloud']}%")
@@ -61,10 +68,8 @@ def areas_configure(
     change_model: str = typer.Option(None, "--change-model", help="Model directory ('' to unset)."),
 ) -> None:
     """Change an area's cadence, providers, sources, resolution, models or activity."""
-    from monitor.registry.areas import configure_area, describe, parse_sources
-
-    models = {k: v for k, v in (("segmenter", segmenter_model), ("classifier", classifier_model),
-                                ("change", change_model)) if v is not None}
+    models = {str(k): v for k, v in ((ModelKind.SEGMENTER, segmenter_model), (ModelKind.CLASSIFIER, classifier_model),
+                                     (ModelKind.CHANGE, change_model)) if v is not None}
     with state(ctx).transaction() as session:
         area = configure_area(session, name, cadence=cadence, providers=provider, max_cloud=max_cloud,
                               sources=parse_sources(source), resolution_m=resolution, active=active, models=models)
@@ -74,8 +79,6 @@ def areas_configure(
 @areas.command("list")
 def areas_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List watched areas."""
-    from monitor.registry.areas import describe, list_areas
-
     with state(ctx).transaction() as session:
         infos = [describe(session, a) for a in list_areas(session)]
     if as_json:
@@ -94,8 +97,6 @@ def areas_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json",
 @areas.command("show")
 def areas_show(ctx: typer.Context, name: str) -> None:
     """Show one area as JSON."""
-    from monitor.registry.areas import describe, get_area
-
     with state(ctx).transaction() as session:
         echo_json(describe(session, get_area(session, name)))
 
@@ -103,8 +104,6 @@ def areas_show(ctx: typer.Context, name: str) -> None:
 @areas.command("remove")
 def areas_remove(ctx: typer.Context, name: str) -> None:
     """Remove an area with its parcels, permits, scenes, detections and alerts."""
-    from monitor.registry.areas import remove_area
-
     with state(ctx).transaction() as session:
         remove_area(session, name)
     typer.echo(f"area {name!r} removed")
@@ -119,9 +118,6 @@ def parcels_import(
                                  "(default: the first of parcel_id, id, external_id, lot_id, fid)."),
 ) -> None:
     """Import parcels, inserting new ones and updating known ones by their cadastral id."""
-    from monitor.registry.areas import get_area
-    from monitor.registry.parcels import import_parcels
-
     with state(ctx).transaction() as session:
         result = import_parcels(session, get_area(session, area), file, id_field)
     for w in result.warnings:
@@ -137,9 +133,6 @@ def permits_import(
     area: str = typer.Option(None, "--area", help="Match parcel ids in this area only."),
 ) -> None:
     """Import building permits (upserted by parcel and permit id)."""
-    from monitor.registry.areas import get_area
-    from monitor.registry.permits import import_permits
-
     with state(ctx).transaction() as session:
         count = import_permits(session, file, get_area(session, area) if area else None)
     typer.echo(f"{count} permits imported")

@@ -1,9 +1,11 @@
-"""Reading vector files (GeoJSON, GeoPackage, Shapefile) with pyogrio, into 4326 shapes."""
+"""Vector files (GeoJSON, GeoPackage, Shapefile) through pyogrio: read into checked EPSG:4326 shapes, and
+written."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import numpy as np
 import pyogrio
 import shapely
 from pyproj import CRS
+from shapely.geometry.base import BaseGeometry
 
 from monitor.errors import BadInput
 from monitor.geo import polygonal, reproject
@@ -78,3 +81,15 @@ def read_polygons(path: str | Path, *, what: str = "features") -> Features:
         log.warning(n)
     out = reproject(np.array(good, dtype=object), crs, 4326)
     return Features(path=path, crs=crs, geoms=out, rows=rows, numbers=numbers, warnings=notes)
+
+
+def write_polygons(path: str | Path, geoms: Sequence[BaseGeometry], rows: Sequence[dict], crs: str,
+                   driver: str | None = None) -> Path:
+    """Write polygons with their attribute rows (every row with the same keys) to a vector file."""
+    path = Path(path)
+    fields = list(rows[0]) if rows else []
+    kinds = {g.geom_type for g in geoms}
+    pyogrio.raw.write(path, geometry=shapely.to_wkb(np.array(list(geoms), dtype=object)),
+                      field_data=[np.array([r[f] for r in rows]) for f in fields], fields=fields, crs=crs,
+                      geometry_type="MultiPolygon" if "MultiPolygon" in kinds else "Polygon", driver=driver)
+    return path

@@ -5,40 +5,40 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import tempfile
-from pathlib import Path as FsPath
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from geoalchemy2.shape import from_shape
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from shapely.geometry import mapping, shape
+from shapely.geometry import shape
 from sqlalchemy import func, select
 
-from monitor.api.deps import (
-    NO_NUL, BboxQuery, BigId, ExternalId, Limit, Name, Offset, Reader, Writer, parse_bbox, tx, upload_path,
-)
+from monitor.api.deps import NO_NUL, BboxQuery, BigId, ExternalId, Limit, Name, Offset, Reader, Writer, tx, upload_path
 from monitor.db.tables import Parcel, Permit
+from monitor.domain import AREA_PROVIDERS, AreaSpec, parse_bbox, parse_cadence, values
 from monitor.errors import BadInput, Conflict, NotFound
-from monitor.geo import area_m2, format_duration, parse_duration, polygonal
+from monitor.geo import area_m2, polygonal
+from monitor.inventory import areas as inventory
+from monitor.inventory.parcels import import_parcels
+from monitor.inventory.permits import import_permits
 
 router = APIRouter()
 
-Provider = Literal["stac", "sentinelsat", "local"]
+if TYPE_CHECKING:
+    Provider = str
+else:
+    Provider = Literal[tuple(values(AREA_PROVIDERS))]
 Text = Annotated[str, Field(min_length=1, max_length=500, pattern=NO_NUL)]
-MIN_CADENCE = dt.timedelta(minutes=1)
-MAX_CADENCE = dt.timedelta(days=366)
 
 
 def check_cadence(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        delta = parse_duration(value)
-    except (ValueError, OverflowError):
-        raise ValueError(f"{value!r} is not a duration like 30m, 12h, 5d or 2w") from None
-    if not MIN_CADENCE <= delta <= MAX_CADENCE:
-        raise ValueError(f"{value!r} is not between {format_duration(MIN_CADENCE)} and 366 days")
+    """A cadence field: the domain's rule, as a pydantic validation error."""
+    if value is not None:
+        try:
+            parse_cadence(value)
+        except BadInput as e:
+            raise ValueError(e.detail) from None
     return value
 
 
@@ -97,37 +97,25 @@ class AreaPatch(BaseModel):
     _cadence = field_validator("cadence")(check_cadence)
 
 
-def _spec(request: Request, name: str, geometry_file: str, cadence, providers, max_cloud, sources, resolution_m):
-    from monitor.registry.areas import AreaSpec
-
-    s = request.app.state.settings
-    return AreaSpec(name=name, geometry_file=geometry_file, cadence=cadence or s.default_cadence,
-                    providers=list(providers or s.provider_list()),
-                    max_cloud=s.default_max_cloud if max_cloud is None else max_cloud,
-                    sources=dict(sources or {}), resolution_m=resolution_m)
+def _spec(request: Request, name: str, cadence: str | None, providers: str | Sequence[str] | None,
+          max_cloud: float | None, sources: dict | None, resolution_m: float | None) -> AreaSpec:
+    return inventory.area_spec(request.app.state.settings, name, cadence=cadence, providers=providers, max_cloud=max_cloud,
+                     sources=dict(sources or {}), resolution_m=resolution_m)
 
 
 @router.get("/areas", tags=["areas"], summary="List areas")
 def list_areas(request: Request, _: Reader) -> list[dict]:
-    from monitor.registry.areas import describe, list_areas
-
     with tx(request) as s:
-        return [describe(s, a) for a in list_areas(s)]
+        return [inventory.describe(s, a) for a in inventory.list_areas(s)]
 
 
 @router.post("/areas", tags=["areas"], status_code=201, summary="Create an area from a GeoJSON geometry")
 def create_area(request: Request, body: AreaIn, _: Writer) -> dict:
-    from monitor.registry.areas import add_area, describe
 
     geom = lonlat_geometry(body.geometry)
-    with tempfile.TemporaryDirectory(prefix="monitor-area-") as tmp:
-        path = FsPath(tmp) / "geometry.geojson"
-        path.write_text(json.dumps({"type": "FeatureCollection", "features": [
-            {"type": "Feature", "properties": {}, "geometry": mapping(geom)}]}))
-        spec = _spec(request, body.name, str(path), body.cadence, body.providers, body.max_cloud, body.sources,
-                     body.resolution_m)
-        with tx(request) as s:
-            return describe(s, add_area(s, spec))
+    spec = _spec(request, body.name, body.cadence, body.providers, body.max_cloud, body.sources, body.resolution_m)
+    with tx(request) as s:
+        return inventory.describe(s, inventory.add_area(s, spec, geom))
 
 
 @router.post("/areas/upload", tags=["areas"], status_code=201,
@@ -140,61 +128,49 @@ def upload_area(request: Request, _: Writer,
                                                       description="Comma-separated, e.g. local,stac")] = None,
                 max_cloud: Annotated[float | None, Form(ge=0, le=100, allow_inf_nan=False)] = None,
                 resolution_m: Annotated[float | None, Form(gt=0, le=10000, allow_inf_nan=False)] = None) -> dict:
-    from monitor.registry.areas import add_area, describe, parse_providers
 
-    try:
-        check_cadence(cadence)
-    except ValueError as e:
-        raise BadInput(str(e), field="cadence") from None
-    chosen = parse_providers(providers) if providers else None
+    spec = _spec(request, name, cadence, providers, max_cloud, None, resolution_m)
     with upload_path(file) as path, tx(request) as s:
-        spec = _spec(request, name, str(path), cadence, chosen, max_cloud, None, resolution_m)
-        return describe(s, add_area(s, spec))
+        return inventory.describe(s, inventory.add_area(s, spec, path))
 
 
 @router.get("/areas/{area}", tags=["areas"], summary="Get an area")
 def get_area(request: Request, area: Name, _: Reader) -> dict:
-    from monitor.registry.areas import describe, get_area
-
     with tx(request) as s:
-        return describe(s, get_area(s, area))
+        return inventory.describe(s, inventory.get_area(s, area))
 
 
 @router.get("/areas/{area}/geometry", tags=["areas"], summary="An area's footprint as a GeoJSON Feature")
 def get_area_geometry(request: Request, area: Name, _: Reader) -> dict:
-    from monitor.registry.areas import get_area
-
     with tx(request) as s:
-        a = get_area(s, area)
-        geom = json.loads(s.scalar(select(func.ST_AsGeoJSON(a.footprint, 7))))
+        a = inventory.get_area(s, area)
+        geom = json.loads(s.scalar(select(func.ST_AsGeoJSON(a.footprint, 7))) or "null")
         return {"type": "Feature", "id": a.name, "properties": {"name": a.name}, "geometry": geom}
 
 
 @router.patch("/areas/{area}", tags=["areas"], summary="Change an area's cadence, providers, sources or activity")
 def patch_area(request: Request, area: Name, body: AreaPatch, _: Writer) -> dict:
-    from monitor.registry.areas import configure_area, describe
-
     with tx(request) as s:
-        a = configure_area(s, area, cadence=body.cadence,
+        a = inventory.configure_area(s, area, cadence=body.cadence,
                            providers=",".join(body.providers) if body.providers else None,
                            max_cloud=body.max_cloud, sources=dict(body.sources or {}),
                            resolution_m=body.resolution_m, active=body.active)
-        return describe(s, a)
+        return inventory.describe(s, a)
 
 
 @router.delete("/areas/{area}", tags=["areas"], status_code=204,
                summary="Delete an area with its parcels, permits, scenes, detections and alerts")
 def delete_area(request: Request, area: Name, _: Writer) -> Response:
-    from monitor.registry.areas import remove_area
-
     with tx(request) as s:
-        remove_area(s, area)
+        inventory.remove_area(s, area)
     return Response(status_code=204)
 
 
 # --- parcels
 
 class ParcelIn(BaseModel):
+    """A new parcel of an area."""
+
     model_config = ConfigDict(extra="forbid")
 
     external_id: Text = Field(description="The cadastre's id, unique within the area.")
@@ -224,11 +200,10 @@ def _get_parcel(s, area_id: int, external_id: str) -> Parcel:
 @router.get("/areas/{area}/parcels", tags=["parcels"], summary="List an area's parcels (GeoJSON)")
 def list_parcels(request: Request, area: Name, _: Reader, bbox: BboxQuery = None, limit: Limit = 1000,
                  offset: Offset = 0) -> dict:
-    from monitor.registry.areas import get_area
 
     box = parse_bbox(bbox)
     with tx(request) as s:
-        a = get_area(s, area)
+        a = inventory.get_area(s, area)
         q = _parcel_query().where(Parcel.area_id == a.id)
         if box:
             q = q.where(func.ST_Intersects(Parcel.geom, func.ST_MakeEnvelope(*box, 4326)))
@@ -238,11 +213,10 @@ def list_parcels(request: Request, area: Name, _: Reader, bbox: BboxQuery = None
 
 @router.post("/areas/{area}/parcels", tags=["parcels"], status_code=201, summary="Create one parcel")
 def create_parcel(request: Request, area: Name, body: ParcelIn, _: Writer) -> dict:
-    from monitor.registry.areas import get_area
 
     geom = lonlat_geometry(body.geometry)
     with tx(request) as s:
-        a = get_area(s, area)
+        a = inventory.get_area(s, area)
         if s.scalar(select(Parcel.id).where(Parcel.area_id == a.id, Parcel.external_id == body.external_id)):
             raise Conflict(f"parcel {body.external_id!r} exists already in area {area!r}", field="external_id")
         p = Parcel(area_id=a.id, external_id=body.external_id, geom=from_shape(geom, srid=4326),
@@ -258,21 +232,17 @@ def upload_parcels(request: Request, area: Name, _: Writer,
                    file: Annotated[UploadFile, File(description="GeoJSON, GeoPackage or zipped Shapefile, any CRS.")],
                    id_field: Annotated[str | None, Form(max_length=200, pattern=NO_NUL,
                                                         description="Attribute with the cadastral id.")] = None) -> dict:
-    from monitor.registry.areas import get_area
-    from monitor.registry.parcels import import_parcels
 
     with upload_path(file) as path, tx(request) as s:
-        result = import_parcels(s, get_area(s, area), path, id_field or None)
+        result = import_parcels(s, inventory.get_area(s, area), path, id_field or None)
     return {"inserted": result.inserted, "updated": result.updated,
             "warnings": [w.replace(str(path), file.filename or "upload") for w in result.warnings]}
 
 
 @router.get("/areas/{area}/parcels/{external_id}", tags=["parcels"], summary="Get a parcel with its permits")
 def get_parcel(request: Request, area: Name, external_id: ExternalId, _: Reader) -> dict:
-    from monitor.registry.areas import get_area
-
     with tx(request) as s:
-        a = get_area(s, area)
+        a = inventory.get_area(s, area)
         p = _get_parcel(s, a.id, external_id)
         feature = _parcel_feature(s.execute(_parcel_query().where(Parcel.id == p.id)).one())
         permits = s.scalars(select(Permit).where(Permit.parcel_id == p.id).order_by(Permit.valid_from))
@@ -283,16 +253,16 @@ def get_parcel(request: Request, area: Name, external_id: ExternalId, _: Reader)
 @router.delete("/areas/{area}/parcels/{external_id}", tags=["parcels"], status_code=204,
                summary="Delete a parcel with its permits and alerts")
 def delete_parcel(request: Request, area: Name, external_id: ExternalId, _: Writer) -> Response:
-    from monitor.registry.areas import get_area
-
     with tx(request) as s:
-        s.delete(_get_parcel(s, get_area(s, area).id, external_id))
+        s.delete(_get_parcel(s, inventory.get_area(s, area).id, external_id))
     return Response(status_code=204)
 
 
 # --- permits
 
 class PermitIn(BaseModel):
+    """A new building permit of a parcel."""
+
     model_config = ConfigDict(extra="forbid")
 
     parcel_id: Text = Field(description="The parcel's cadastral id.")
@@ -311,10 +281,8 @@ def _permit(p: Permit, parcel: str) -> dict:
 def list_permits(request: Request, area: Name, _: Reader, limit: Limit = 1000, offset: Offset = 0,
                  parcel: Annotated[str | None, Query(max_length=500, pattern=NO_NUL,
                                                      description="Only this parcel's permits.")] = None) -> list[dict]:
-    from monitor.registry.areas import get_area
-
     with tx(request) as s:
-        a = get_area(s, area)
+        a = inventory.get_area(s, area)
         q = select(Permit, Parcel.external_id).join(Parcel, Parcel.id == Permit.parcel_id).where(Parcel.area_id == a.id)
         if parcel is not None:
             q = q.where(Parcel.external_id == parcel)
@@ -324,12 +292,11 @@ def list_permits(request: Request, area: Name, _: Reader, limit: Limit = 1000, o
 
 @router.post("/areas/{area}/permits", tags=["permits"], status_code=201, summary="Create one permit")
 def create_permit(request: Request, area: Name, body: PermitIn, _: Writer) -> dict:
-    from monitor.registry.areas import get_area
 
     if body.valid_to is not None and body.valid_to < body.valid_from:
         raise BadInput(f"valid_to {body.valid_to} is before valid_from {body.valid_from}", field="valid_to")
     with tx(request) as s:
-        a = get_area(s, area)
+        a = inventory.get_area(s, area)
         parcel = _get_parcel(s, a.id, body.parcel_id)
         if s.scalar(select(Permit.id).where(Permit.parcel_id == parcel.id, Permit.permit_number == body.permit_id)):
             raise Conflict(f"permit {body.permit_id!r} of parcel {body.parcel_id!r} exists already", field="permit_id")
@@ -344,11 +311,9 @@ def create_permit(request: Request, area: Name, body: PermitIn, _: Writer) -> di
              summary="Import permits from CSV or GeoJSON (parcel_id, permit_id, valid_from, valid_to, kind)")
 def upload_permits(request: Request, area: Name, _: Writer,
                    file: Annotated[UploadFile, File(description="CSV or GeoJSON.")]) -> dict:
-    from monitor.registry.areas import get_area
-    from monitor.registry.permits import import_permits
 
     with upload_path(file) as path, tx(request) as s:
-        return {"imported": import_permits(s, path, get_area(s, area))}
+        return {"imported": import_permits(s, path, inventory.get_area(s, area))}
 
 
 def _get_permit(s, area_id: int, permit_id: int) -> tuple[Permit, str]:
@@ -361,16 +326,12 @@ def _get_permit(s, area_id: int, permit_id: int) -> tuple[Permit, str]:
 
 @router.get("/areas/{area}/permits/{permit_id}", tags=["permits"], summary="Get a permit by its id")
 def get_permit(request: Request, area: Name, permit_id: BigId, _: Reader) -> dict:
-    from monitor.registry.areas import get_area
-
     with tx(request) as s:
-        return _permit(*_get_permit(s, get_area(s, area).id, permit_id))
+        return _permit(*_get_permit(s, inventory.get_area(s, area).id, permit_id))
 
 
 @router.delete("/areas/{area}/permits/{permit_id}", tags=["permits"], status_code=204, summary="Delete a permit")
 def delete_permit(request: Request, area: Name, permit_id: BigId, _: Writer) -> Response:
-    from monitor.registry.areas import get_area
-
     with tx(request) as s:
-        s.delete(_get_permit(s, get_area(s, area).id, permit_id)[0])
+        s.delete(_get_permit(s, inventory.get_area(s, area).id, permit_id)[0])
     return Response(status_code=204)

@@ -1,0 +1,1 @@
+"""The Alembic migrations of the schema; shipped inside the wheel as ``monitor._migrations``."""

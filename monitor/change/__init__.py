@@ -1,0 +1,23 @@
+"""From polygons to alerts, in the caller's transaction.
+
+- ``detections``: a scene's polygons stored as detections (or a change model's as changes);
+- ``diff``: this date's detections minus those of earlier dates, in PostGIS;
+- ``judge``: changes x parcels x permits -> verdicts and alert events;
+- ``indicators``: built-up and settlement km2 of a date;
+- ``imports``: a raster made elsewhere run through the same path.
+
+Geometries are stored in EPSG:4326 and every length and area is computed in the area's UTM zone.
+Each function works inside the caller's session (the caller owns the transaction) and replaces
+what an earlier run of the same step wrote for the same scene, so re-running a step is
+idempotent. Nothing here sends anything: ``judge`` returns its events and the caller queues the
+webhooks (in the same transaction) and renders the evidence (after the commit).
+"""
+
+from monitor.change.detections import store_change_polygons, store_detections
+from monitor.change.diff import diff
+from monitor.change.imports import Imported, import_detections
+from monitor.change.indicators import record_indicators
+from monitor.change.judge import Event, judge
+
+__all__ = ["Event", "Imported", "diff", "import_detections", "judge", "record_indicators", "store_change_polygons",
+           "store_detections"]

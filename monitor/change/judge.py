@@ -1,0 +1,121 @@
+"""The judge: a scene's changes x parcels x permits -> a verdict per parcel and the alert events.
+
+The statements are ``monitor/db/sql/judge_*.sql``. Nothing is sent from here: the caller queues
+the events' webhooks in the same transaction and renders evidence after the commit.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from monitor.db.queries import bulk_insert, count_open_alerts, no_jit, open_statuses, run_sql, scene_date, sql
+from monitor.db.tables import Alert, Area, Scene
+from monitor.domain import AlertEvent, Confidence, Verdict
+from monitor.metrics import Metrics, default_metrics
+from monitor.settings import Settings
+
+# An open alert is still seen on a later date when at least this share of it is clear there and
+# at least this share of the clear part is still detected as built.
+STILL_SEEN_CLEAR = 0.5
+STILL_SEEN_BUILT = 0.5
+# Pieces of a change on a parcel smaller than this (m2) are slivers of parcel boundaries.
+MIN_PIECE_M2 = 0.01
+# An update is announced when the construction grew by more than this (m2) or was seen on a later date.
+GROWN_M2 = 0.5
+
+
+class Event(NamedTuple):
+    """What happened to an alert when a scene was judged."""
+
+    alert: Alert
+    event: AlertEvent
+
+
+def meets_thresholds(new_m2: float, fraction: float | None, settings: Settings) -> bool:
+    """Whether new construction on a parcel is enough for an alert: ``alert_min_m2``, and
+    ``alert_min_fraction`` of the parcel when that is above 0."""
+    if new_m2 < settings.alert_min_m2:
+        return False
+    return settings.alert_min_fraction <= 0 or (fraction or 0.0) >= settings.alert_min_fraction
+
+
+def judge(session: Session, area: Area, scene: Scene, settings: Settings,
+          metrics: Metrics | None = None) -> list[Event]:
+    """Judge a scene's changes against parcels and permits; returns the events of the alerts touched.
+
+    Per parcel, the new construction of this date (the union of its change pieces) is
+    ``permitted`` when a permit is valid on the date (for a parcel with an open alert: at any time
+    since the alert was first seen, which resolves the alert), an ``alert`` when it reaches
+    ``alert_min_m2`` (and ``alert_min_fraction`` of the parcel, when set), else ``below_threshold``.
+    A parcel has at most one open alert: later construction updates it. An open alert still seen
+    on a later date becomes ``confirmed``. Re-judging a scene rewrites its verdicts and raises
+    nothing twice.
+    """
+    metrics = metrics or default_metrics()
+    session.flush()
+    no_jit(session)
+    day = scene_date(scene)
+    epsg = int(area.utm_epsg)
+    opened = open_statuses()
+    session.execute(text("DELETE FROM parcel_changes WHERE change_id IN (SELECT id FROM changes WHERE scene_id = :sid)"),
+                    dict(sid=scene.id))
+    events: list[tuple[int, AlertEvent]] = []
+
+    resolved = session.execute(text(sql("judge_resolve")), dict(aid=area.id, day=day, open_statuses=opened)).scalars()
+    events += [(i, AlertEvent.RESOLVED) for i in resolved.all()]
+
+    seen = [row.id for row in session.execute(text(sql("judge_still_seen")), dict(
+                aid=area.id, sid=scene.id, day=day, epsg=epsg, tol=float(settings.shift_tolerance_m),
+                open_statuses=opened))
+            if row.total > 0 and row.clear_m2 >= STILL_SEEN_CLEAR * row.total
+            and row.built_m2 >= STILL_SEEN_BUILT * row.clear_m2]
+    if seen:
+        escalated = session.execute(text(
+            "UPDATE alerts SET confidence = :confirmed, updated_at = now() "
+            "WHERE id = ANY(:ids) AND confidence = :probable RETURNING id"),
+            dict(ids=seen, confirmed=str(Confidence.CONFIRMED), probable=str(Confidence.PROBABLE))).scalars().all()
+        session.execute(text("UPDATE alerts SET last_seen = :day WHERE id = ANY(:ids) AND last_seen < :day"),
+                        dict(ids=seen, day=day))
+        events += [(i, AlertEvent.ESCALATED) for i in escalated]
+
+    run_sql(session, "judge_pieces", aid=area.id, sid=scene.id, epsg=epsg, min_piece=MIN_PIECE_M2)
+    verdicts: list[tuple[int, str, int | None, int | None]] = []  # parcel, verdict, permit, alert
+    to_create, to_update = [], []
+    for row in session.execute(text(sql("judge_parcels")), dict(day=day, open_statuses=opened)):
+        if row.permit_id is not None:
+            # (an open alert such a permit covers was resolved above)
+            verdicts.append((row.parcel_id, Verdict.PERMITTED, row.permit_id, None))
+        elif meets_thresholds(row.new_m2, row.fraction, settings):
+            if row.open_id is not None:
+                to_update.append(row.open_id)
+                verdicts.append((row.parcel_id, Verdict.ALERT, None, row.open_id))
+            elif row.closed_id is not None:
+                verdicts.append((row.parcel_id, Verdict.ALERT, None, row.closed_id))
+            else:
+                to_create.append(row.parcel_id)
+        else:
+            verdicts.append((row.parcel_id, Verdict.BELOW_THRESHOLD, None, None))
+
+    if to_create:
+        created = session.execute(text(sql("judge_create")), dict(aid=area.id, day=day, ids=to_create)).all()
+        verdicts += [(pid, Verdict.ALERT, None, aid) for aid, pid in created]
+        events += [(aid, AlertEvent.CREATED) for aid, _pid in created]
+    if to_update:
+        updated = session.execute(text(sql("judge_update")), dict(ids=to_update, epsg=epsg, day=day)).all()
+        events += [(aid, AlertEvent.UPDATED) for aid, grown, last in updated if grown > GROWN_M2 or last < day]
+
+    if verdicts:
+        bulk_insert(session, sql("judge_verdicts"), [(p, str(v), permit, alert, day) for p, v, permit, alert in verdicts],
+                    "(%s::bigint, %s, %s::bigint, %s::bigint, %s::date)")
+    session.execute(text("DROP TABLE IF EXISTS _judge_pieces, _judge_parcels"))
+
+    alerts = {a.id: a for a in session.scalars(
+        select(Alert).where(Alert.id.in_({i for i, _e in events})).execution_options(populate_existing=True))}
+    out = [Event(alerts[i], event) for i, event in events]
+    for alert, event in out:
+        metrics.alert_events.labels(area=area.name, event=event.short, confidence=alert.confidence).inc()
+    metrics.open_alerts.labels(area=area.name).set(count_open_alerts(session, area.id))
+    return out

@@ -1,0 +1,137 @@
+"""Watched areas: add, list, show, configure, remove."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import shapely
+from geoalchemy2.shape import from_shape, to_shape
+from shapely.geometry.base import BaseGeometry
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from monitor.db.queries import open_statuses
+from monitor.db.tables import Alert, Area, Parcel, Scene
+from monitor.domain import (
+    AreaSpec,
+    ModelKind,
+    check_max_cloud,
+    check_resolution,
+    format_duration,
+    parse_cadence,
+    parse_providers,
+    values,
+)
+from monitor.errors import BadInput, Conflict, NotFound
+from monitor.geo import as_multipolygon, utm_epsg_for
+from monitor.inventory.models import register_model
+from monitor.readers import read_polygons
+from monitor.settings import Settings
+
+
+def area_spec(settings: Settings, name: str, *, cadence: str | None = None,
+              providers: str | Sequence[str] | None = None, max_cloud: float | None = None,
+              sources: Iterable[str] | Mapping[str, str] = (), resolution_m: float | None = None) -> AreaSpec:
+    """The checked specification of a new area, unset fields taken from the settings' defaults
+    (``MONITOR_DEFAULT_*``): what ``monitor areas add`` and ``POST /areas`` both build."""
+    return AreaSpec.parse(name, cadence=cadence or settings.default_cadence,
+                          providers=providers or settings.default_providers,
+                          max_cloud=settings.default_max_cloud if max_cloud is None else max_cloud,
+                          sources=sources, resolution_m=resolution_m)
+
+
+def add_area(session: Session, spec: AreaSpec, geometry: str | Path | BaseGeometry) -> Area:
+    """Register an area from its specification and its footprint: a checked EPSG:4326 geometry, or a
+    vector file of its polygon(s) in any CRS, united."""
+    if isinstance(geometry, BaseGeometry):
+        footprint = as_multipolygon(geometry)
+    else:
+        footprint = as_multipolygon(shapely.union_all(read_polygons(geometry, what="polygons").geoms))
+    if session.scalar(select(Area.id).where(Area.name == spec.name)) is not None:
+        raise Conflict(f"an area named {spec.name!r} exists already", field="name")
+    area = Area(name=spec.name, footprint=from_shape(footprint, srid=4326), utm_epsg=utm_epsg_for(footprint),
+                cadence=spec.cadence, providers=values(spec.providers), sources=dict(spec.sources),
+                max_cloud=spec.max_cloud, resolution_m=spec.resolution_m)
+    session.add(area)
+    session.flush()
+    return area
+
+
+def get_area(session: Session, name: str) -> Area:
+    """The area named ``name``; ``NotFound`` otherwise."""
+    area = session.scalar(select(Area).where(Area.name == name))
+    if area is None:
+        raise NotFound(f"no area named {name!r} (see `monitor areas list`)", field="area")
+    return area
+
+
+def list_areas(session: Session) -> list[Area]:
+    """Every area, by name."""
+    return list(session.scalars(select(Area).order_by(Area.name)))
+
+
+def describe(session: Session, area: Area) -> dict:
+    """An area as ``areas show`` and ``GET /areas/NAME`` print it."""
+    shape = to_shape(area.footprint)
+    parcels = session.scalar(select(func.count()).select_from(Parcel).where(Parcel.area_id == area.id))
+    scenes = session.scalar(select(func.count()).select_from(Scene).where(Scene.area_id == area.id))
+    open_alerts = session.scalar(select(func.count()).select_from(Alert).where(
+        Alert.area_id == area.id, Alert.status.in_(open_statuses())))
+    area_km2 = (session.scalar(select(func.ST_Area(func.ST_Transform(Area.footprint, area.utm_epsg)))
+                               .where(Area.id == area.id)) or 0.0) / 1e6
+    return {
+        "name": area.name,
+        "id": area.id,
+        "utm_epsg": area.utm_epsg,
+        "area_km2": round(area_km2, 4),
+        "bounds": [round(v, 6) for v in shape.bounds],
+        "cadence": format_duration(area.cadence),
+        "providers": list(area.providers),
+        "sources": dict(area.sources or {}),
+        "max_cloud": area.max_cloud,
+        "resolution_m": area.resolution_m,
+        "models": {kind: getattr(area, f"{kind}_model_id") for kind in ModelKind},
+        "active": area.active,
+        "parcels": parcels,
+        "scenes": scenes,
+        "open_alerts": open_alerts,
+        "created_at": area.created_at.isoformat() if isinstance(area.created_at, dt.datetime) else None,
+    }
+
+
+def remove_area(session: Session, name: str) -> None:
+    """Delete an area with everything of it (parcels, permits, scenes, detections, alerts)."""
+    session.delete(get_area(session, name))
+
+
+def configure_area(session: Session, name: str, *, cadence: str | None = None,
+                   providers: str | Sequence[str] | None = None, max_cloud: float | None = None,
+                   sources: dict[str, str] | None = None, resolution_m: float | None = None,
+                   active: bool | None = None, models: dict[str, str] | None = None) -> Area:
+    """Change an area's settings; ``models`` maps a kind (segmenter, classifier, change) to a model
+    directory, registered on the way, or to '' to unset it."""
+    area = get_area(session, name)
+    if cadence is not None:
+        area.cadence = parse_cadence(cadence)
+    if providers is not None:
+        area.providers = values(parse_providers(providers))
+    if max_cloud is not None:
+        area.max_cloud = check_max_cloud(max_cloud)
+    if sources:
+        area.sources = {**(area.sources or {}), **sources}
+    if resolution_m is not None:
+        area.resolution_m = check_resolution(resolution_m)
+    if active is not None:
+        area.active = active
+    for kind, model_dir in (models or {}).items():
+        if not model_dir:
+            setattr(area, f"{kind}_model_id", None)
+            continue
+        model = register_model(session, model_dir)
+        if model.kind != kind:
+            raise BadInput(f"is a {model.kind} model, not a {kind} model", file=model_dir, field=f"{kind}-model")
+        setattr(area, f"{kind}_model_id", model.id)
+    session.flush()
+    return area
