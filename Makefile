@@ -1,4 +1,5 @@
 # The two commands: `make demo` runs the whole job on a synthetic world; `make test` passes the tests.
+# `make lint` is the quality gate CI runs before the tests.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,6 +14,12 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# ruff (pyflakes, bugbear, import order, docstrings, imports at the top), mypy, and the import layers.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
 setup: system $(VENV)/.installed
 
 system:
@@ -21,7 +28,7 @@ system:
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,lint]'
 	@touch $@
 
 bench: setup
