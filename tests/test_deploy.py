@@ -541,4 +541,4 @@ def test_systemd_unit():
     assert home == svc["WorkingDirectory"] and home in svc["ReadWritePaths"].split()
     assert svc["Restart"] == "on-failure"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
-    assert svc["EnvironmentFile"] in (ROOT / "README.md").read_text()
+    assert svc["EnvironmentFile"] in (ROOT / "docs" / "operations.md").read_text()
