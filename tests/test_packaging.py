@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_package_is_listed_for_the_wheel():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = find_namespace_packages(ROOT, include=["monitor*"], exclude=["*__pycache__*"])
+    # the browser assets under monitor/api/static are package data of monitor.api, not packages
+    found = find_namespace_packages(ROOT, include=["monitor*"], exclude=["*__pycache__*", "monitor.api.static*"])
     assert listed == {*found, "monitor._migrations", "monitor._migrations.versions"}
 
 
@@ -45,7 +46,9 @@ def test_wheel_installs_into_a_fresh_venv_and_migrates(tmp_path, empty_db_factor
     (wheel,) = (tmp_path / "dist").glob("monitor-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"monitor/py.typed", "monitor/_migrations/env.py", "monitor/_migrations/script.py.mako",
-            "monitor/db/sql/diff_step.sql", "monitor/imagery/service.py"} <= names
+            "monitor/db/sql/diff_step.sql", "monitor/imagery/service.py",
+            "monitor/api/static/vendor/leaflet/leaflet.js", "monitor/api/static/vendor/leaflet/images/layers.png",
+            "monitor/api/static/vendor/swagger-ui-dist/LICENSE"} <= names
     assert {f"monitor/_migrations/versions/{p.name}" for p in (ROOT / "migrations" / "versions").glob("*.py")} <= names
 
     # A fresh venv, without network: the wheel alone, its dependencies seen through this venv's site-packages.
