@@ -46,7 +46,7 @@ def test_wheel_installs_into_a_fresh_venv_and_migrates(tmp_path, empty_db_factor
     (wheel,) = (tmp_path / "dist").glob("monitor-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"monitor/py.typed", "monitor/_migrations/env.py", "monitor/_migrations/script.py.mako",
-            "monitor/db/sql/diff_step.sql", "monitor/imagery/service.py",
+            "monitor/db/sql/diff_step.sql", "monitor/imagery/service.py", "monitor/api/static/index.html",
             "monitor/api/static/vendor/leaflet/leaflet.js", "monitor/api/static/vendor/leaflet/images/layers.png",
             "monitor/api/static/vendor/swagger-ui-dist/LICENSE"} <= names
     assert {f"monitor/_migrations/versions/{p.name}" for p in (ROOT / "migrations" / "versions").glob("*.py")} <= names

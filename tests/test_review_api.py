@@ -1,10 +1,12 @@
 """What the review page asks of the API: the token's identity, alert counts, changes as GeoJSON,
-map tiles of prepared scenes (true colour from band names, stretched per scene)."""
+map tiles of prepared scenes (true colour from band names, stretched per scene), and the page and
+the API documentation served from the package without a network."""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 from pathlib import Path
 
 import morecantile
@@ -18,11 +20,13 @@ from rasterio.transform import from_origin
 from shapely.geometry import MultiPolygon, box
 
 from monitor import tiles
+from monitor.api.web import STATIC
 from monitor.db.engine import transaction
 from monitor.db.tables import Change, Scene
 from tests.test_api import api, make_api, new_area, pooled  # noqa: F401  (fixtures)
 from tests.test_webhooks import make_alert
 
+ROOT = Path(__file__).resolve().parents[1]
 MERCATOR = morecantile.tms.get("WebMercatorQuad")
 UTM = 32721
 CENTRE = (-58.48, -34.58)  # inside test_api's area "ba"
@@ -234,3 +238,50 @@ def test_tiles_of_other_band_layouts(api, engine, tmp_path):
         r = api.get(f"/scenes/{scene_id}/tiles/{tile_of(*CENTRE, tj['maxzoom'])}.png")
         assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (256, 256)
     assert api.get(f"/scenes/{grey}/tiles.json").json()["stretch"] == [[0.0, 1.0]]
+
+
+# --- the page and the documentation, from the package
+
+
+def test_page_and_docs_are_served_from_the_package(api):
+    page = api.client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "script-src 'self';" in csp and "connect-src 'self'" in csp
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert urls and all(not u.startswith(("http:", "https:", "//")) for u in urls), urls
+    for url in urls:
+        r = api.client.get("/" + url)
+        assert r.status_code == 200, url
+    assert api.client.get("/static/review.js").headers["content-type"].startswith(("text/javascript",
+                                                                                   "application/javascript"))
+    assert api.client.get("/static/nope.js").status_code == 404
+    assert api.client.get("/static/../app.py").status_code == 404
+    for path, wanted in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        r = api.client.get(path)
+        assert r.status_code == 200 and wanted in r.text, path
+        assert "img-src 'self' data: blob:" in r.headers["content-security-policy"]
+        loaded = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', r.text)
+        assert loaded and all(not u.startswith(("http:", "https:", "//")) for u in loaded), (path, loaded)
+        for url in loaded:
+            assert api.client.get(url if url.startswith("/") else "/" + url).status_code == 200, (path, url)
+    # the page is not in the API's schema; the new routes are
+    paths = api.client.get("/openapi.json").json()["paths"]
+    assert "/" not in paths and "/docs" not in paths
+    assert {"/auth/token", "/alerts/counts", "/areas/{area}/changes", "/scenes/{scene_id}/tiles.json",
+            "/scenes/{scene_id}/tiles/{z}/{x}/{y}.png"} <= set(paths)
+
+
+def test_vendored_libraries_carry_their_licences_and_pins():
+    vendor = STATIC / "vendor"
+    pins = {line.split()[0]: line.split()[1] for line in (vendor / "VERSIONS").read_text().splitlines()
+            if line and not line.startswith("#")}
+    assert set(pins) == {"leaflet", "swagger-ui-dist", "redoc"}
+    script = (ROOT / "scripts" / "vendor-assets.sh").read_text()
+    for name, version in pins.items():
+        assert (vendor / name / "LICENSE").stat().st_size > 500, name
+        assert f'"{name} {version} sha512-' in script, name
+    assert (vendor / "leaflet" / "leaflet.js").read_text().startswith("/* @preserve\n * Leaflet 1.9.4")
+    # the package data holds them, so that an installed daemon serves them too
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"api/static/vendor/*/*"' in pyproject
