@@ -190,7 +190,7 @@
     const f = filters();
     const chip = (label, n, active, onclick, title) => el('button', {
       type: 'button', class: `count${active ? ' active' : ''}`, title, onclick,
-    }, el('b', {}, String(n)), label);
+    }, el('b', {}, String(n)), ' ', label);
     const setStatus = (status) => () => { $('f-status').value = status; loadAlerts(); };
     const setConfidence = (conf) => () => {
       $('f-confidence').value = f.confidence === conf ? '' : conf;
@@ -220,6 +220,7 @@
     const common = { area: f.area, since: f.since, until: f.until };
     const load = ++state.loads;
     $('list-summary').textContent = 'Loading…';
+    $('alerts').setAttribute('aria-busy', 'true');
     try {
       const [fc, counts] = await Promise.all([
         api(`alerts${query({ ...common, status: f.status === 'all' ? '' : f.status })}`),
@@ -229,9 +230,12 @@
       state.alerts = fc.features;
       state.counts = counts;
     } catch (e) {
+      if (load !== state.loads) return;
       $('list-summary').textContent = `Cannot load the alerts: ${e.message}`;
+      $('alerts').setAttribute('aria-busy', 'false');
       return;
     }
+    $('alerts').setAttribute('aria-busy', 'false');
     renderFilterOptions();
     renderCounts();
     applyConfidence();
@@ -258,11 +262,16 @@
       list.replaceChildren(el('li', { class: 'none' }, 'No alert matches these filters.'));
       return;
     }
+    const status = $('f-status').value;
+    const wanted = status === 'all' ? STATUSES : status === 'open' ? OPEN : [status];
     list.replaceChildren(...state.shown.map((a) => {
       const p = a.properties;
+      // an alert reviewed here may no longer match the filter: it stays until the list is loaded again
+      const stale = !wanted.includes(p.status);
       return el('li', {
-        class: `alert${state.selected && state.selected.id === a.id ? ' selected' : ''}`,
+        class: `alert${state.selected && state.selected.id === a.id ? ' selected' : ''}${stale ? ' stale' : ''}`,
         dataset: { id: a.id }, onclick: () => selectAlert(a),
+        title: stale ? `Now ${p.status}: no longer matches the status filter` : null,
       },
       el('div', { class: 'line1' }, el('span', { class: 'id' }, `#${a.id}`), el('span', { class: 'parcel' }, p.parcel),
         badge('confidence', p.confidence), badge('status', p.status)),
@@ -560,10 +569,8 @@
     const sel = $('alerts').querySelector('.selected');
     if (sel) sel.scrollIntoView({ block: 'nearest' });
     renderDetails(alert);
-    if (changed || pan) {
-      showAlertOnMap(alert, { pan: changed && pan }).then(drawAlerts);
-      loadParcel(alert);
-    }
+    loadParcel(alert);
+    if (changed || pan) showAlertOnMap(alert, { pan: changed && pan }).then(drawAlerts);
   }
 
   function renderDetails(alert) {
@@ -730,9 +737,11 @@
         root.append(svg('text', { x: x(t[i]), y: H - B0 + 14, class: 'axis', 'text-anchor': anchor }, r.observed_on));
       }
     });
+    const drawn = new Set();
     for (const [key, label, cls] of series) {
       const pts = rows.map((r, i) => [t[i], r[key]]).filter(([, v]) => v !== null && v !== undefined);
       if (!pts.length) continue;
+      drawn.add(cls);
       root.append(svg('polyline', { points: pts.map(([ms, v]) => `${x(ms)},${y(v)}`).join(' '), class: `line ${cls}` }));
       for (const [ms, v] of pts) {
         const dot = svg('circle', { cx: x(ms), cy: y(v), r: 3, class: `dot ${cls}` });
@@ -741,8 +750,9 @@
       }
     }
     const legend = el('div', { class: 'chart-legend' },
-      el('span', {}, el('i', { class: 'sw built' }), 'built-up km²'),
-      el('span', {}, el('i', { class: 'sw settlement' }), 'settlement km²'),
+      drawn.has('built') && el('span', {}, el('i', { class: 'sw built' }), 'built-up km²'),
+      drawn.has('settlement') ? el('span', {}, el('i', { class: 'sw settlement' }), 'settlement km²')
+        : el('span', {}, 'no settlement figures'),
       el('span', {}, el('i', { class: 'sw mark' }), 'first / last seen'));
     const wrap = el('div', {});
     wrap.append(root, legend);
