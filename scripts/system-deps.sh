@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the project needs when they are missing:
-# PostgreSQL 15 + PostGIS 3 (the private database), and for the deployment checks
-# Prometheus (promtool) and docker-compose. As root it uses apt-get; otherwise it
-# says what to install.
+# PostgreSQL 15 + PostGIS 3 (the private database), for the deployment checks
+# Prometheus (promtool) and docker-compose, and for the review page's browser tests
+# Chromium with its WebDriver and a font. As root it uses apt-get; otherwise it says
+# what to install.
 set -euo pipefail
 
 need=()
@@ -14,6 +15,9 @@ PY=$(command -v python3.11 || command -v python3)
 "$PY" -c "import ensurepip, venv" 2>/dev/null || need+=("python3-venv")
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+[ -d /usr/share/fonts/truetype/liberation ] || need+=(fonts-liberation)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
