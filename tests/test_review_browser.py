@@ -37,6 +37,7 @@ from monitor.settings import Settings
 from monitor.world import DATES
 from tests.conftest import Cli, _exec
 from tests.test_pipeline import _register, world  # noqa: F401  (a fixture)
+from tests.test_webhooks import make_alert
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "review"
@@ -363,6 +364,26 @@ def test_read_token_sees_no_review_buttons(served, browser):
     assert not b.css("#details button") and not b.css("#review-note")
     assert not b.css("[id^=review-]")
     b.shot("06-read-only")
+    b.assert_nothing_left_the_machine()
+    assert not severe(b.drain_console())
+
+
+def test_data_is_shown_as_text(served, browser):
+    """A parcel id holding markup is shown as it is, never run as HTML."""
+    with served.engine.connect() as conn:
+        area_id = conn.execute(sa.text("SELECT id FROM areas WHERE name = 'demo'")).scalar()
+    evil = '<img src="x" onerror="document.title=\'injected\'"><b>bold'  # no "/": not a path segment
+    alert_id = make_alert(served.engine, area_id, evil, x0=-58.975)
+    b = browser
+    b.sign_in(served.base, served.write)
+    rows = b.listed(17, "the alerts with the odd one")
+    assert any(evil in r for r in rows)
+    b.click_alert(alert_id)
+    b.wait(lambda: b.one("#details h2").text == f"Alert #{alert_id}", "its details")
+    b.wait(lambda: b.css("#parcel-history p, #parcel-history table"), "its parcel's history")
+    assert evil in b.one("#details").text
+    assert b.d.title == "monitor · review"
+    assert not b.css('img[src="x"]') and not b.css("#alerts b, #details b")
     b.assert_nothing_left_the_machine()
     assert not severe(b.drain_console())
 

@@ -50,6 +50,10 @@
     return node;
   }
 
+  /** Leaflet takes tooltips as HTML strings or elements: data goes in as an element holding text. */
+  const text = (s) => el('span', {}, s);
+  const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
   const fmt = {
     m2: (v) => `${Math.round(v).toLocaleString('en')} m²`,
     pct: (v) => `${(v * 100).toFixed(v < 0.1 ? 1 : 0)} %`,
@@ -351,18 +355,18 @@
       area: L.geoJSON(null, { style: STYLE.area }).addTo(map),
       parcels: L.geoJSON(null, {
         style: STYLE.parcel, renderer: canvas,
-        onEachFeature: (f, layer) => layer.bindTooltip(`parcel ${f.properties.external_id}`, { sticky: true }),
+        onEachFeature: (f, layer) => layer.bindTooltip(text(`parcel ${f.properties.external_id}`), { sticky: true }),
       }).addTo(map),
       changes: L.geoJSON(null, {
         style: STYLE.change, renderer: canvas,
-        onEachFeature: (f, layer) => layer.bindTooltip(
-          `change seen ${f.properties.observed_on} (vs ${f.properties.previous_on || '–'}), ${fmt.m2(f.properties.area_m2)}`,
+        onEachFeature: (f, layer) => layer.bindTooltip(text(
+          `change seen ${f.properties.observed_on} (vs ${f.properties.previous_on || '–'}), ${fmt.m2(f.properties.area_m2)}`),
           { sticky: true }),
       }).addTo(map),
       alerts: L.geoJSON(null, {
         style: STYLE.alert,
         onEachFeature: (f, layer) => {
-          layer.bindTooltip(`alert #${f.id} · ${f.properties.parcel}`, { sticky: true });
+          layer.bindTooltip(text(`alert #${f.id} · ${f.properties.parcel}`), { sticky: true });
           layer.on('click', () => selectAlert(state.shown.find((a) => a.id === f.id) || f));
         },
       }).addTo(map),
@@ -438,7 +442,7 @@
       // two levels past the scene's own resolution the server still draws each pixel crisp (nearest)
       pane: side, bounds: L.latLngBounds([s, w], [n, e]), maxNativeZoom: tj.maxzoom + 2, maxZoom: 22,
       minZoom: 0, keepBuffer: 1, updateWhenZooming: false,
-      attribution: `${tj.provider} ${fmt.date(tj.acquired_at)}`,
+      attribution: escapeHtml(`${tj.provider} ${fmt.date(tj.acquired_at)}`),
     }).addTo(map);
     const cloud = tj.cloud_cover === null || tj.cloud_cover === undefined ? '' : ` · ${tj.cloud_cover.toFixed(0)} % cloud`;
     label.replaceChildren(el('b', {}, `${side === 'before' ? 'Before' : 'After'} · ${fmt.date(tj.acquired_at)}`),
