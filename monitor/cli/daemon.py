@@ -60,7 +60,7 @@ def run(
     web.start()
     if sched:
         sched.start()
-    typer.echo(f"monitor daemon: API and /metrics on http://{host}:{port} (docs at /docs), "
+    typer.echo(f"monitor daemon: API and /metrics on http://{host}:{port} (review page at /, docs at /docs), "
                f"scheduler {'on' if sched else 'off'}", err=True)
     failed = False
     try:

@@ -39,7 +39,8 @@ def demo(ctx: typer.Context,
     run_demo(st.settings, out, seed=seed)
     if serve:
         settings = st.settings
-        typer.secho(f"serving the API on http://{settings.api_host}:{settings.api_port}/docs and /metrics "
-                    "(Ctrl-C stops)", fg="cyan", err=True)
+        typer.secho(f"serving the review page on http://{settings.api_host}:{settings.api_port}/ (sign in with a "
+                    "token from `monitor tokens create NAME --scope write`), the API's documentation at /docs, "
+                    "and /metrics (Ctrl-C stops)", fg="cyan", err=True)
         app = create_app(settings, engine=st.engine, metrics=default_metrics())
         uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
