@@ -15,12 +15,14 @@ memory, keyed by the file's path, size and modification time.
 from __future__ import annotations
 
 import functools
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from PIL import Image
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioIOError
 from rio_tiler.errors import RioTilerError, TileOutsideBounds
@@ -127,5 +129,10 @@ def render_tile(path: str | os.PathLike, z: int, x: int, y: int) -> bytes | None
         raise _open_error(str(path), e) from e
     if not image.mask.any():
         return None
-    image.rescale(in_range=style.stretch)
-    return image.render(img_format="PNG", add_mask=True)
+    image = image.rescale(in_range=style.stretch)
+    bands = np.asarray(image.data, dtype=np.uint8)
+    alpha = np.asarray(image.mask, dtype=np.uint8)
+    pixels = np.dstack([bands[0], alpha] if len(bands) == 1 else [*bands[:3], alpha])
+    out = io.BytesIO()
+    Image.fromarray(pixels, "LA" if len(bands) == 1 else "RGBA").save(out, format="PNG")
+    return out.getvalue()

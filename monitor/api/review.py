@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path as FsPath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy import func, select
@@ -32,7 +32,7 @@ Zoom = Annotated[int, Path(ge=0, le=24, description="Zoom level.")]
 TileIndex = Annotated[int, Path(ge=0, le=2**24 - 1)]
 # Scenes whose prepared file may be drawn.
 DRAWABLE = (SceneStatus.PREPARED, SceneStatus.PROCESSED)
-PNG = {200: {"content": {"image/png": {}}, "description": "The tile."},
+PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "The tile."},
        204: {"description": "The scene has no pixels in this tile."}}
 
 
@@ -43,6 +43,8 @@ def _dates(since: dt.date | None, until: dt.date | None) -> None:
 
 @router.get("/auth/token", tags=["service"], summary="The calling token's name and scopes")
 def whoami(who: Reader) -> dict:
+    """The name and scopes of the token that made the request (the review page shows review buttons
+    to write tokens only)."""
     return {"name": who.name, "scopes": sorted(who.scopes)}
 
 
@@ -98,7 +100,8 @@ def list_changes(request: Request, area: Name, _: Reader, bbox: BboxQuery = None
                        "area_m2": round(r.area_m2, 2), "source": r.source}} for r in rows]}
 
 
-def _scene_file(request: Request, scene_id: int) -> tuple[Scene, str]:
+def _scene_file(request: Request, scene_id: int) -> tuple[Scene, str, FsPath]:
+    """The scene, its area's name and its prepared file."""
     with tx(request) as s:
         row = s.execute(select(Scene, Area.name).join(Area, Area.id == Scene.area_id)
                         .where(Scene.id == scene_id)).first()
@@ -107,15 +110,15 @@ def _scene_file(request: Request, scene_id: int) -> tuple[Scene, str]:
     scene, area = row
     if scene.status not in DRAWABLE or not scene.file_path:
         raise NotFound(f"scene {scene_id} has no prepared file to draw (status {scene.status})", field="scene_id")
-    return scene, area
+    return scene, area, FsPath(scene.file_path)
 
 
 @router.get("/scenes/{scene_id}/tiles.json", tags=["scenes"], summary="A scene's map tiles (TileJSON)")
 def scene_tilejson(request: Request, scene_id: BigId, _: Reader) -> dict:
     """TileJSON 3.0.0 of the scene's map tiles, with the bands drawn and their stretch. The tile URLs
     need the same bearer token as this request."""
-    scene, area = _scene_file(request, scene_id)
-    style = scene_style(FsPath(scene.file_path))
+    scene, area, path = _scene_file(request, scene_id)
+    style = scene_style(path)
     url = str(request.url_for("scene_tile", scene_id=scene_id, z=0, x=0, y=0))
     template = url[: -len("/0/0/0.png")] + "/{z}/{x}/{y}.png"
     return {"tilejson": "3.0.0", "name": f"{area} {scene.acquired_at.date().isoformat()}",
@@ -134,8 +137,8 @@ def scene_tile(request: Request, scene_id: BigId, z: Zoom, x: TileIndex, y: Tile
     transparent; 204 where the scene has no pixels."""
     if x >= 2**z or y >= 2**z:
         raise BadInput(f"tile {z}/{x}/{y} does not exist: x and y go up to {2**z - 1} at zoom {z}", field="x")
-    scene, _area = _scene_file(request, scene_id)
-    png = render_tile(FsPath(scene.file_path), z, x, y)
+    _scene, _area, path = _scene_file(request, scene_id)
+    png = render_tile(path, z, x, y)
     # A prepared scene's file does not change; the token's scope is checked on every request.
     headers = {"Cache-Control": "private, max-age=86400"}
     if png is None:
