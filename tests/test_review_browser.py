@@ -23,7 +23,7 @@ import sqlalchemy as sa
 import uvicorn
 from prometheus_client import CollectorRegistry
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -161,7 +161,9 @@ class Browser:
 
     def wait(self, condition, what: str, timeout: float = WAIT_S):
         try:
-            return WebDriverWait(self.d, timeout, poll_frequency=0.2).until(lambda d: condition())
+            # the page re-renders its lists and messages: an element found in one poll may be gone by the next
+            return WebDriverWait(self.d, timeout, poll_frequency=0.2,
+                                 ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: condition())
         except TimeoutException:
             self.shot(f"timeout-{what.replace(' ', '-')[:40]}")
             raise AssertionError(f"timed out waiting for {what}; console: {self.drain_console()[-5:]}") from None
@@ -340,8 +342,9 @@ def test_review_an_alert_in_the_browser(served, browser):
     b.one("#review-dismiss").click()
     b.wait(lambda: f"Alert #{alert_id} dismissed" in b.one("#review-message").text, "the dismissal")
     assert served.alert(alert_id) == {**row, "status": "dismissed", "note": reason, "reviewed_by": "reviewer"}
-    assert b.one("#details .badge.status-dismissed").text == "dismissed"
-    assert "stale" in b.one(f'#alerts li.alert[data-id="{alert_id}"]').get_attribute("class")  # dimmed, kept
+    b.wait(lambda: b.one("#details .badge.status-dismissed").text == "dismissed", "the dismissed badge")
+    b.wait(lambda: "stale" in b.one(f'#alerts li.alert[data-id="{alert_id}"]').get_attribute("class"),
+           "the dismissed alert to be dimmed and kept in the list")
     assert b.one("#review-dismiss").is_enabled() and not b.one("#review-ack").is_enabled()
     b.wait(lambda: "15 open" in b.one("#counts").text and "1 dismissed" in b.one("#counts").text,
            "the counts to follow")
