@@ -45,11 +45,14 @@ AREA_PROVIDERS: tuple[Provider, ...] = (Provider.STAC, Provider.SENTINELSAT, Pro
 
 
 class SceneStatus(StrEnum):
-    """found -> prepared -> processed; or skipped (too cloudy), offline (retried later), failed."""
+    """found -> prepared -> processed; or skipped (too cloudy, unusable), offline (retried later),
+    failed; or suspect (processed, but too much of the area changed at once to trust: no alerts, and
+    never the baseline of a later date)."""
 
     FOUND = "found"
     PREPARED = "prepared"
     PROCESSED = "processed"
+    SUSPECT = "suspect"
     SKIPPED = "skipped"
     OFFLINE = "offline"
     FAILED = "failed"
@@ -67,6 +70,7 @@ class AlertStatus(StrEnum):
     CONFIRMED = "confirmed"
     DISMISSED = "dismissed"
     RESOLVED = "resolved"
+    REVERTED = "reverted"  # the place looked as before again on a later clear date: a crop, ploughing
 
 
 #: At most one alert of a parcel is in one of these states.
@@ -114,6 +118,7 @@ class AlertEvent(StrEnum):
     UPDATED = "alert.updated"
     ESCALATED = "alert.escalated"
     RESOLVED = "alert.resolved"
+    REVERTED = "alert.reverted"
 
     @property
     def short(self) -> str:
@@ -268,6 +273,42 @@ def check_resolution(value: float | None) -> float | None:
     return value
 
 
+#: A band of a drop-folder file that no model reads (an alpha or a spare band), in ``--band-order``.
+SKIP_BAND = "-"
+_BAND_NAME = re.compile(r"^(B\d[\dA]|SCL|-)$")
+
+
+def parse_band_order(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``--band-order B04,B03,B02,B08``: the Sentinel-2 name of each band of a file without band
+    descriptions, in file order (``-`` for a band to ignore); None or empty: none given."""
+    if value is None:
+        return None
+    names = [n.strip().upper() for n in (value.split(",") if isinstance(value, str) else value)]
+    if not any(names):
+        return None
+    for n in names:
+        if not _BAND_NAME.match(n):
+            raise BadInput(f"{n!r} is not a Sentinel-2 band name (B01..B12, B8A) or '-'", field="band-order")
+    named = [n for n in names if n != SKIP_BAND]
+    if len(set(named)) != len(named):
+        raise BadInput(f"names a band twice: {','.join(names)}", field="band-order")
+    if not named:
+        raise BadInput("names no band", field="band-order")
+    return tuple(names)
+
+
+#: A model runs on scenes whose pixels are at most this factor finer or coarser than its training data's.
+RESOLUTION_TOLERANCE = 1.5
+
+
+def resolution_fits(model_m: float | None, scene_m: float | None) -> bool:
+    """Whether a model trained on ``model_m`` metre pixels may run on ``scene_m`` metre pixels
+    (unknown on either side: it may)."""
+    if not model_m or not scene_m:
+        return True
+    return max(model_m, scene_m) / min(model_m, scene_m) <= RESOLUTION_TOLERANCE
+
+
 def check_area_name(name: str) -> str:
     """An area's name: not blank (surrounding white space is dropped)."""
     name = (name or "").strip()
@@ -286,14 +327,18 @@ class AreaSpec:
     max_cloud: float
     sources: dict[str, str] = field(default_factory=dict)
     resolution_m: float | None = None
+    band_order: tuple[str, ...] | None = None
+    allow_resolution_mismatch: bool = False
 
     @classmethod
     def parse(cls, name: str, *, cadence: str, providers: str | Sequence[str], max_cloud: float,
-              sources: Iterable[str] | Mapping[str, str] = (), resolution_m: float | None = None) -> AreaSpec:
+              sources: Iterable[str] | Mapping[str, str] = (), resolution_m: float | None = None,
+              band_order: str | Sequence[str] | None = None, allow_resolution_mismatch: bool = False) -> AreaSpec:
         """Check every field, raising ``BadInput`` naming the first one that is wrong."""
         return cls(name=check_area_name(name), cadence=parse_cadence(cadence), providers=parse_providers(providers),
                    max_cloud=check_max_cloud(max_cloud), sources=parse_sources(sources),
-                   resolution_m=check_resolution(resolution_m))
+                   resolution_m=check_resolution(resolution_m), band_order=parse_band_order(band_order),
+                   allow_resolution_mismatch=bool(allow_resolution_mismatch))
 
 
 # --- model metadata

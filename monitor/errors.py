@@ -139,7 +139,19 @@ class NoCRS(ImageryError):
     reason = "no_crs"
 
 
+class UnnamedBands(ImageryError):
+    """A drop-folder raster whose bands carry no names, for an area with no band order."""
+
+    reason = "band_order"
+
+
 class ModelError(MonitorError):
     """A model directory is missing, unreadable or does not fit the input."""
 
     reason = "model"
+
+
+class ModelMismatch(ModelError):
+    """A model made for other imagery (another resolution, other bands) than the scene's."""
+
+    reason = "model_mismatch"

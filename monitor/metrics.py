@@ -50,6 +50,8 @@ class Metrics:
         # results
         self.detections = Counter("monitor_detections_total", "Detection polygons stored", ["area"], registry=r)
         self.changes = Counter("monitor_changes_total", "Change polygons stored", ["area"], registry=r)
+        self.suspect_dates = Counter("monitor_suspect_dates_total", "Dates on which too much of the area changed "
+                                     "at once to trust (no alerts raised)", ["area"], registry=r)
         self.alert_events = Counter("monitor_alert_events_total",
                                     "Alert events by kind (created, updated, escalated, resolved)",
                                     ["area", "event", "confidence"], registry=r)

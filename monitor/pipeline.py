@@ -35,8 +35,8 @@ from monitor.alerts.webhooks import deliver_pending, enqueue
 from monitor.db import queries
 from monitor.db.engine import transaction
 from monitor.db.tables import Area, Indicator, Model, Run, Scene
-from monitor.domain import AlertEvent, ModelKind, RunStatus, SceneStatus
-from monitor.errors import ConfigError, MonitorError
+from monitor.domain import AlertEvent, ModelKind, RunStatus, SceneStatus, resolution_fits
+from monitor.errors import ConfigError, ModelMismatch, MonitorError
 from monitor.imagery.prepare import clear_path_for
 from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
 from monitor.inventory.areas import get_area
@@ -113,6 +113,19 @@ def _models(dirs: dict[str, Path | None], settings: Settings) -> dict[str, Loade
             for kind, d in dirs.items()}
 
 
+def check_resolutions(models: dict[str, LoadedModel | None], pixel_m: float, area_name: str) -> None:
+    """Refuse (``ModelMismatch``) a model trained on pixels more than 1.5x finer or coarser than the scene's."""
+    for kind, model in models.items():
+        if model is None:
+            continue
+        trained = model.meta.get("resolution_m")
+        if not resolution_fits(trained, pixel_m):
+            raise ModelMismatch(
+                f"the {kind} model {model.version} ({model.path}) was trained on {float(trained or 0):g} m pixels and "
+                f"the scene has {pixel_m:g} m pixels: use a model made for this resolution, or allow it with "
+                f"`monitor areas configure {area_name} --allow-resolution-mismatch`")
+
+
 def settlement_km2(classifier: LoadedModel, scene_path: Path, clear_path: Path | None) -> float:
     """Informal-settlement km2: tiles the classifier calls settlement, counting only their clear part."""
     probs, tile_transform = classify_tiles(classifier, scene_path)
@@ -145,6 +158,8 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
         dirs = area_model_dirs(s, area, settings)
         before = queries.before_image(s, scene)
     models = _models(dirs, settings)
+    if not area.allow_resolution_mismatch:
+        check_resolutions(models, queries.scene_pixel_m(scene, settings), area.name)
     scene_path = Path(str(scene.file_path))
     out_dir = settings.data_dir / "probability" / str(area.id)
     probabilities: dict[str, dict] = {}
@@ -184,7 +199,8 @@ def vectorize_scene(engine: Engine, scene_id: int, settings: Settings, probabili
         for kind, made in probabilities.items():
             prob = read_probability(made["path"], clear_path=clear)
             polys = polygonize(prob.values, prob.transform, threshold=made["threshold"],
-                               median_px=settings.median_filter_px, min_area_m2=settings.min_region_m2,
+                               median_px=settings.median_filter_px,
+                               min_area_m2=settings.min_area_m2("region", queries.scene_pixel_m(scene, settings)),
                                valid=prob.valid)
             if kind == ModelKind.SEGMENTER:
                 out["detections"] = change.store_detections(s, area, scene, polys, prob.crs, made["version"],
@@ -213,18 +229,29 @@ def _rendered(events: Sequence[change.Event]) -> list[int]:
 
 
 def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlement_km2: float | None = None,
-                metrics: Metrics | None = None) -> list[tuple[int, str]]:
+                metrics: Metrics | None = None, segmented: bool = True) -> list[tuple[int, str]]:
     """Judge the scene's changes, queue the events' webhooks and record the date's indicators, in one
     transaction that also marks the scene processed; then render the evidence chips. Returns the
-    ``(alert id, event)`` pairs."""
+    ``(alert id, event)`` pairs.
+
+    A date on which more than ``max_change_share`` of the area's clear land changed is marked
+    ``suspect`` instead: nothing is judged, no indicator recorded, and it is never the baseline of a
+    later date."""
+    metrics = metrics or default_metrics()
     with transaction(engine) as s:
         scene, area = queries.scene_and_area(s, scene_id)
+        scene.next_attempt_at = None
+        suspect = change.suspect_reason(s, area, scene, settings)
+        if suspect:
+            scene.status, scene.status_reason = SceneStatus.SUSPECT, suspect
+            metrics.suspect_dates.labels(area=area.name).inc()
+            log.warning("%s: scene %s is %s", area.name, scene.id, scene.status_reason)
+            return []
         # in the same transaction as the verdicts, so evidence can be rendered from this scene
         scene.status = SceneStatus.PROCESSED
         scene.status_reason = None
-        scene.next_attempt_at = None
         s.flush()
-        events = change.judge(s, area, scene, settings, metrics=metrics)
+        events = change.judge(s, area, scene, settings, metrics=metrics, segmented=segmented)
         announce(s, events)
         change.record_indicators(s, area, scene, settlement_km2=settlement_km2, metrics=metrics)
     render_evidence(engine, _rendered(events), settings)
@@ -255,7 +282,8 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
                 summary["changes"] = diff_scene(engine, scene_id, settings, metrics)
         _check(stop)
         with rec.step("judge"):
-            events = judge_scene(engine, scene_id, settings, inferred["settlement_km2"], metrics)
+            events = judge_scene(engine, scene_id, settings, inferred["settlement_km2"], metrics,
+                                 segmented=ModelKind.SEGMENTER in inferred["probabilities"])
             summary["alerts"] = sum(1 for _a, ev in events if ev in (AlertEvent.CREATED, AlertEvent.ESCALATED))
             summary["settlement_km2"] = inferred["settlement_km2"]
     except BaseException as e:

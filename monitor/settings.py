@@ -93,14 +93,29 @@ class Settings(BaseSettings):
         "AMX bfloat16 units, float32 on other CPUs), float32, mixed (float16) or bfloat16.")
 
     # --- vectorize, diff, alerts
-    min_region_m2: float = Field(20.0, description="Detected regions smaller than this are dropped, m2.")
+    min_region_px: int = Field(3, ge=1, description="Detected regions of fewer pixels of the scene than this are "
+                               "dropped.")
+    min_region_m2: float = Field(20.0, description="Detected regions smaller than this are dropped, m2 (a floor "
+                                 "over MONITOR_MIN_REGION_PX).")
     median_filter_px: int = Field(3, description="Median filter size applied to masks before polygonizing.")
     shift_tolerance_m: float = Field(10.0, description="Misregistration tolerance of the date-to-date "
                                      "diff, metres (about one pixel).")
-    min_change_m2: float = Field(20.0, description="Changes smaller than this are dropped, m2.")
-    alert_min_m2: float = Field(50.0, description="New built area on a parcel that raises an alert, m2.")
+    min_change_px: int = Field(3, ge=1, description="Changes of fewer pixels of the scene than this are dropped.")
+    min_change_m2: float = Field(20.0, description="Changes smaller than this are dropped, m2 (a floor over "
+                                 "MONITOR_MIN_CHANGE_PX).")
+    alert_min_px: int = Field(3, ge=1, description="New built area on a parcel that raises an alert, pixels of "
+                              "the scene.")
+    alert_min_m2: float = Field(50.0, description="New built area on a parcel that raises an alert, m2 (a floor "
+                                "over MONITOR_ALERT_MIN_PX).")
     alert_min_fraction: float = Field(0.0, description="Also require this fraction of the parcel to be new "
                                       "construction (0 disables).")
+    max_change_share: float = Field(0.2, gt=0, le=1, description="A date on which more than this share of the "
+                                    "area's clear land is new construction is marked `suspect` (a season, a "
+                                    "mis-registered or badly calibrated scene): no alerts are raised from it and "
+                                    "it is never the baseline of a later date.")
+    persist_days: int = Field(20, ge=0, description="A probable alert becomes confirmed when its construction is "
+                              "still seen on a clear date at least this many days after it was first seen; "
+                              "crops and ploughing revert before.")
 
     # --- daemon, API, metrics, webhooks
     api_host: str = Field("127.0.0.1", description="Address the API and /metrics listen on.")
@@ -117,6 +132,13 @@ class Settings(BaseSettings):
                                     "leadership, and (standby) tries to take over, seconds: how soon a standby takes "
                                     "over.")
     log_level: str = Field("INFO", description="Logging level.")
+
+    def min_area_m2(self, what: Literal["region", "change", "alert"], pixel_m: float) -> float:
+        """The smallest region, change or alert that counts on scenes of ``pixel_m`` metre pixels:
+        the setting's pixel count of such pixels, and never under its m2 floor."""
+        pixels = {"region": self.min_region_px, "change": self.min_change_px, "alert": self.alert_min_px}[what]
+        floor = {"region": self.min_region_m2, "change": self.min_change_m2, "alert": self.alert_min_m2}[what]
+        return max(float(floor), pixels * float(pixel_m) ** 2)
 
     @property
     def data_dir(self) -> Path:
@@ -140,7 +162,7 @@ SECTIONS = {
     "default_cadence": "Areas",
     "stac_url": "Imagery providers",
     "segmenter_model": "Models and inference",
-    "min_region_m2": "Vectorize, diff and alerts",
+    "min_region_px": "Vectorize, diff and alerts",
     "api_host": "Daemon, API, metrics and webhooks",
 }
 

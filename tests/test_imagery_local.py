@@ -304,9 +304,28 @@ def test_buenos_aires_drop_folder(engine, settings, drops, shared_data):
     area_id = make_area(engine, area_utm=area_utm, sources={"local": str(drops)})
     with transaction(engine) as s:
         new = search_scenes(s, s.get(Area, area_id), settings, Metrics(), since=dt.date(2016, 1, 1))
+    # its bands carry no names: never read by position, the scenes fail until the area says which is which
+    metrics = Metrics()
+    done = [fetch_scene(engine, x.id, settings, metrics) for x in new]
+    assert [d.status for d in done] == ["failed", "failed"]
+    assert all("carry no names" in d.status_reason and "--band-order" in d.status_reason for d in done)
+    assert metrics.registry.get_sample_value("monitor_scenes_failed_total",
+                                             {"area": "ba", "provider": "local", "reason": "band_order"}) == 2
+    with transaction(engine) as s:
+        s.get(Area, area_id).band_order = ["B04", "B03", "B02", "B08"]  # the alpha band (5) needs no name
+        s.execute(sa.update(Scene).values(status="found"))
+    done = [fetch_scene(engine, x.id, settings, Metrics()) for x in new]
+    # band 4 of before.tif is all zeros: a band with one value everywhere is no imagery
+    assert [d.status for d in done] == ["skipped", "prepared"], [d.status_reason for d in done]
+    assert done[0].status_reason.startswith("unusable: band B08 has the one value")
+    with transaction(engine) as s:
+        s.get(Area, area_id).band_order = ["B04", "B03", "B02", "-", "-"]
+        s.execute(sa.update(Scene).values(status="found"))
     done = [fetch_scene(engine, x.id, settings, Metrics()) for x in new]
     assert [d.status for d in done] == ["prepared", "prepared"], [d.status_reason for d in done]
     with rasterio.open(done[0].file_path) as a, rasterio.open(done[1].file_path) as b:
         assert a.transform == b.transform and a.shape == b.shape and a.crs == b.crs
-        # the alpha band (5) is left out; the four others come through
-        assert a.count == 4 and a.dtypes[0] == "uint16"
+        # the bands the area's (default) models read that the file has, named, in Sentinel-2 order
+        assert a.descriptions == ("B02", "B03", "B04") and a.dtypes[0] == "uint16"
+        assert a.res == (10.0, 10.0)
+    assert {d.pixel_m for d in done} == {10.0}

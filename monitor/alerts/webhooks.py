@@ -68,7 +68,7 @@ def enqueue(session: Session, alert: Alert, event: str) -> int:
 # --- subscriptions
 
 def add_subscription(session: Session, url: str, secret: str, *, area: str | None = None,
-                     min_confidence: str = "probable") -> Subscription:
+                     min_confidence: str = Confidence.CONFIRMED) -> Subscription:
     """Subscribe ``url`` to new and escalated alerts (of one area, or of every area)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -63,6 +63,11 @@ def lonlat_geometry(obj: Any, field: str = "geometry"):
 
 # --- areas
 
+BAND_ORDER = ("Sentinel-2 names of the bands of drop-folder files without band descriptions, in file order "
+              "('-' for a band to ignore), e.g. [\"B04\", \"B03\", \"B02\", \"B08\"].")
+RESOLUTION_MISMATCH = "Run models trained at a resolution more than 1.5x away from the scenes'."
+
+
 class AreaIn(BaseModel):
     """A new area; unset fields take the server's defaults (MONITOR_DEFAULT_*)."""
 
@@ -78,6 +83,8 @@ class AreaIn(BaseModel):
     max_cloud: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     sources: dict[Provider, Text] | None = Field(None, description="Provider -> URL or folder for this area.")
     resolution_m: float | None = Field(None, gt=0, le=10000, allow_inf_nan=False)
+    band_order: list[Text] | None = Field(None, max_length=20, description=BAND_ORDER)
+    allow_resolution_mismatch: bool = Field(False, description=RESOLUTION_MISMATCH)
 
     _cadence = field_validator("cadence")(check_cadence)
 
@@ -93,14 +100,18 @@ class AreaPatch(BaseModel):
     sources: dict[Provider, Text] | None = None
     resolution_m: float | None = Field(None, gt=0, le=10000, allow_inf_nan=False)
     active: bool | None = None
+    band_order: list[Text] | None = Field(None, max_length=20, description=BAND_ORDER + " [] forgets it.")
+    allow_resolution_mismatch: bool | None = Field(None, description=RESOLUTION_MISMATCH)
 
     _cadence = field_validator("cadence")(check_cadence)
 
 
 def _spec(request: Request, name: str, cadence: str | None, providers: str | Sequence[str] | None,
-          max_cloud: float | None, sources: dict | None, resolution_m: float | None) -> AreaSpec:
+          max_cloud: float | None, sources: dict | None, resolution_m: float | None,
+          band_order: list[str] | None = None, allow_resolution_mismatch: bool = False) -> AreaSpec:
     return inventory.area_spec(request.app.state.settings, name, cadence=cadence, providers=providers, max_cloud=max_cloud,
-                     sources=dict(sources or {}), resolution_m=resolution_m)
+                     sources=dict(sources or {}), resolution_m=resolution_m, band_order=band_order,
+                     allow_resolution_mismatch=allow_resolution_mismatch)
 
 
 @router.get("/areas", tags=["areas"], summary="List areas")
@@ -113,7 +124,8 @@ def list_areas(request: Request, _: Reader) -> list[dict]:
 def create_area(request: Request, body: AreaIn, _: Writer) -> dict:
 
     geom = lonlat_geometry(body.geometry)
-    spec = _spec(request, body.name, body.cadence, body.providers, body.max_cloud, body.sources, body.resolution_m)
+    spec = _spec(request, body.name, body.cadence, body.providers, body.max_cloud, body.sources, body.resolution_m,
+                 body.band_order, body.allow_resolution_mismatch)
     with tx(request) as s:
         return inventory.describe(s, inventory.add_area(s, spec, geom))
 
@@ -154,7 +166,8 @@ def patch_area(request: Request, area: Name, body: AreaPatch, _: Writer) -> dict
         a = inventory.configure_area(s, area, cadence=body.cadence,
                            providers=",".join(body.providers) if body.providers else None,
                            max_cloud=body.max_cloud, sources=dict(body.sources or {}),
-                           resolution_m=body.resolution_m, active=body.active)
+                           resolution_m=body.resolution_m, active=body.active, band_order=body.band_order,
+                           allow_resolution_mismatch=body.allow_resolution_mismatch)
         return inventory.describe(s, a)
 
 

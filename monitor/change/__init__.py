@@ -14,10 +14,10 @@ webhooks (in the same transaction) and renders the evidence (after the commit).
 """
 
 from monitor.change.detections import store_change_polygons, store_detections
-from monitor.change.diff import diff
+from monitor.change.diff import diff, suspect_reason
 from monitor.change.imports import Imported, import_detections
 from monitor.change.indicators import record_indicators
 from monitor.change.judge import Event, judge
 
-__all__ = ["Event", "Imported", "diff", "import_detections", "judge", "record_indicators", "store_change_polygons",
+__all__ = ["Event", "Imported", "diff", "suspect_reason", "import_detections", "judge", "record_indicators", "store_change_polygons",
            "store_detections"]

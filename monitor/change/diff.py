@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
-from monitor.db.queries import earlier_scenes, no_jit, run_sql, scene_date, sql
+from monitor.db.queries import earlier_scenes, no_jit, run_sql, scene_date, scene_pixel_m, sql
 from monitor.db.tables import Area, Change, Scene
 from monitor.domain import ChangeSource
 from monitor.metrics import Metrics, default_metrics
@@ -23,8 +23,8 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
     Only places that are clear on this date and on the earlier date compared are trusted: each
     place is compared with the newest earlier date that saw it clear (up to ``LOOKBACK_SCENES``
     dates back), so clouds and nodata neither create nor erase construction. Earlier buildings
-    are grown by ``shift_tolerance_m`` (misregistration), and pieces under ``min_change_m2`` are
-    dropped. The first date of an area is its baseline: nothing is new.
+    are grown by ``shift_tolerance_m`` (misregistration), and pieces under the minimum change
+    (``Settings.min_area_m2("change", ...)``: pixels of the scene, with an m2 floor) are dropped. The first date of an area is its baseline: nothing is new.
     """
     metrics = metrics or default_metrics()
     session.execute(delete(Change).where(Change.scene_id == scene.id, Change.source == ChangeSource.DIFF))
@@ -43,7 +43,32 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
         if session.execute(text("SELECT ST_IsEmpty(pending) FROM _diff_region")).scalar():
             break
     stored = session.execute(text(sql("diff_store")), dict(aid=area.id, sid=scene.id, day=day, epsg=epsg,
-                                                           min_m2=float(settings.min_change_m2))).all()
+                                                           min_m2=settings.min_area_m2(
+                                                               "change", scene_pixel_m(scene, settings)))).all()
     session.execute(text("DROP TABLE IF EXISTS _diff_cur, _diff_region, _diff_new, _diff_prev, _diff_cells"))
     metrics.changes.labels(area=area.name).inc(len(stored))
     return len(stored)
+
+
+def changed_share(session: Session, area: Area, scene: Scene) -> float:
+    """The largest share of the area's clear land on the scene's date that one source of changes (the
+    diff, a change model) calls new construction: 0 when nothing is clear or nothing changed."""
+    row = session.execute(text("""
+        SELECT COALESCE((SELECT max(m2) FROM (SELECT sum(area_m2) AS m2 FROM changes
+                                              WHERE scene_id = :sid GROUP BY source) x), 0) AS changed,
+               ST_Area(ST_Transform(ST_CollectionExtract(ST_MakeValid(ST_Intersection(
+                   COALESCE(s.clear_geom, a.footprint), a.footprint)), 3), :epsg)) AS clear
+        FROM scenes s JOIN areas a ON a.id = s.area_id WHERE s.id = :sid"""),
+        dict(sid=scene.id, epsg=int(area.utm_epsg))).one()
+    return float(row.changed) / float(row.clear) if row.clear else 0.0
+
+
+def suspect_reason(session: Session, area: Area, scene: Scene, settings: Settings) -> str | None:
+    """Why a scene's changes cannot be trusted, or None: more than ``max_change_share`` of the area's
+    clear land changed at once (a season, haze, a mis-registered or badly calibrated scene)."""
+    share = changed_share(session, area, scene)
+    if share <= settings.max_change_share:
+        return None
+    return (f"suspect: {share:.0%} of the area's clear land changed at once (more than MONITOR_MAX_CHANGE_SHARE "
+            f"{settings.max_change_share:.0%}): a season, haze or mis-registration, not construction; no alerts "
+            "raised from this date")

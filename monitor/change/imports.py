@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from monitor.change.detections import store_detections
-from monitor.change.diff import diff
+from monitor.change.diff import diff, suspect_reason
 from monitor.change.indicators import record_indicators
 from monitor.change.judge import Event, judge
 from monitor.db.queries import day_start, earlier_scenes, scene_date
@@ -28,7 +28,7 @@ from monitor.errors import BadInput
 from monitor.geo import as_multipolygon, reproject
 from monitor.metrics import Metrics, default_metrics
 from monitor.settings import Settings
-from monitor.vectorize import polygonize, read_probability
+from monitor.vectorize import pixel_size, polygonize, read_probability
 
 DEFAULT_IMPORT_THRESHOLD = 0.5
 
@@ -84,18 +84,28 @@ def import_detections(session: Session, area: Area, date: dt.date, raster: Path,
     scene.clear_geom = from_shape(clear, srid=4326)
     scene.footprint = from_shape(raster_footprint(prob.values.shape, prob.transform, crs, area), srid=4326)
     scene.file_path = str(raster.resolve())
+    scene.pixel_m = pixel_size(prob.transform)
     scene.status = SceneStatus.PROCESSED
     scene.status_reason = None
     session.flush()
     polygons = polygonize(prob.values, prob.transform, threshold=threshold, median_px=settings.median_filter_px,
-                          min_area_m2=settings.min_region_m2, valid=prob.valid)
+                          min_area_m2=settings.min_area_m2("region", scene.pixel_m), valid=prob.valid)
     detections = store_detections(session, area, scene, polygons, crs, f"import:{raster.name}", metrics=metrics)
     earlier = earlier_scenes(session, area.id, date, limit=1)
     changes = diff(session, area, scene, settings, metrics=metrics)
-    events = judge(session, area, scene, settings, metrics=metrics)
-    indicator = record_indicators(session, area, scene, metrics=metrics)
-    scene.cloud_cover = None if indicator.clear_fraction is None else round(100 * (1 - indicator.clear_fraction), 3)
-    counts = {e.short: 0 for e in (AlertEvent.CREATED, AlertEvent.UPDATED, AlertEvent.ESCALATED, AlertEvent.RESOLVED)}
+    suspect = suspect_reason(session, area, scene, settings)
+    events: list[Event] = []
+    if suspect:
+        scene.status, scene.status_reason = SceneStatus.SUSPECT, suspect
+        metrics.suspect_dates.labels(area=area.name).inc()
+        session.flush()
+    else:
+        events = judge(session, area, scene, settings, metrics=metrics)
+    # a suspect date's measures are as doubtful as its changes: no indicators
+    indicator = None if suspect else record_indicators(session, area, scene, metrics=metrics)
+    clear_fraction = indicator.clear_fraction if indicator else None
+    scene.cloud_cover = None if clear_fraction is None else round(100 * (1 - clear_fraction), 3)
+    counts = {e.short: 0 for e in AlertEvent}
     for event in events:
         counts[event.event.short] += 1
     summary = {
@@ -106,9 +116,10 @@ def import_detections(session: Session, area: Area, date: dt.date, raster: Path,
         "threshold": threshold,
         "previous_date": scene_date(earlier[0]).isoformat() if earlier else None,
         "detections": detections,
-        "built_km2": round(indicator.built_km2 or 0.0, 6),
-        "clear_fraction": None if indicator.clear_fraction is None else round(indicator.clear_fraction, 4),
+        "built_km2": round(indicator.built_km2 or 0.0, 6) if indicator else None,
+        "clear_fraction": None if clear_fraction is None else round(clear_fraction, 4),
         "changes": changes,
+        "suspect": suspect,
         "alerts": counts,
         "alert_ids": sorted({e.alert.id for e in events}),
     }

@@ -11,9 +11,18 @@ from typing import NamedTuple
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from monitor.db.queries import bulk_insert, count_open_alerts, no_jit, open_statuses, run_sql, scene_date, sql
+from monitor.db.queries import (
+    bulk_insert,
+    count_open_alerts,
+    no_jit,
+    open_statuses,
+    run_sql,
+    scene_date,
+    scene_pixel_m,
+    sql,
+)
 from monitor.db.tables import Alert, Area, Scene
-from monitor.domain import AlertEvent, Confidence, Verdict
+from monitor.domain import AlertEvent, AlertStatus, ChangeSource, Confidence, Verdict
 from monitor.metrics import Metrics, default_metrics
 from monitor.settings import Settings
 
@@ -23,6 +32,9 @@ STILL_SEEN_CLEAR = 0.5
 STILL_SEEN_BUILT = 0.5
 # Pieces of a change on a parcel smaller than this (m2) are slivers of parcel boundaries.
 MIN_PIECE_M2 = 0.01
+# A new alert of the diff reverts when at least STILL_SEEN_CLEAR of it is clear on a later date and
+# less than this share of the clear part is still detected as built: a crop, ploughing, a shadow.
+REVERTED_BUILT = 0.25
 # An update is announced when the construction grew by more than this (m2) or was seen on a later date.
 GROWN_M2 = 0.5
 
@@ -34,16 +46,17 @@ class Event(NamedTuple):
     event: AlertEvent
 
 
-def meets_thresholds(new_m2: float, fraction: float | None, settings: Settings) -> bool:
-    """Whether new construction on a parcel is enough for an alert: ``alert_min_m2``, and
-    ``alert_min_fraction`` of the parcel when that is above 0."""
-    if new_m2 < settings.alert_min_m2:
+def meets_thresholds(new_m2: float, fraction: float | None, settings: Settings, pixel_m: float) -> bool:
+    """Whether new construction on a parcel is enough for an alert: ``alert_min_px`` pixels of
+    ``pixel_m`` (at least ``alert_min_m2``), and ``alert_min_fraction`` of the parcel when that is
+    above 0."""
+    if new_m2 < settings.min_area_m2("alert", pixel_m):
         return False
     return settings.alert_min_fraction <= 0 or (fraction or 0.0) >= settings.alert_min_fraction
 
 
 def judge(session: Session, area: Area, scene: Scene, settings: Settings,
-          metrics: Metrics | None = None) -> list[Event]:
+          metrics: Metrics | None = None, segmented: bool = True) -> list[Event]:
     """Judge a scene's changes against parcels and permits; returns the events of the alerts touched.
 
     Per parcel, the new construction of this date (the union of its change pieces) is
@@ -51,14 +64,18 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
     since the alert was first seen, which resolves the alert), an ``alert`` when it reaches
     ``alert_min_m2`` (and ``alert_min_fraction`` of the parcel, when set), else ``below_threshold``.
     A parcel has at most one open alert: later construction updates it. An open alert still seen
-    on a later date becomes ``confirmed``. Re-judging a scene rewrites its verdicts and raises
-    nothing twice.
+    on a clear date at least ``persist_days`` after it was first seen becomes ``confirmed``
+    (construction stays; crops and ploughing come and go). A ``new`` alert of the diff that a later
+    clear date no longer sees as built is ``reverted`` (``segmented``: this date was run through a
+    segmenter, so not seeing is news). Re-judging a scene rewrites its verdicts and raises nothing
+    twice.
     """
     metrics = metrics or default_metrics()
     session.flush()
     no_jit(session)
     day = scene_date(scene)
     epsg = int(area.utm_epsg)
+    pixel_m = scene_pixel_m(scene, settings)
     opened = open_statuses()
     session.execute(text("DELETE FROM parcel_changes WHERE change_id IN (SELECT id FROM changes WHERE scene_id = :sid)"),
                     dict(sid=scene.id))
@@ -67,19 +84,34 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
     resolved = session.execute(text(sql("judge_resolve")), dict(aid=area.id, day=day, open_statuses=opened)).scalars()
     events += [(i, AlertEvent.RESOLVED) for i in resolved.all()]
 
-    seen = [row.id for row in session.execute(text(sql("judge_still_seen")), dict(
-                aid=area.id, sid=scene.id, day=day, epsg=epsg, tol=float(settings.shift_tolerance_m),
-                open_statuses=opened))
-            if row.total > 0 and row.clear_m2 >= STILL_SEEN_CLEAR * row.total
-            and row.built_m2 >= STILL_SEEN_BUILT * row.clear_m2]
+    seen, persisted, gone = [], [], []
+    for row in session.execute(text(sql("judge_still_seen")), dict(
+            aid=area.id, sid=scene.id, day=day, epsg=epsg, tol=float(settings.shift_tolerance_m),
+            open_statuses=opened)):
+        if row.total <= 0 or row.clear_m2 < STILL_SEEN_CLEAR * row.total:
+            continue  # not seen well enough on this date to say
+        if row.built_m2 >= STILL_SEEN_BUILT * row.clear_m2:
+            seen.append(row.id)
+            if (day - row.first_seen).days >= settings.persist_days:
+                persisted.append(row.id)
+        elif (segmented and row.status == AlertStatus.NEW and row.source == ChangeSource.DIFF
+              and row.built_m2 < REVERTED_BUILT * row.clear_m2):
+            gone.append(row.id)
     if seen:
+        session.execute(text("UPDATE alerts SET last_seen = :day WHERE id = ANY(:ids) AND last_seen < :day"),
+                        dict(ids=seen, day=day))
+    if persisted:
         escalated = session.execute(text(
             "UPDATE alerts SET confidence = :confirmed, updated_at = now() "
             "WHERE id = ANY(:ids) AND confidence = :probable RETURNING id"),
-            dict(ids=seen, confirmed=str(Confidence.CONFIRMED), probable=str(Confidence.PROBABLE))).scalars().all()
-        session.execute(text("UPDATE alerts SET last_seen = :day WHERE id = ANY(:ids) AND last_seen < :day"),
-                        dict(ids=seen, day=day))
+            dict(ids=persisted, confirmed=str(Confidence.CONFIRMED),
+                 probable=str(Confidence.PROBABLE))).scalars().all()
         events += [(i, AlertEvent.ESCALATED) for i in escalated]
+    if gone:
+        reverted = session.execute(text(
+            "UPDATE alerts SET status = :reverted, updated_at = now() WHERE id = ANY(:ids) RETURNING id"),
+            dict(ids=gone, reverted=str(AlertStatus.REVERTED))).scalars().all()
+        events += [(i, AlertEvent.REVERTED) for i in reverted]
 
     run_sql(session, "judge_pieces", aid=area.id, sid=scene.id, epsg=epsg, min_piece=MIN_PIECE_M2)
     verdicts: list[tuple[int, str, int | None, int | None]] = []  # parcel, verdict, permit, alert
@@ -88,7 +120,7 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
         if row.permit_id is not None:
             # (an open alert such a permit covers was resolved above)
             verdicts.append((row.parcel_id, Verdict.PERMITTED, row.permit_id, None))
-        elif meets_thresholds(row.new_m2, row.fraction, settings):
+        elif meets_thresholds(row.new_m2, row.fraction, settings, pixel_m):
             if row.open_id is not None:
                 to_update.append(row.open_id)
                 verdicts.append((row.parcel_id, Verdict.ALERT, None, row.open_id))

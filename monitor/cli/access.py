@@ -59,9 +59,10 @@ def subscriptions_add(
     secret: str = typer.Option(..., "--secret", help="Shared secret; each POST carries X-Monitor-Signature: "
                                "sha256=HMAC-SHA256(secret, body)."),
     area: str = typer.Option(None, "--area", help="Only this area's alerts (default: every area)."),
-    min_confidence: str = typer.Option("probable", "--min-confidence",
-                                       help="probable (every new alert) or confirmed (only once confirmed "
-                                            "on a second date)."),
+    min_confidence: str = typer.Option("confirmed", "--min-confidence",
+                                       help="confirmed (only alerts whose construction is still there on a clear "
+                                            "date MONITOR_PERSIST_DAYS later; the default) or probable (every new "
+                                            "alert, and its withdrawal when the place reverts)."),
 ) -> None:
     """Subscribe a URL to new and escalated alerts."""
     with state(ctx).transaction() as session:

@@ -25,6 +25,12 @@ parcels = new_app("Import cadastral parcels.")
 permits = new_app("Import building permits.")
 
 
+BAND_ORDER_HELP = ("Sentinel-2 names of the bands of drop-folder files that carry no band descriptions, in file "
+                   "order, '-' for a band to ignore: e.g. B04,B03,B02,B08 for red, green, blue, NIR.")
+RESOLUTION_HELP = ("Run models trained at a resolution more than 1.5x away from the scenes' (refused by "
+                   "default).")
+
+
 @areas.command("add")
 def areas_add(
     ctx: typer.Context,
@@ -41,11 +47,15 @@ def areas_add(
                                      "(repeatable), e.g. local=/data/drops/ba."),
     resolution: float = typer.Option(None, "--resolution", help="Pixel size scenes are prepared at, metres. "
                                      "Default: MONITOR_RESOLUTION_M."),
+    band_order: str = typer.Option(None, "--band-order", help=BAND_ORDER_HELP),
+    allow_resolution_mismatch: bool = typer.Option(False, "--allow-resolution-mismatch",
+                                                   help=RESOLUTION_HELP),
 ) -> None:
     """Register a watched area."""
     st = state(ctx)
     spec = area_spec(st.settings, name, cadence=cadence, providers=provider, max_cloud=max_cloud, sources=source,
-                     resolution_m=resolution)
+                     resolution_m=resolution, band_order=band_order,
+                     allow_resolution_mismatch=allow_resolution_mismatch)
     with st.transaction() as session:
         area = add_area(session, spec, geometry)
         info = describe(session, area)
@@ -63,6 +73,9 @@ def areas_configure(
     source: list[str] = typer.Option([], "--source", help="PROVIDER=URL_OR_DIR (repeatable)."),
     resolution: float = typer.Option(None, "--resolution", help="Pixel size scenes are prepared at, metres."),
     active: bool = typer.Option(None, "--active/--inactive", help="Watch the area, or pause it."),
+    band_order: str = typer.Option(None, "--band-order", help=BAND_ORDER_HELP + " '' forgets it."),
+    allow_resolution_mismatch: bool = typer.Option(None, "--allow-resolution-mismatch/--refuse-resolution-mismatch",
+                                                   help=RESOLUTION_HELP),
     segmenter_model: str = typer.Option(None, "--segmenter-model", help="Model directory ('' to unset)."),
     classifier_model: str = typer.Option(None, "--classifier-model", help="Model directory ('' to unset)."),
     change_model: str = typer.Option(None, "--change-model", help="Model directory ('' to unset)."),
@@ -72,7 +85,8 @@ def areas_configure(
                                      (ModelKind.CHANGE, change_model)) if v is not None}
     with state(ctx).transaction() as session:
         area = configure_area(session, name, cadence=cadence, providers=provider, max_cloud=max_cloud,
-                              sources=parse_sources(source), resolution_m=resolution, active=active, models=models)
+                              sources=parse_sources(source), resolution_m=resolution, active=active, models=models,
+                              band_order=band_order, allow_resolution_mismatch=allow_resolution_mismatch)
         echo_json(describe(session, area))
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from monitor.db.tables import Alert, Area, Scene
 from monitor.domain import OPEN_ALERT_STATUSES, Provider, SceneStatus, values
 from monitor.errors import NotFound
+from monitor.settings import Settings
 
 UTC = dt.timezone.utc
 #: Earlier dates searched, newest first, for a clear view of each place a date sees.
@@ -88,6 +89,12 @@ def scene_date(scene: Scene) -> dt.date:
     if acquired.tzinfo is not None:
         acquired = acquired.astimezone(UTC)
     return acquired.date()
+
+
+def scene_pixel_m(scene: Scene, settings: Settings) -> float:
+    """The side of a scene's pixels in metres: its prepared raster's (or imported raster's, on the
+    area's UTM grid), else the settings' resolution for scenes recorded before it was kept."""
+    return float(scene.pixel_m or settings.resolution_m)
 
 
 def day_start(day: dt.date) -> dt.datetime:

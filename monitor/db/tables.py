@@ -126,6 +126,10 @@ class Area(Base):
     sources: Mapped[dict] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     max_cloud: Mapped[float] = mapped_column(Float)
     resolution_m: Mapped[float | None] = mapped_column(Float)  # NULL: MONITOR_RESOLUTION_M
+    # Sentinel-2 names of the bands of drop-folder files without band descriptions, in file order
+    band_order: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    # run models whose training resolution differs from the scenes' by more than 1.5x
+    allow_resolution_mismatch: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     segmenter_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
     classifier_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
@@ -190,9 +194,10 @@ class Scene(Base):
     clear_geom = _geom(nullable=True)
     remote: Mapped[dict] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))  # assets, hrefs, sizes
     file_path: Mapped[str | None] = mapped_column(Text)  # the prepared COG
+    pixel_m: Mapped[float | None] = mapped_column(Float)  # the prepared COG's pixel side, metres
     checksum: Mapped[str | None] = mapped_column(Text)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    # found -> prepared -> processed; or skipped | failed | offline (monitor.domain.SceneStatus)
+    # found -> prepared -> processed | suspect; or skipped | failed | offline (monitor.domain.SceneStatus)
     status: Mapped[str] = mapped_column(String(32), server_default=text("'found'"), index=True)
     status_reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
@@ -333,7 +338,7 @@ class Subscription(Base):
     area_id: Mapped[int | None] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"), index=True)
     url: Mapped[str] = mapped_column(Text)
     secret: Mapped[str] = mapped_column(Text)
-    min_confidence: Mapped[str] = mapped_column(String(16), server_default=text("'probable'"))
+    min_confidence: Mapped[str] = mapped_column(String(16), server_default=text("'confirmed'"))
     filters: Mapped[dict] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[dt.datetime] = _created()

@@ -11,10 +11,12 @@ else from nodata and masks); the cloud/nodata fraction over the area comes from 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,8 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import MultiPolygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from monitor.errors import ImageryError, NoCRS
+from monitor.domain import SKIP_BAND
+from monitor.errors import ImageryError, NoCRS, UnnamedBands
 from monitor.geo import as_multipolygon, reproject
 from monitor.imagery.base import Band, Product, band_sort_key
 from monitor.imagery.fetch import file_hashes
@@ -59,6 +62,7 @@ class Prepared:
     checksum: str  # SHA-256 of the COG
     size_bytes: int
     bands: list[str | None]
+    unusable: str | None = None  # why the scene cannot be used at all, whatever its cloud cover
 
 
 def clear_path_for(path: str | Path) -> Path:
@@ -99,19 +103,68 @@ def safe_product(zip_path: Path, bands: list[str]) -> Product:
                    zero_is_nodata=True)
 
 
+#: Names a band description or colour interpretation may give instead of the Sentinel-2 name.
+BAND_ALIASES = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08"}
+_S2_NAME = re.compile(r"^B\d[\dA]$")
+
+
+def canonical_band(name: str | None) -> str | None:
+    """The Sentinel-2 name a band description stands for (``B04``, ``red`` -> B04), or None."""
+    if not name:
+        return None
+    name = name.strip()
+    if _S2_NAME.match(name.upper()):
+        return name.upper()
+    return BAND_ALIASES.get(name.lower())
+
+
 def raster_bands(path: Path, wanted: list[str]) -> list[Band]:
     """The bands of one multi-band raster: the wanted ones where its band descriptions name them
-    all, else every band that is not an alpha band, with the raster's own descriptions."""
+    all, else every band that is not an alpha band. Each is named by its description, or by its
+    colour interpretation where the file marks red, green and blue (RGB imagery), else unnamed."""
     try:
         with rasterio.open(path) as src:
             descs, interp, count = src.descriptions, src.colorinterp, src.count
     except RasterioError as e:
         raise ImageryError(f"{Path(path).name} is not a readable raster: {e}") from e
-    if wanted and all(b in descs for b in wanted):
-        idx = [descs.index(b) + 1 for b in wanted]
+    names = [canonical_band(d) for d in descs]
+    if not any(names) and {ColorInterp.red, ColorInterp.green, ColorInterp.blue} <= set(interp):
+        names = [canonical_band(ci.name) for ci in interp]
+    if wanted and all(b in names for b in wanted):
+        idx = [names.index(b) + 1 for b in wanted]
     else:
         idx = [i for i in range(1, count + 1) if interp[i - 1] != ColorInterp.alpha] or list(range(1, count + 1))
-    return [Band(descs[i - 1], [str(path)], i) for i in idx]
+    return [Band(names[i - 1], [str(path)], i) for i in idx]
+
+
+def name_bands(product: Product, band_order: Sequence[str] | None, wanted: Sequence[str]) -> Product:
+    """The product's bands with Sentinel-2 names, the wanted ones first in their order.
+
+    Bands named by the file (descriptions, RGB colour interpretation) keep their names; a file
+    whose bands carry no names needs the area's band order (one name per band of the file, ``-``
+    for a band to skip); without one the scene fails with ``UnnamedBands``: imagery is never read
+    by position. The band order lists every band of the file, or every band but its alpha bands."""
+    bands = product.bands
+    if not all(b.name for b in bands):
+        files = sorted({Path(p).name for b in bands for p in b.paths})
+        if not band_order:
+            raise UnnamedBands(
+                f"{', '.join(files)}: its bands carry no names (no band descriptions), so which is red, "
+                "green, blue or near infrared is unknown: give the area its band order, e.g. "
+                "`monitor areas configure NAME --band-order B04,B03,B02,B08`")
+        with rasterio.open(bands[0].paths[0]) as src:
+            count = src.count
+        path = bands[0].paths
+        if len(band_order) == count:  # every band of the file, alpha bands included
+            bands = [Band(n, path, i) for i, n in enumerate(band_order, 1) if n != SKIP_BAND]
+        elif len(band_order) == len(bands):  # the bands that are not alpha bands
+            bands = [Band(n, b.paths, b.index) for n, b in zip(band_order, bands) if n != SKIP_BAND]
+        else:
+            raise ImageryError(f"{', '.join(files)} has {count} bands ({len(bands)} besides alpha) but the area's "
+                               f"band order names {len(band_order)} ({','.join(band_order)})")
+    by_name = {b.name: b for b in bands}
+    chosen = [by_name[w] for w in wanted if w in by_name] or bands
+    return dataclasses.replace(product, bands=chosen)
 
 
 # --- onto the grid -----------------------------------------------------------------------------
@@ -157,6 +210,8 @@ def _warp_file(path: str, indexes: list[int], grid: Grid, *, categorical: bool, 
                     mask &= src.read(i, window=win, out_shape=shape) > 0
             if zero_is_nodata:
                 mask &= (data != 0).all(axis=0)
+            if np.issubdtype(data.dtype, np.floating):  # NaN and infinities are no data, whatever the nodata tag
+                mask &= np.isfinite(data).all(axis=0)
             src_transform = src.window_transform(win) * Affine.scale(win.width / shape[1], win.height / shape[0])
             src_res *= step
             src_crs = src.crs
@@ -279,6 +334,7 @@ def prepare(product: Product, grid: Grid, area_4326: BaseGeometry, out: Path) ->
             np.maximum(band, 1, out=band)
         band *= valid
     cloud = 100.0 * (1.0 - clear.sum() / max(int(inside.sum()), 1))
+    unusable = unusable_reason(stack, clear, names)
     clear_file = clear_path_for(out)
     try:
         _write_cog(out, stack, grid, nodata=0, descriptions=names, resampling="AVERAGE")
@@ -290,4 +346,16 @@ def prepare(product: Product, grid: Grid, area_4326: BaseGeometry, out: Path) ->
         clear_file.unlink(missing_ok=True)
         raise
     return Prepared(out, clear_file, round(float(cloud), 4), clear_polygons(clear, grid, area_4326), digest,
-                    out.stat().st_size, names)
+                    out.stat().st_size, names, unusable)
+
+
+def unusable_reason(stack: np.ndarray, clear: np.ndarray, names: Sequence[str | None]) -> str | None:
+    """Why a prepared scene holds no usable imagery over the area, or None: no valid pixel there, or a
+    band with one value everywhere (a fill, a failed export)."""
+    if not clear.any():
+        return "no valid pixel over the area (all nodata, NaN or masked)"
+    for i, band in enumerate(stack):
+        seen = band[clear]
+        if seen.min() == seen.max():
+            return f"band {names[i] or i + 1} has the one value {seen.min():g} everywhere over the area"
+    return None

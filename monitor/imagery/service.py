@@ -25,7 +25,7 @@ from monitor.errors import MonitorError, ProductOffline, ProviderError
 from monitor.geo import as_multipolygon
 from monitor.imagery.base import DEFAULT_BANDS, AreaInfo, Candidate, band_sort_key, get_provider, safe_name
 from monitor.imagery.grid import Grid, area_grid
-from monitor.imagery.prepare import clear_path_for, prepare
+from monitor.imagery.prepare import clear_path_for, name_bands, prepare
 from monitor.metrics import Metrics, default_metrics
 from monitor.settings import Settings
 
@@ -165,18 +165,24 @@ def _acquire(settings: Settings, metrics: Metrics, area: dict, scene: dict, prog
         provider = get_provider(provider_name, settings, area["info"], metrics)
         product = provider.fetch(product_id, scene["remote"], area["bands"], workdir, progress)
         metrics.scenes_downloaded.labels(area["name"], provider_name).inc()
+        product = name_bands(product, area["band_order"], area["bands"])
         prepared = prepare(product, area["grid"], area["info"].footprint, out)
         remote = {**scene["remote"], "files": product.files, "bands": prepared.bands}
         common = {"cloud_cover": prepared.cloud_cover, "remote": remote, "next_attempt_at": None,
                   "clear_geom": from_shape(prepared.clear_geom, srid=4326) if prepared.clear_geom else None}
-        if prepared.cloud_cover > area["max_cloud"]:
+        skipped = None
+        if prepared.unusable:
+            skipped = (f"unusable: {prepared.unusable}", "unusable")
+        elif prepared.cloud_cover > area["max_cloud"]:
+            skipped = (f"cloud/nodata {prepared.cloud_cover:.1f}% over the area exceeds the maximum "
+                       f"{area['max_cloud']:g}%", "cloud")
+        if skipped:
             out.unlink(missing_ok=True)
             clear_path_for(out).unlink(missing_ok=True)
-            reason = (f"cloud/nodata {prepared.cloud_cover:.1f}% over the area exceeds the maximum "
-                      f"{area['max_cloud']:g}%")
-            return _Outcome(SceneStatus.SKIPPED, reason, "cloud", common)
+            return _Outcome(SceneStatus.SKIPPED, skipped[0], skipped[1], common)
         return _Outcome(SceneStatus.PREPARED, None, None, {**common, "file_path": str(prepared.path),
-                                                 "checksum": prepared.checksum, "size_bytes": prepared.size_bytes})
+                                                 "checksum": prepared.checksum, "size_bytes": prepared.size_bytes,
+                                                 "pixel_m": area["grid"].resolution})
     except ProductOffline as e:
         when = dt.datetime.now(UTC) + dt.timedelta(seconds=settings.offline_retry_s)
         return _Outcome(SceneStatus.OFFLINE, f"{e} (next try after {when:%Y-%m-%d %H:%M} UTC)", None,
@@ -203,6 +209,7 @@ def fetch_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
         area_row = row(session, Area, scene.area_id)
         scene.attempts = (scene.attempts or 0) + 1
         area = {"id": area_row.id, "name": area_row.name, "max_cloud": area_row.max_cloud,
+                "band_order": list(area_row.band_order or []),
                 "info": area_info(area_row, scene.provider), "bands": model_bands(session, area_row),
                 "grid": grid_for(area_row, settings)}
         snapshot = {"provider": scene.provider, "product_id": scene.product_id,

@@ -20,6 +20,7 @@ from monitor.domain import (
     check_max_cloud,
     check_resolution,
     format_duration,
+    parse_band_order,
     parse_cadence,
     parse_providers,
     values,
@@ -33,13 +34,15 @@ from monitor.settings import Settings
 
 def area_spec(settings: Settings, name: str, *, cadence: str | None = None,
               providers: str | Sequence[str] | None = None, max_cloud: float | None = None,
-              sources: Iterable[str] | Mapping[str, str] = (), resolution_m: float | None = None) -> AreaSpec:
+              sources: Iterable[str] | Mapping[str, str] = (), resolution_m: float | None = None,
+              band_order: str | Sequence[str] | None = None, allow_resolution_mismatch: bool = False) -> AreaSpec:
     """The checked specification of a new area, unset fields taken from the settings' defaults
     (``MONITOR_DEFAULT_*``): what ``monitor areas add`` and ``POST /areas`` both build."""
     return AreaSpec.parse(name, cadence=cadence or settings.default_cadence,
                           providers=providers or settings.default_providers,
                           max_cloud=settings.default_max_cloud if max_cloud is None else max_cloud,
-                          sources=sources, resolution_m=resolution_m)
+                          sources=sources, resolution_m=resolution_m, band_order=band_order,
+                          allow_resolution_mismatch=allow_resolution_mismatch)
 
 
 def add_area(session: Session, spec: AreaSpec, geometry: str | Path | BaseGeometry) -> Area:
@@ -53,7 +56,9 @@ def add_area(session: Session, spec: AreaSpec, geometry: str | Path | BaseGeomet
         raise Conflict(f"an area named {spec.name!r} exists already", field="name")
     area = Area(name=spec.name, footprint=from_shape(footprint, srid=4326), utm_epsg=utm_epsg_for(footprint),
                 cadence=spec.cadence, providers=values(spec.providers), sources=dict(spec.sources),
-                max_cloud=spec.max_cloud, resolution_m=spec.resolution_m)
+                max_cloud=spec.max_cloud, resolution_m=spec.resolution_m,
+                band_order=list(spec.band_order) if spec.band_order else None,
+                allow_resolution_mismatch=spec.allow_resolution_mismatch)
     session.add(area)
     session.flush()
     return area
@@ -92,6 +97,8 @@ def describe(session: Session, area: Area) -> dict:
         "sources": dict(area.sources or {}),
         "max_cloud": area.max_cloud,
         "resolution_m": area.resolution_m,
+        "band_order": list(area.band_order) if area.band_order else None,
+        "allow_resolution_mismatch": bool(area.allow_resolution_mismatch),
         "models": {kind: getattr(area, f"{kind}_model_id") for kind in ModelKind},
         "active": area.active,
         "parcels": parcels,
@@ -109,9 +116,12 @@ def remove_area(session: Session, name: str) -> None:
 def configure_area(session: Session, name: str, *, cadence: str | None = None,
                    providers: str | Sequence[str] | None = None, max_cloud: float | None = None,
                    sources: dict[str, str] | None = None, resolution_m: float | None = None,
-                   active: bool | None = None, models: dict[str, str] | None = None) -> Area:
+                   active: bool | None = None, models: dict[str, str] | None = None,
+                   band_order: str | Sequence[str] | None = None,
+                   allow_resolution_mismatch: bool | None = None) -> Area:
     """Change an area's settings; ``models`` maps a kind (segmenter, classifier, change) to a model
-    directory, registered on the way, or to '' to unset it."""
+    directory, registered on the way, or to '' to unset it. ``band_order`` '' (or an empty list)
+    forgets the area's band order."""
     area = get_area(session, name)
     if cadence is not None:
         area.cadence = parse_cadence(cadence)
@@ -125,6 +135,11 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
         area.resolution_m = check_resolution(resolution_m)
     if active is not None:
         area.active = active
+    if band_order is not None:
+        parsed = parse_band_order(band_order)
+        area.band_order = list(parsed) if parsed else None
+    if allow_resolution_mismatch is not None:
+        area.allow_resolution_mismatch = allow_resolution_mismatch
     for kind, model_dir in (models or {}).items():
         if not model_dir:
             setattr(area, f"{kind}_model_id", None)

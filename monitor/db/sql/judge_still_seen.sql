@@ -4,9 +4,9 @@ WITH clear AS (
     SELECT ST_CollectionExtract(ST_MakeValid(ST_Transform(COALESCE(s.clear_geom, a.footprint), :epsg)), 3) AS g
     FROM scenes s JOIN areas a ON a.id = s.area_id WHERE s.id = :sid),
 cand AS (
-    SELECT al.id, al.geom, ST_Transform(al.geom, :epsg) AS g FROM alerts al
+    SELECT al.id, al.status, al.source, al.first_seen, al.geom, ST_Transform(al.geom, :epsg) AS g FROM alerts al
     WHERE al.area_id = :aid AND al.status = ANY(:open_statuses) AND al.first_seen < :day AND al.last_seen < :day)
-SELECT cand.id, ST_Area(cand.g) AS total, ST_Area(v.g) AS clear_m2,
+SELECT cand.id, cand.status, cand.source, cand.first_seen, ST_Area(cand.g) AS total, ST_Area(v.g) AS clear_m2,
        COALESCE(ST_Area(ST_Intersection(v.g, b.g)), 0) AS built_m2
 FROM cand CROSS JOIN clear
 CROSS JOIN LATERAL (SELECT ST_Intersection(cand.g, clear.g) AS g) v

@@ -1,0 +1,159 @@
+"""Real-imagery guards: areas measured without bias, minimums in pixels of the scene, unusable and
+suspect dates, models of another resolution refused, and crops that come and go kept out of the
+confirmed alerts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from prometheus_client import CollectorRegistry
+from shapely.geometry import box
+
+from monitor.db.engine import transaction
+from monitor.db.tables import Area
+from monitor.domain import resolution_fits
+from monitor.errors import ModelMismatch
+from monitor.imagery.service import fetch_scene, search_scenes
+from monitor.metrics import Metrics
+from monitor.pipeline import check_resolutions
+from monitor.settings import Settings
+from monitor.vectorize import polygonize
+from tests.test_change import D1, NEW, A, B, C, buildings, pid, q, subscribe
+from tests.test_change import world as world  # noqa: F401  (the fixture)
+from tests.test_imagery_local import make_area
+
+T10 = Affine(10.0, 0.0, 314000.0, 0.0, -10.0, 6184000.0)  # 10 m pixels
+
+
+@pytest.mark.parametrize("side", [1, 2, 3, 4, 5])
+def test_blocks_of_one_to_five_pixels_measure_their_true_area(side):
+    """The median filter decides what is noise; a kept block keeps its whole outline."""
+    prob = np.zeros((40, 40), dtype="float32")
+    prob[10:10 + side, 20:20 + side] = 0.9
+    settings = Settings(_env_file=None)
+    polys = polygonize(prob, T10, threshold=0.5, median_px=3, min_area_m2=settings.min_area_m2("region", 10.0))
+    if side < 3:  # a 3-pixel median filter removes 1 x 1 and 2 x 2 blocks: noise at 10 m
+        assert polys == []
+    else:
+        [(poly, _mean)] = polys
+        assert poly.area == pytest.approx(side * side * 100.0, abs=1e-6)  # 3 x 3 pixels: 900 m2, not 500
+        assert poly.bounds == pytest.approx((314200.0, 6184000.0 - 100 - side * 10, 314200.0 + side * 10,
+                                             6184000.0 - 100))
+
+
+def test_minimum_areas_follow_the_scene_pixels():
+    s = Settings(_env_file=None)
+    # at 10 m the m2 defaults were below one pixel: three pixels now
+    assert (s.min_area_m2("region", 10), s.min_area_m2("change", 10), s.min_area_m2("alert", 10)) == (300, 300, 300)
+    # at 2 m (the demo world) and 1 m the m2 floors still hold
+    assert (s.min_area_m2("region", 2), s.min_area_m2("alert", 2), s.min_area_m2("alert", 1)) == (20, 50, 50)
+    s = Settings(_env_file=None, alert_min_px=10, min_region_m2=500)
+    assert (s.min_area_m2("alert", 4), s.min_area_m2("region", 10)) == (160, 500)
+
+
+class _Model:
+    def __init__(self, resolution_m):
+        self.meta, self.version, self.path = {"resolution_m": resolution_m}, "seg-1", "/models/seg-1"
+
+
+def test_a_model_of_another_resolution_is_refused():
+    assert resolution_fits(10, 10) and resolution_fits(10, 14.9) and resolution_fits(2, 2.5)
+    assert not resolution_fits(2, 10) and not resolution_fits(10, 4) and resolution_fits(None, 10)
+    check_resolutions({"segmenter": _Model(10.0), "change": None}, 10.0, "ba")
+    with pytest.raises(ModelMismatch) as e:
+        check_resolutions({"segmenter": _Model(2.0)}, 10.0, "ba")
+    assert "trained on 2 m pixels" in str(e.value) and "10 m pixels" in str(e.value)
+    assert "--allow-resolution-mismatch" in str(e.value)
+
+
+@pytest.mark.realdata
+def test_nan_and_constant_dates_are_skipped_never_baseline(engine, settings, shared_data, tmp_path):
+    """An all-NaN float GeoTIFF between two copies of the real Buenos Aires scene: skipped, with the reason."""
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    src = shared_data / "buenos_aires_lots" / "after.tif"
+    shutil.copy(src, drops / "ba_20180101.tif")
+    shutil.copy(src, drops / "ba_20180301.tif")
+    with rasterio.open(src) as ds:
+        profile = {**ds.profile, "dtype": "float32", "nodata": None, "count": 4}
+        bounds = ds.bounds
+    with rasterio.open(drops / "ba_20180201.tif", "w", **profile) as dst:
+        dst.write(np.full((4, profile["height"], profile["width"]), np.nan, dtype="float32"))
+    with rasterio.open(drops / "ba_20180215.tif", "w", **{**profile, "dtype": "uint16"}) as dst:
+        dst.write(np.full((4, profile["height"], profile["width"]), 1200, dtype="uint16"))
+    area_utm = box(bounds.left + 300, bounds.bottom + 300, bounds.right - 300, bounds.top - 300)
+    area_id = make_area(engine, area_utm=area_utm, sources={"local": str(drops)}, max_cloud=100)
+    with transaction(engine) as s:
+        s.get(Area, area_id).band_order = ["B04", "B03", "B02", "-"]
+        new = search_scenes(s, s.get(Area, area_id), settings, Metrics(), since=dt.date(2017, 1, 1))
+    metrics = Metrics(CollectorRegistry())
+    done = {x.product_id: fetch_scene(engine, x.id, settings, metrics) for x in new}
+    assert {k: v.status for k, v in done.items()} == {
+        "ba_20180101.tif": "prepared", "ba_20180201.tif": "skipped", "ba_20180215.tif": "skipped",
+        "ba_20180301.tif": "prepared"}
+    assert done["ba_20180201.tif"].status_reason == ("unusable: no valid pixel over the area "
+                                                     "(all nodata, NaN or masked)")
+    assert "has the one value 1200 everywhere" in done["ba_20180215.tif"].status_reason
+    assert metrics.registry.get_sample_value("monitor_scenes_skipped_total",
+                                             {"area": "ba", "provider": "local", "reason": "unusable"}) == 2
+    assert not any(p.name.startswith("20180201") for p in (settings.data_dir / "scenes" / str(area_id)).iterdir())
+
+
+def _imp(cli, day, path, **env):
+    return json.loads(cli("detections", "import", "--area", "ba", "--date", day, path, "--json",
+                          env={"MONITOR_SHIFT_TOLERANCE_M": "1.5", "MONITOR_MIN_CHANGE_M2": "20",
+                               "MONITOR_ALERT_MIN_M2": "50", **env}).stdout)
+
+
+def test_a_date_where_much_of_the_area_changes_is_suspect(world, cli, engine):  # noqa: F811
+    _imp(cli, D1, buildings().write(world / "d1.tif"))
+    everywhere = buildings()
+    for i in range(4):
+        for j in range(4):
+            everywhere.put(i, j, 20, 20, 28, 28)  # 16 x 784 m2 = 31 % of the area "new": a season, not building
+    out = _imp(cli, "2024-02-10", everywhere.write(world / "d2.tif"))
+    assert out["suspect"].startswith("suspect: 31% of the area's clear land changed at once")
+    assert sum(out["alerts"].values()) == 0 and q(engine, "SELECT count(*) FROM alerts")[0][0] == 0
+    assert q(engine, "SELECT status FROM scenes WHERE id = :i", i=out["scene_id"])[0][0] == "suspect"
+    # the next date is compared with the first, never with the suspect one
+    later = _imp(cli, "2024-03-10", buildings().put(*A, *NEW).write(world / "d3.tif"))
+    assert later["previous_date"] == D1 and later["alerts"]["created"] == 1
+    # with a higher limit the same date is an ordinary one
+    again = _imp(cli, "2024-02-10", world / "d2.tif", MONITOR_MAX_CHANGE_SHARE="0.5")
+    assert again["suspect"] is None and again["alerts"]["created"] >= 15
+    assert q(engine, "SELECT count(*) FROM alerts")[0][0] == 16
+
+
+def test_a_field_that_comes_and_goes_is_never_confirmed(world, cli, engine):  # noqa: F811
+    """A field green, brown, green (detected as built when green) beside a building that appears and stays."""
+    subscribe(engine)  # a subscriber to probable alerts
+    cli("subscriptions", "add", "http://127.0.0.1:9/confirmed-only", "--secret", "s")  # the default: confirmed
+    field = (10, 30, 30, 15)  # 450 m2 of parcel B
+    days = ["2024-01-10", "2024-02-10", "2024-02-20", "2024-03-15", "2024-04-10"]
+    frames = [buildings(),
+              buildings().put(*B, *field).put(*C, *NEW),  # green field; a new house
+              buildings().put(*C, *NEW),  # the field ploughed: brown
+              buildings().put(*B, *field).put(*C, *NEW),  # green again
+              buildings().put(*C, *NEW)]
+    for k, (day, frame) in enumerate(zip(days, frames)):
+        _imp(cli, day, frame.write(world / f"s{k}.tif"))
+    rows = q(engine, "SELECT p.external_id, a.status, a.confidence, a.first_seen::text FROM alerts a "
+                     "JOIN parcels p ON p.id = a.parcel_id ORDER BY a.id")
+    assert rows == [(pid(*B), "reverted", "probable", days[1]), (pid(*C), "new", "confirmed", days[1]),
+                    (pid(*B), "reverted", "probable", days[3])]
+    # the house was seen again 10 days later (too soon to confirm), then 34 days later: confirmed
+    by_sub = q(engine, "SELECT s.url, p.external_id, d.event FROM deliveries d JOIN subscriptions s ON "
+                       "s.id = d.subscription_id JOIN alerts a ON a.id = d.alert_id JOIN parcels p ON "
+                       "p.id = a.parcel_id ORDER BY d.id")
+    confirmed_only = [(parcel, event) for url, parcel, event in by_sub if url.endswith("confirmed-only")]
+    assert confirmed_only == [(pid(*C), "alert.escalated")]
+    probable = [(parcel, event) for url, parcel, event in by_sub if url.endswith("/hook")]
+    assert probable == [(pid(*B), "alert.created"), (pid(*C), "alert.created"), (pid(*B), "alert.reverted"),
+                        (pid(*C), "alert.escalated"), (pid(*B), "alert.created"), (pid(*B), "alert.reverted")]
+    assert q(engine, "SELECT count(*) FROM scenes WHERE status = 'processed'")[0][0] == 5
