@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import shapely
+from rasterio import features
 from rasterio.enums import Resampling
 from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -34,9 +36,10 @@ from monitor.alerts.evidence import render_evidence
 from monitor.alerts.webhooks import deliver_pending, enqueue
 from monitor.db import queries
 from monitor.db.engine import transaction
-from monitor.db.tables import Area, Indicator, Model, Run, Scene
+from monitor.db.tables import Alert, Area, Indicator, Model, Run, Scene
 from monitor.domain import AlertEvent, ModelKind, RunStatus, SceneStatus, resolution_fits
 from monitor.errors import ConfigError, ModelMismatch, MonitorError
+from monitor.geo import reproject
 from monitor.imagery.prepare import clear_path_for
 from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
 from monitor.inventory.areas import get_area
@@ -149,14 +152,18 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
     """The scene's probability rasters (segmenter; change model against the scene's before image) under
     ``data_dir/probability/<area id>/``, and the settlement km2 of its classifier.
 
-    Returns ``{"probabilities": {kind: {"path", "version", "threshold"}}, "settlement_km2": float | None}``.
-    A raster already there (from a pass killed later on) is kept.
+    Returns ``{"probabilities": {kind: {"path", "version", "threshold"}}, "settlement_km2": float | None,
+    "persistence": {alert id: {"path", "threshold"}}}``: the last, for open alerts a change model raised on
+    earlier dates, is the change model run from each alert's own baseline to this scene, which tells
+    whether the construction is still there. A raster already there (from a pass killed later on) is kept.
     """
     metrics = metrics or default_metrics()
     with transaction(engine) as s:
         scene, area = queries.scene_and_area(s, scene_id)
         dirs = area_model_dirs(s, area, settings)
         before = queries.before_image(s, scene)
+        baselines = {b: (str(queries.row(s, Scene, b).file_path), ids)
+                     for b, ids in queries.alert_baselines(s, scene).items()}
     models = _models(dirs, settings)
     if not area.allow_resolution_mismatch:
         check_resolutions(models, queries.scene_pixel_m(scene, settings), area.name)
@@ -167,24 +174,68 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
         model = models[kind]
         if model is None or (kind == ModelKind.CHANGE and before is None):
             continue
-        target = out_dir / f"{scene.id}_{kind}_{model.version}.tif"
-        if not target.exists():
-            # a pass killed during inference leaves its temporary file behind
-            for stale in out_dir.glob(f".{scene.id}_{kind}_*"):
-                stale.unlink(missing_ok=True)
-            t0 = time.perf_counter()
-            predict_raster(model, scene_path, target,
-                           before=Path(str(before.file_path)) if kind == ModelKind.CHANGE and before else None,
-                           batch=settings.inference_batch, overlap=settings.inference_overlap,
-                           window=settings.inference_window)
-            windows = _windows(model, scene_path, settings)
-            metrics.inference_windows.labels(kind).inc(windows)
-            metrics.inference_windows_per_second.labels(kind).set(windows / (time.perf_counter() - t0))
-            log.info("%s: %s inference in %.1fs", area.name, kind, time.perf_counter() - t0)
+        before_path = Path(str(before.file_path)) if kind == ModelKind.CHANGE and before else None
+        target = _infer(model, kind, scene_path, before_path, out_dir / f"{scene.id}_{kind}_{model.version}.tif",
+                        settings, metrics, area.name)
         probabilities[kind] = {"path": str(target), "version": model.version, "threshold": model.threshold}
+    persistence: dict[int, dict] = {}
+    change_model = models[ModelKind.CHANGE]
+    if change_model is not None:
+        for baseline, (path, alert_ids) in baselines.items():
+            if before is not None and baseline == before.id and ModelKind.CHANGE in probabilities:
+                target = Path(probabilities[ModelKind.CHANGE]["path"])
+            else:
+                target = _infer(change_model, ModelKind.CHANGE, scene_path, Path(path),
+                                out_dir / f"{scene.id}_persist-{baseline}_{change_model.version}.tif", settings,
+                                metrics, area.name)
+            persistence.update({a: {"path": str(target), "threshold": change_model.threshold} for a in alert_ids})
     classifier = models[ModelKind.CLASSIFIER]
     settlement = None if classifier is None else settlement_km2(classifier, scene_path, clear_path_for(scene_path))
-    return {"probabilities": probabilities, "settlement_km2": settlement}
+    return {"probabilities": probabilities, "settlement_km2": settlement, "persistence": persistence}
+
+
+def _infer(model: LoadedModel, kind: str, scene_path: Path, before: Path | None, target: Path, settings: Settings,
+           metrics: Metrics, area_name: str) -> Path:
+    """``target``, the model's probability raster of the scene (against ``before`` for a change model),
+    made unless a killed pass left it complete."""
+    if target.exists():
+        return target
+    # a pass killed during inference leaves its temporary file behind
+    for stale in target.parent.glob(f".{target.name.rsplit('_', 1)[0]}_*"):
+        stale.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    predict_raster(model, scene_path, target, before=before, batch=settings.inference_batch,
+                   overlap=settings.inference_overlap, window=settings.inference_window)
+    windows = _windows(model, scene_path, settings)
+    metrics.inference_windows.labels(kind).inc(windows)
+    metrics.inference_windows_per_second.labels(kind).set(windows / (time.perf_counter() - t0))
+    log.info("%s: %s inference in %.1fs", area_name, kind, time.perf_counter() - t0)
+    return target
+
+
+def sightings(engine: Engine, scene_id: int, persistence: dict[int, dict]) -> dict[int, tuple[float, float]]:
+    """Alert id -> (share of the alert's outline clear on this scene, share of that clear part the change
+    model still sees as changed from the alert's baseline), from ``infer_scene``'s persistence rasters."""
+    if not persistence:
+        return {}
+    with transaction(engine) as s:
+        scene = queries.row(s, Scene, scene_id)
+        outlines: dict[int, bytes] = {int(i): bytes(g) for i, g in s.execute(
+            select(Alert.id, func.ST_AsBinary(Alert.geom)).where(Alert.id.in_([int(a) for a in persistence])))}
+    clear = clear_path_for(str(scene.file_path))
+    out: dict[int, tuple[float, float]] = {}
+    for alert_id, made in persistence.items():
+        prob = read_probability(made["path"], clear_path=clear)
+        outline = reproject(shapely.from_wkb(outlines[int(alert_id)]), 4326, prob.crs)
+        inside = features.geometry_mask([outline], prob.values.shape, prob.transform, invert=True, all_touched=False)
+        if not inside.any():
+            inside = features.geometry_mask([outline], prob.values.shape, prob.transform, invert=True,
+                                            all_touched=True)
+        seen = inside & prob.valid
+        n_seen = int(seen.sum())
+        changed = int((seen & (np.nan_to_num(prob.values) >= made["threshold"])).sum())
+        out[int(alert_id)] = (n_seen / max(int(inside.sum()), 1), changed / n_seen if n_seen else 0.0)
+    return out
 
 
 def vectorize_scene(engine: Engine, scene_id: int, settings: Settings, probabilities: dict[str, dict],
@@ -229,7 +280,8 @@ def _rendered(events: Sequence[change.Event]) -> list[int]:
 
 
 def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlement_km2: float | None = None,
-                metrics: Metrics | None = None, segmented: bool = True) -> list[tuple[int, str]]:
+                metrics: Metrics | None = None, segmented: bool = True,
+                seen: dict[int, tuple[float, float]] | None = None) -> list[tuple[int, str]]:
     """Judge the scene's changes, queue the events' webhooks and record the date's indicators, in one
     transaction that also marks the scene processed; then render the evidence chips. Returns the
     ``(alert id, event)`` pairs.
@@ -251,7 +303,7 @@ def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlement_km
         scene.status = SceneStatus.PROCESSED
         scene.status_reason = None
         s.flush()
-        events = change.judge(s, area, scene, settings, metrics=metrics, segmented=segmented)
+        events = change.judge(s, area, scene, settings, metrics=metrics, segmented=segmented, sightings=seen)
         announce(s, events)
         change.record_indicators(s, area, scene, settlement_km2=settlement_km2, metrics=metrics)
     render_evidence(engine, _rendered(events), settings)
@@ -283,7 +335,8 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
         _check(stop)
         with rec.step("judge"):
             events = judge_scene(engine, scene_id, settings, inferred["settlement_km2"], metrics,
-                                 segmented=ModelKind.SEGMENTER in inferred["probabilities"])
+                                 segmented=ModelKind.SEGMENTER in inferred["probabilities"],
+                                 seen=sightings(engine, scene_id, inferred["persistence"]))
             summary["alerts"] = sum(1 for _a, ev in events if ev in (AlertEvent.CREATED, AlertEvent.ESCALATED))
             summary["settlement_km2"] = inferred["settlement_km2"]
     except BaseException as e:

@@ -157,3 +157,100 @@ def test_a_field_that_comes_and_goes_is_never_confirmed(world, cli, engine):  # 
     assert probable == [(pid(*B), "alert.created"), (pid(*C), "alert.created"), (pid(*B), "alert.reverted"),
                         (pid(*C), "alert.escalated"), (pid(*B), "alert.created"), (pid(*B), "alert.reverted")]
     assert q(engine, "SELECT count(*) FROM scenes WHERE status = 'processed'")[0][0] == 5
+
+
+@pytest.mark.realdata
+def test_the_real_pair_with_a_model_of_another_resolution(cli, engine, shared_data, tmp_path):
+    """The Buenos Aires pair (10 m) and a 1 m segmenter: refused, naming both, until the area allows it."""
+    from tests.ml_synthetic import saved_model
+
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    src = shared_data / "buenos_aires_lots"
+    shutil.copy(src / "before.tif", drops / "ba_20170101.tif")
+    shutil.copy(src / "after.tif", drops / "ba_20190101.tif")
+    with rasterio.open(src / "before.tif") as ds:
+        b = ds.bounds
+    area = tmp_path / "area.geojson"
+    from tests.vectors import write
+    write(area, [box(b.left + 300, b.bottom + 300, b.right - 300, b.top - 300)], [{"name": "ba"}], "EPSG:32721")
+    model = saved_model(tmp_path / "seg1m", channels=3, bands=["B04", "B03", "B02"], per_image=True)
+    cli("areas", "add", "ba", "--geometry", area, "--provider", "local", "--source", f"local={drops}",
+        "--band-order", "B04,B03,B02,-", "--max-cloud", "50")
+    cli("areas", "configure", "ba", "--segmenter-model", model)
+    out = json.loads(cli("process", "--area", "ba", expect=1).stdout)
+    assert out["processed"] == 0 and len(out["errors"]) == 2
+    assert all("trained on 1 m pixels and the scene has 10 m pixels" in e for e in out["errors"])
+    shown = json.loads(cli("areas", "configure", "ba", "--allow-resolution-mismatch").stdout)
+    assert shown["allow_resolution_mismatch"] is True and shown["band_order"] == ["B04", "B03", "B02", "-"]
+    q_ = "UPDATE scenes SET next_attempt_at = NULL"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(q_)
+    out = json.loads(cli("process", "--area", "ba").stdout)
+    assert out["processed"] == 2 and out["errors"] == []
+
+
+def _rule_change_model(folder):
+    """A real Keras change model whose weights encode a rule: B02 brighter by 800 than before is change."""
+    from monitor.ml.modelstore import save_model
+    from monitor.ml.runtime import keras
+
+    k = keras()
+    inputs = k.Input((None, None, 2))
+    outputs = k.layers.Conv2D(1, 1, activation="sigmoid")(inputs)
+    model = k.Model(inputs, outputs)
+    model.layers[-1].set_weights([np.array([-2.0, 2.0], "float32").reshape(1, 1, 2, 1), np.full(1, -4.0, "float32")])
+    meta = {"kind": "change", "version": "change-rule", "bands": ["B02"], "tile": 32, "threshold": 0.5,
+            "normalization": {"mean": [1000.0, 1000.0], "std": [100.0, 100.0]}, "resolution_m": 10.0,
+            "architecture": {"depth": 0}}
+    return save_model(model, folder, meta)
+
+
+def test_a_change_model_field_that_comes_and_goes_is_never_confirmed(cli, engine, tmp_path):
+    """The same season through the pipeline with a change model alone: its alerts are seen again by
+    running it from each alert's baseline to the new date."""
+    from tests.vectors import squares, write
+
+    x0, y0 = 314000.0, 6183400.0
+    area = write(tmp_path / "area.gpkg", [box(x0, y0, x0 + 200, y0 + 200)], [{"name": "ba"}], "EPSG:32721",
+                 driver="GPKG")
+    parcels = write(tmp_path / "parcels.gpkg", squares(x0, y0, 4, 50),
+                    [{"parcel_id": f"P{k % 4}{k // 4}"} for k in range(16)], "EPSG:32721", driver="GPKG")
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    cli("areas", "add", "ba", "--geometry", area, "--provider", "local", "--source", f"local={drops}",
+        "--resolution", "10")
+    cli("parcels", "import", parcels, "--area", "ba")
+    cli("areas", "configure", "ba", "--change-model", _rule_change_model(tmp_path / "rule"))
+    cli("subscriptions", "add", "http://127.0.0.1:9/confirmed-only", "--secret", "s")
+    cli("subscriptions", "add", "http://127.0.0.1:9/hook", "--secret", "s", "--min-confidence", "probable")
+
+    def scene(day: str, field: bool, house: bool) -> None:
+        # 600 m x 600 m at 10 m from (x0 - 200, y0 + 400); a little texture (a constant scene is no imagery)
+        img = (1000 + np.random.default_rng(len(day)).integers(-20, 20, (60, 60))).astype("uint16")
+        rows = lambda ym, h: slice(int((y0 + 400 - ym - h) / 10), int((y0 + 400 - ym) / 10))  # noqa: E731
+        cols = lambda xm, w: slice(int((xm - x0 + 200) / 10), int((xm - x0 + 200 + w) / 10))  # noqa: E731
+        if field:  # parcel P10 (50..100 m east), 40 m x 30 m
+            img[rows(y0 + 10, 30), cols(x0 + 55, 40)] = 1800
+        if house:  # parcel P20, 30 m x 30 m
+            img[rows(y0 + 10, 30), cols(x0 + 110, 30)] = 1800
+        profile = dict(driver="GTiff", width=60, height=60, count=1, dtype="uint16", crs="EPSG:32721",
+                       transform=Affine(10, 0, x0 - 200, 0, -10, y0 + 400))
+        with rasterio.open(drops / f"ba_{day.replace('-', '')}.tif", "w", **profile) as dst:
+            dst.write(img, 1)
+            dst.set_band_description(1, "B02")
+        out = json.loads(cli("process", "--area", "ba").stdout)
+        assert out["processed"] == 1 and out["errors"] == [], out
+
+    days = ["2024-01-10", "2024-02-10", "2024-02-20", "2024-03-15", "2024-04-10"]
+    for day, field, house in zip(days, (False, True, False, True, False), (False, True, True, True, True)):
+        scene(day, field, house)
+    rows = q(engine, "SELECT p.external_id, a.status, a.confidence, a.first_seen::text, a.source FROM alerts a "
+                     "JOIN parcels p ON p.id = a.parcel_id ORDER BY a.id")
+    assert rows == [("P10", "reverted", "probable", days[1], "change_model"),
+                    ("P20", "new", "confirmed", days[1], "change_model"),
+                    ("P10", "reverted", "probable", days[3], "change_model")]
+    by_sub = q(engine, "SELECT s.url, p.external_id, d.event FROM deliveries d JOIN subscriptions s ON "
+                       "s.id = d.subscription_id JOIN alerts a ON a.id = d.alert_id JOIN parcels p ON "
+                       "p.id = a.parcel_id ORDER BY d.id")
+    assert [(p, e) for url, p, e in by_sub if url.endswith("confirmed-only")] == [("P20", "alert.escalated")]

@@ -56,7 +56,8 @@ def meets_thresholds(new_m2: float, fraction: float | None, settings: Settings, 
 
 
 def judge(session: Session, area: Area, scene: Scene, settings: Settings,
-          metrics: Metrics | None = None, segmented: bool = True) -> list[Event]:
+          metrics: Metrics | None = None, segmented: bool = True,
+          sightings: dict[int, tuple[float, float]] | None = None) -> list[Event]:
     """Judge a scene's changes against parcels and permits; returns the events of the alerts touched.
 
     Per parcel, the new construction of this date (the union of its change pieces) is
@@ -67,9 +68,12 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
     on a clear date at least ``persist_days`` after it was first seen becomes ``confirmed``
     (construction stays; crops and ploughing come and go). A ``new`` alert of the diff that a later
     clear date no longer sees as built is ``reverted`` (``segmented``: this date was run through a
-    segmenter, so not seeing is news). Re-judging a scene rewrites its verdicts and raises nothing
-    twice.
+    segmenter, so not seeing is news). A change model's alerts are seen through ``sightings``
+    (alert id -> clear share of its outline, share of that still changed from the alert's baseline)
+    where given, else through the segmenter's detections. Re-judging a scene rewrites its verdicts
+    and raises nothing twice.
     """
+    sightings = sightings or {}
     metrics = metrics or default_metrics()
     session.flush()
     no_jit(session)
@@ -88,14 +92,20 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
     for row in session.execute(text(sql("judge_still_seen")), dict(
             aid=area.id, sid=scene.id, day=day, epsg=epsg, tol=float(settings.shift_tolerance_m),
             open_statuses=opened)):
-        if row.total <= 0 or row.clear_m2 < STILL_SEEN_CLEAR * row.total:
+        if row.source == ChangeSource.CHANGE_MODEL and row.id in sightings:
+            clear_share, built_share = sightings[row.id]
+            observed = True
+        else:
+            clear_share = row.clear_m2 / row.total if row.total > 0 else 0.0
+            built_share = row.built_m2 / row.clear_m2 if row.clear_m2 > 0 else 0.0
+            observed = segmented and row.source == ChangeSource.DIFF
+        if clear_share < STILL_SEEN_CLEAR:
             continue  # not seen well enough on this date to say
-        if row.built_m2 >= STILL_SEEN_BUILT * row.clear_m2:
+        if built_share >= STILL_SEEN_BUILT:
             seen.append(row.id)
             if (day - row.first_seen).days >= settings.persist_days:
                 persisted.append(row.id)
-        elif (segmented and row.status == AlertStatus.NEW and row.source == ChangeSource.DIFF
-              and row.built_m2 < REVERTED_BUILT * row.clear_m2):
+        elif observed and row.status == AlertStatus.NEW and built_share < REVERTED_BUILT:
             gone.append(row.id)
     if seen:
         session.execute(text("UPDATE alerts SET last_seen = :day WHERE id = ANY(:ids) AND last_seen < :day"),

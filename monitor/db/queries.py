@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from monitor.db.tables import Alert, Area, Scene
-from monitor.domain import OPEN_ALERT_STATUSES, Provider, SceneStatus, values
+from monitor.domain import OPEN_ALERT_STATUSES, ChangeSource, Provider, SceneStatus, values
 from monitor.errors import NotFound
 from monitor.settings import Settings
 
@@ -154,3 +154,20 @@ def count_open_alerts(session: Session, area_id: int) -> int:
     """The area's number of open alerts."""
     return session.scalar(select(func.count()).select_from(Alert).where(
         Alert.area_id == area_id, Alert.status.in_(open_statuses()))) or 0
+
+
+def alert_baselines(session: Session, scene: Scene) -> dict[int, list[int]]:
+    """Open alerts a change model raised before ``scene``'s date, by their baseline: the before image
+    they were found against (the newest image scene before their first date). Running the change model
+    from that baseline to ``scene`` tells whether each is still there."""
+    day = scene_date(scene)
+    out: dict[int, list[int]] = {}
+    alerts = session.execute(select(Alert.id, Alert.first_seen).where(
+        Alert.area_id == scene.area_id, Alert.source == ChangeSource.CHANGE_MODEL,
+        Alert.status.in_(open_statuses()), Alert.first_seen < day))
+    for alert_id, first_seen in alerts:
+        found = earlier_scenes(session, scene.area_id, first_seen, limit=1, images_only=True)
+        if found:
+            out.setdefault(found[0].id, []).append(alert_id)
+    return out
+
