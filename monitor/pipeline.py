@@ -41,7 +41,7 @@ from monitor.imagery.prepare import clear_path_for
 from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
 from monitor.inventory.areas import get_area
 from monitor.metrics import Metrics, default_metrics
-from monitor.ml.inference import classify_tiles, count_windows, predict_raster
+from monitor.ml.inference import classify_tiles, count_windows, predict_raster, raster_threshold
 from monitor.ml.modelstore import LoadedModel, open_model
 from monitor.settings import Settings
 from monitor.vectorize import polygonize, read_probability
@@ -166,7 +166,8 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
             metrics.inference_windows.labels(kind).inc(windows)
             metrics.inference_windows_per_second.labels(kind).set(windows / (time.perf_counter() - t0))
             log.info("%s: %s inference in %.1fs", area.name, kind, time.perf_counter() - t0)
-        probabilities[kind] = {"path": str(target), "version": model.version, "threshold": model.threshold}
+        probabilities[kind] = {"path": str(target), "version": model.version,
+                               "threshold": raster_threshold(model, target)}
     classifier = models[ModelKind.CLASSIFIER]
     settlement = None if classifier is None else settlement_km2(classifier, scene_path, clear_path_for(scene_path))
     return {"probabilities": probabilities, "settlement_km2": settlement}

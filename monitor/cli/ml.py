@@ -12,6 +12,7 @@ import rasterio
 import typer
 from sqlalchemy import select
 
+from monitor import builtins
 from monitor.cli.common import echo_json, new_app, state, table
 from monitor.db.tables import Model
 from monitor.domain import ModelKind, ModelMeta
@@ -20,7 +21,7 @@ from monitor.inventory.models import register_model
 from monitor.ml import training
 from monitor.ml.datasets import build_tiles
 from monitor.ml.evaluation import evaluate as run_evaluation
-from monitor.ml.inference import NODATA, classify_tiles, predict_raster
+from monitor.ml.inference import NODATA, classify_tiles, predict_raster, raster_threshold
 from monitor.ml.modelstore import LoadedModel, new_version, open_model
 from monitor.ml.oscd import convert_oscd
 from monitor.ml.runtime import INFERENCE_PRECISIONS
@@ -178,7 +179,7 @@ def models_list(ctx: typer.Context,
                 register: bool = typer.Option(False, "--register", help="Register the model directories found "
                                               "under MONITOR_HOME/models that are not registered yet."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Registered models, and model directories under MONITOR_HOME/models not registered yet."""
+    """Registered models, model directories under MONITOR_HOME/models not registered yet, and the built-ins."""
 
     st = state(ctx)
     root = st.settings.models_dir
@@ -197,14 +198,42 @@ def models_list(ctx: typer.Context,
             meta = ModelMeta.read(d).to_dict()
             rows.append({"id": None, "kind": meta["kind"], "version": meta["version"], "path": str(d),
                          "registered": False, "created_at": meta.get("created_at"), "threshold": meta.get("threshold")})
+    registered = {r["path"] for r in rows}
+    for name in builtins.names():
+        ref = builtins.PREFIX + name
+        if ref in registered:
+            continue
+        meta = ModelMeta.read(builtins.resolve(ref)).to_dict()
+        rows.append({"id": None, "kind": meta["kind"], "version": meta["version"], "path": ref, "registered": False,
+                     "created_at": meta.get("created_at"), "threshold": meta.get("threshold")})
+    for r in rows:
+        if builtins.is_builtin(r["path"]):
+            meta = ModelMeta.read(builtins.resolve(r["path"])).to_dict()
+            r["threshold_rule"] = meta.get("threshold_rule")
+            r["scores"] = (meta.get("metrics") or {}).get("oscd_loco")
     if as_json:
         echo_json(rows)
         return
     if not rows:
         typer.echo(f"no models yet: train one with `monitor train ...` (directories under {root} are listed)")
         return
-    typer.echo(table([(r["id"] or "-", r["kind"], r["version"], r["threshold"], "yes" if r["registered"] else "no",
-                       r["path"]) for r in rows], ["id", "kind", "version", "threshold", "registered", "path"]))
+    typer.echo(table([(r["id"] or "-", r["kind"], r["version"], _threshold_text(r), _scores_text(r.get("scores")),
+                       "yes" if r["registered"] else "no", r["path"]) for r in rows],
+                     ["id", "kind", "version", "threshold", "scores", "registered", "path"]))
+
+
+def _threshold_text(row: dict) -> str:
+    rule = row.get("threshold_rule")
+    if not rule:
+        return str(row["threshold"])
+    return rule["rule"] + "".join(f" {k}={v}" for k, v in rule.items() if k != "rule")
+
+
+def _scores_text(s: dict | None) -> str:
+    """A built-in's recorded scores: pooled F1 on leave-one-city-out OSCD."""
+    if not s:
+        return ""
+    return f"OSCD LOCO pooled F1 {s['pooled']['f1']:.3f}"
 
 
 @models.command("register")
@@ -219,7 +248,7 @@ def models_register(ctx: typer.Context, model_dir: Path = typer.Argument(..., he
 
 def predict(
     ctx: typer.Context,
-    model: Path = typer.Option(..., "--model", help="Model directory."),
+    model: str = typer.Option(..., "--model", help="Model directory, or builtin:NAME (`monitor models list`)."),
     scene: Path = typer.Option(..., "--scene", help="GeoTIFF; bands are found by description (B02, ...), by "
                                "position when it has none."),
     before: Path = typer.Option(None, "--before", help="Earlier scene on the same grid (change models)."),
@@ -242,7 +271,12 @@ def predict(
     else:
         predict_raster(m, scene, out, before=before, progress=True, batch=batch, window=window or s.inference_window,
                        overlap=s.inference_overlap if overlap is None else overlap)
-    typer.echo(f"{m.kind} probability of {scene} written to {out} (model {m.version}, threshold {m.threshold:.2f})")
+    if m.kind == ModelKind.CLASSIFIER:
+        threshold = m.threshold
+    else:
+        threshold = raster_threshold(m, out)
+    rule = f", rule {m.threshold_rule['rule']}" if m.threshold_rule else ""
+    typer.echo(f"{m.kind} probability of {scene} written to {out} (model {m.version}, threshold {threshold:.4g}{rule})")
 
 
 def _write_tile_grid(m: LoadedModel, scene: Path, out: Path, batch: int) -> None:
@@ -259,7 +293,7 @@ def _write_tile_grid(m: LoadedModel, scene: Path, out: Path, batch: int) -> None
 
 def evaluate(
     ctx: typer.Context,
-    model: Path = typer.Option(..., "--model", help="Model directory."),
+    model: str = typer.Option(..., "--model", help="Model directory, or builtin:NAME (`monitor models list`)."),
     data: Path = typer.Option(..., "--data", help="Dataset folder of the model's kind."),
     split: str = typer.Option("validation", "--split", help="Tile datasets: train or validation."),
     city: list[str] = typer.Option([], "--city", help="Change datasets: score this city (repeatable). Default: "

@@ -244,6 +244,16 @@ def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | No
     return out
 
 
+def raster_threshold(model: LoadedModel, raster: Path) -> float:
+    """The threshold of a probability raster ``predict_raster`` wrote with ``model``: the model's fixed
+    threshold, or its per-scene rule (``LoadedModel.threshold_for``) over the raster's valid pixels."""
+    if model.threshold_rule is None:
+        return model.threshold
+    with open_raster(raster) as src:
+        p = src.read(1)
+    return model.threshold_for(p, p != NODATA)
+
+
 def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid: float = 0.5,
                    progress: bool = False) -> tuple[np.ndarray, Affine]:
     """Settlement probability of every tile of ``scene``: a (rows, cols) float32 grid and its transform.

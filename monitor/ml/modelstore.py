@@ -21,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from monitor import builtins
 from monitor.domain import ModelMeta
 from monitor.domain import input_bands as domain_input_bands
 from monitor.errors import BadInput, ModelError
+from monitor.ml import scores
+from monitor.ml.layers import custom_objects
 from monitor.ml.runtime import inference_policy, keras, tf
 
 CLIP = 10.0  # standardized values beyond this many deviations (saturated pixels) are clipped
@@ -72,6 +75,7 @@ def save_model(keras_model, out_dir: str | Path, meta: dict) -> Path:
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{secrets.token_hex(3)}")
     tmp.mkdir()
     try:
+        custom_objects()
         clean = keras().Model.from_config(keras_model.get_config())
         clean.set_weights(keras_model.get_weights())
         clean.save(tmp / "model.keras")
@@ -124,6 +128,15 @@ class LoadedModel:
     def threshold(self) -> float:
         """Probability above which a pixel (or tile) is positive."""
         return float(self.meta["threshold"])
+
+    @property
+    def threshold_rule(self) -> dict | None:
+        """The per-scene threshold rule (``model.json`` ``threshold_rule``), or None for the fixed threshold."""
+        return self.meta.get("threshold_rule")
+
+    def threshold_for(self, prob: np.ndarray, valid: np.ndarray | None = None) -> float:
+        """The threshold of one scene's map: ``scores.scene_threshold`` of the model's rule."""
+        return scores.scene_threshold(prob, valid, self.threshold_rule, self.threshold)
 
     @property
     def bands(self) -> list[str]:
@@ -213,6 +226,7 @@ def load_model(model_dir: str | Path, precision: str = "auto") -> LoadedModel:
         if key in _cache:
             return _cache[key]
         try:
+            custom_objects()
             km = keras().saving.load_model(model_dir / "model.keras", compile=False)
         except Exception as e:  # Keras raises ValueError, OSError, zipfile errors, ...
             raise ModelError(f"{model_dir}: cannot load model.keras: {e}") from e
@@ -229,8 +243,9 @@ def load_model(model_dir: str | Path, precision: str = "auto") -> LoadedModel:
 
 def open_model(ref: str | Path, precision: str = "auto") -> LoadedModel:
     """The loaded model a reference names: the one place where a model directory given on the command
-    line, in the settings or by an area becomes a model (see ``load_model``)."""
-    return load_model(Path(ref), precision=precision)
+    line, in the settings or by an area becomes a model (see ``load_model``): a model directory or
+    ``builtin:<name>`` (``monitor.builtins``)."""
+    return load_model(builtins.resolve(ref), precision=precision)
 
 
 def fold_batchnorm(keras_model, atol: float = 1e-3):
