@@ -6,6 +6,7 @@ TensorFlow itself is loaded (by ``monitor.ml.runtime``) only when a command buil
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -19,6 +20,7 @@ from monitor.domain import ModelKind, ModelMeta
 from monitor.errors import BadInput
 from monitor.inventory.models import register_model
 from monitor.ml import training
+from monitor.ml.changenet import train_change_features
 from monitor.ml.datasets import build_tiles
 from monitor.ml.evaluation import evaluate as run_evaluation
 from monitor.ml.inference import NODATA, classify_tiles, predict_raster, raster_threshold
@@ -140,36 +142,49 @@ def train_classifier(
 
 @train.command("change")
 def train_change(
-    ctx: typer.Context, data: Path = _DATA, out: Path = _OUT, epochs: int = typer.Option(60, "--epochs"),
+    ctx: typer.Context, data: Path = _DATA, out: Path = _OUT,
+    arch: str = typer.Option("features", "--arch", help="features (the default: a small network over change "
+                             "features, made to carry over to unseen places) or unet (early-fusion U-Net)."),
+    epochs: int = typer.Option(None, "--epochs", help="Default: 30 (features), 60 (unet)."),
     seed: int = _SEED,
-    bands: str = typer.Option(None, "--bands", help="Comma-separated bands per date. Default: the 10 m and 20 m "
-                              "bands (B02-B08, B8A, B11, B12)."),
+    bands: str = typer.Option(None, "--bands", help="Comma-separated bands per date. Default: B02,B03,B04,B08 "
+                              "(features); the 10 m and 20 m bands B02-B08, B8A, B11, B12 (unet)."),
     city: list[str] = typer.Option([], "--city", help="Train on this city (repeatable). Default: every labelled city."),
     patch: int = typer.Option(64, "--patch", help="Training patch side, pixels."),
-    steps: int = typer.Option(60, "--steps", help="Batches per epoch."),
+    steps: int = typer.Option(None, "--steps", help="Batches per epoch. Default: 50 (features), 60 (unet)."),
     batch: int = typer.Option(16, "--batch"),
-    pos_weight: float = typer.Option(2.0, "--pos-weight", help="Weight of change pixels in the cross-entropy."),
-    base_filters: int = typer.Option(16, "--base-filters", help="Filters of the first U-Net level."),
-    per_image: bool = typer.Option(True, "--per-image/--global", help="Standardize each image by its own band "
-                                   "statistics first (robust to radiometric differences between dates and places), "
-                                   "or only by the training data's."),
-    jitter: float = typer.Option(0.0, "--jitter", help="Random gain and offset (std) per band and date added to "
-                                 "training patches."),
-    shift: int = typer.Option(0, "--shift", min=0, help="Move the earlier date of half the training patches by up "
-                              "to this many pixels (misregistration is no change)."),
-    patience: int = typer.Option(15, "--patience", help="Early-stopping patience, epochs."),
-    time_limit: float = typer.Option(15.0, "--time-limit", help="Stop after this many minutes, keeping the best "
+    pos_weight: float = typer.Option(None, "--pos-weight", help="Weight of change pixels in the cross-entropy. "
+                                     "Default: 3 (features), 2 (unet)."),
+    jitter: float = typer.Option(None, "--jitter", help="Random gain and offset (std) per band and date added to "
+                                 "training patches. Default: 0.1 (features), 0 (unet)."),
+    patience: int = typer.Option(None, "--patience", help="Early-stopping patience, epochs. Default: 8 (features), "
+                                 "15 (unet)."),
+    time_limit: float = typer.Option(25.0, "--time-limit", help="Stop after this many minutes, keeping the best "
                                      "epoch (0: none)."),
-    tta: bool = typer.Option(True, "--tta/--no-tta", help="Average the model's maps over the 8 flips and rotations "
-                             "of its input at inference (8 times the work; the threshold is chosen that way)."),
+    swap: float = typer.Option(0.5, "--swap", help="features: share of training patches whose dates are swapped."),
+    base_filters: int = typer.Option(16, "--base-filters", help="unet: filters of the first U-Net level."),
+    per_image: bool = typer.Option(True, "--per-image/--global", help="unet: standardize each image by its own band "
+                                   "statistics first (robust to radiometric differences between dates and places), "
+                                   "or only by the training data's. The features network always does."),
+    shift: int = typer.Option(0, "--shift", min=0, help="unet: move the earlier date of half the training patches "
+                              "by up to this many pixels (misregistration is no change)."),
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="unet: average the model's maps over the 8 flips and "
+                             "rotations of its input at inference (8 times the work; the threshold is chosen that way)."),
 ) -> None:
-    """Early-fusion U-Net on before/after pairs (`monitor dataset oscd` layout)."""
+    """Change model on before/after pairs (`monitor dataset oscd` layout); see docs/models.md."""
     out, version = _out_dir(ctx, out, "change")
-    _report(training.train_change(data, out, epochs=epochs, seed=seed, bands=_bands(bands), cities=city or None,
-                                  patch=patch, steps_per_epoch=steps, batch=batch, pos_weight=pos_weight,
-                                  base_filters=base_filters, per_image=per_image, jitter=jitter, shift=shift,
-                                  patience=patience, progress=True, tta=tta,
-                                  time_limit_s=time_limit * 60 or None, version=version))
+    given = {"epochs": epochs, "steps_per_epoch": steps, "pos_weight": pos_weight, "jitter": jitter,
+             "patience": patience}
+    common: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    common.update(seed=seed, bands=_bands(bands), cities=city or None, patch=patch, batch=batch, progress=True,
+                  time_limit_s=time_limit * 60 or None, version=version)
+    if arch == "features":
+        _report(train_change_features(data, out, swap=swap, **common))
+    elif arch == "unet":
+        _report(training.train_change(data, out, base_filters=base_filters, per_image=per_image, shift=shift, tta=tta,
+                                      **common))
+    else:
+        raise BadInput(f"must be features or unet, not {arch!r}", field="arch")
 
 
 # ---------------------------------------------------------------- models

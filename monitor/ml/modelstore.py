@@ -175,12 +175,22 @@ class LoadedModel:
 
     def normalize(self, x: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Raw values (..., C) -> model input. A per-image model needs the whole image's ``stats``
-        (``image_stats``); without them the statistics of ``x`` itself are used."""
+        (``image_stats``); without them the statistics of ``x`` itself are used. For a per-image change
+        model, a band that is constant on either date (an empty band, as in some archive products) is
+        set to 0 on both dates: it carries no information, and its difference is no change."""
         norm = self.meta["normalization"]
-        if self.per_image:
-            m, s = stats if stats is not None else image_stats(x)
-            x = (np.asarray(x, np.float32) - m) / s
-        return normalize(x, norm["mean"], norm["std"])
+        if not self.per_image:
+            return normalize(x, norm["mean"], norm["std"])
+        m, s = stats if stats is not None else image_stats(x)
+        x = normalize((np.asarray(x, np.float32) - m) / s, norm["mean"], norm["std"])
+        if self.kind == "change":
+            n = x.shape[-1] // 2
+            s = np.asarray(s)
+            dead = (s[:n] <= 1e-6) | (s[n:] <= 1e-6)
+            if dead.any():
+                x[..., :n][..., dead] = 0.0
+                x[..., n:][..., dead] = 0.0
+        return x
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Normalized (N, H, W, C) float32 -> probabilities, (N, H, W) for maps or (N,) for the classifier.

@@ -69,7 +69,8 @@ def scene_threshold(prob: np.ndarray, valid: np.ndarray | None = None, rule: dic
     ``None`` or ``{"rule": "fixed"}``: ``fixed`` (the model's threshold). ``{"rule": "robust_z", "k": k}``:
     median + k * 1.4826 * MAD of the scene's valid values (k robust standard deviations above the typical
     pixel). ``{"rule": "top_quantile", "q": q}``: the (1 - q) quantile, so that a share q of the scene is
-    positive. A scene without valid values gets ``fixed``.
+    positive. A scene without valid values gets ``fixed``. With ``"logit": true`` robust_z works on
+    log(p / (1 - p)) of probabilities p and the threshold is turned back into a probability.
     """
     name = (rule or {}).get("rule", "fixed")
     if name not in THRESHOLD_RULES:
@@ -83,6 +84,11 @@ def scene_threshold(prob: np.ndarray, valid: np.ndarray | None = None, rule: dic
         return float(fixed)
     if name == "top_quantile":
         return float(np.quantile(v, 1.0 - float(rule["q"])))  # type: ignore[index]
+    logit = bool(rule.get("logit"))  # type: ignore[union-attr]
+    if logit:
+        v = np.clip(v, 1e-6, 1 - 1e-6)
+        v = np.log(v / (1 - v))
     med = float(np.median(v))
     mad = float(np.median(np.abs(v - med)))
-    return med + float(rule["k"]) * 1.4826 * mad  # type: ignore[index]
+    t = med + float(rule["k"]) * 1.4826 * mad  # type: ignore[index]
+    return float(1 / (1 + np.exp(-t))) if logit else t
