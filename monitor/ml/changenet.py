@@ -32,7 +32,6 @@ from monitor.ml.runtime import keras, precision_policy, seed_everything
 FEATURE_BANDS = ["B02", "B03", "B04", "B08"]
 SIGMAS = (1.0, 2.0, 4.0)
 RULES = ([{"rule": "fixed"}] + [{"rule": "robust_z", "k": k} for k in (3.0, 4.0, 5.0, 6.0, 8.0, 10.0)]
-         + [{"rule": "robust_z", "k": k, "logit": True} for k in (2.0, 3.0, 4.0, 5.0, 6.0)]
          + [{"rule": "top_quantile", "q": q} for q in (0.01, 0.015, 0.02, 0.03, 0.04)])
 
 
