@@ -6,7 +6,8 @@ either a model directory or ``builtin:<name>``; ``resolve`` turns either into th
 - ``builtin:cva``: change vector analysis, no training. Each image is standardized per band by its own
   statistics, the per-pixel L2 norm of the difference of the red, green and blue bands is smoothed by a
   Gaussian of ``CVA_SIGMA`` pixels, and a pixel is change where that magnitude exceeds the scene's
-  median + k * 1.4826 * MAD (the ``robust_z`` threshold rule, k = ``CVA_K``).
+  median + k * 1.4826 * MAD (the ``robust_z`` threshold rule, k = ``CVA_K``). The map holds m / (1 + m)
+  of the magnitude m, so that it is in 0..1 like every probability map; the rule works on m.
 - ``builtin:oscd-change``: a small network trained on the nine labelled OSCD cities (Sentinel-2, 10 m);
   rebuilt by ``python -m bench.ship_oscd``.
 """
@@ -36,7 +37,7 @@ def cva_meta(bands: list[str] | None = None, sigma: float = CVA_SIGMA, k: float 
         "kind": "change", "version": "builtin-cva-1", "bands": bands, "input": "before and after stacked band-wise",
         "normalization": {"mean": [0.0] * n, "std": [1.0] * n, "per_image": True}, "tile": 64,
         "resolution_m": None, "threshold": 0.5,
-        "threshold_rule": {"rule": "robust_z", "k": k},
+        "threshold_rule": {"rule": "robust_z", "k": k, "on": "odds"},
         "architecture": {"type": "cva", "depth": 0, "sigma": sigma},
         "inference": {"tta": False},
         "description": "change vector analysis: per-image standardized bands, L2 norm of the difference, "

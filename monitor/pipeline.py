@@ -41,7 +41,7 @@ from monitor.imagery.prepare import clear_path_for
 from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
 from monitor.inventory.areas import get_area
 from monitor.metrics import Metrics, default_metrics
-from monitor.ml.inference import classify_tiles, count_windows, predict_raster, raster_threshold
+from monitor.ml.inference import classify_tiles, count_windows, default_change_model, predict_raster, raster_threshold
 from monitor.ml.modelstore import LoadedModel, open_model
 from monitor.settings import Settings
 from monitor.vectorize import polygonize, read_probability
@@ -108,9 +108,15 @@ def area_model_dirs(session: Session, area: Area, settings: Settings) -> dict[st
     return out
 
 
-def _models(dirs: dict[str, Path | None], settings: Settings) -> dict[str, LoadedModel | None]:
-    return {kind: open_model(d, precision=settings.inference_precision) if d is not None else None
-            for kind, d in dirs.items()}
+def _models(dirs: dict[str, Path | None], settings: Settings, scene: Path) -> dict[str, LoadedModel | None]:
+    """The models of an area for a scene; an area without a change model gets MONITOR_DEFAULT_CHANGE_MODEL
+    when the scene's resolution suits it."""
+    models = {kind: open_model(d, precision=settings.inference_precision) if d is not None else None
+              for kind, d in dirs.items()}
+    if models[ModelKind.CHANGE] is None:
+        models[ModelKind.CHANGE] = default_change_model(settings.default_change_model, scene,
+                                                        settings.inference_precision)
+    return models
 
 
 def settlement_km2(classifier: LoadedModel, scene_path: Path, clear_path: Path | None) -> float:
@@ -144,8 +150,8 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
         scene, area = queries.scene_and_area(s, scene_id)
         dirs = area_model_dirs(s, area, settings)
         before = queries.before_image(s, scene)
-    models = _models(dirs, settings)
     scene_path = Path(str(scene.file_path))
+    models = _models(dirs, settings, scene_path)
     out_dir = settings.data_dir / "probability" / str(area.id)
     probabilities: dict[str, dict] = {}
     for kind in (ModelKind.SEGMENTER, ModelKind.CHANGE):
@@ -238,10 +244,11 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
     with transaction(engine) as s:
         scene, area = queries.scene_and_area(s, scene_id)
         dirs = area_model_dirs(s, area, settings)
-    if dirs[ModelKind.SEGMENTER] is None and dirs[ModelKind.CHANGE] is None:
+    models = _models(dirs, settings, Path(str(scene.file_path)))
+    if models[ModelKind.SEGMENTER] is None and models[ModelKind.CHANGE] is None:
         raise ConfigError(f"area {area.name!r} has no segmenter or change model: set one with "
                           "`monitor areas configure NAME --segmenter-model DIR` or MONITOR_SEGMENTER_MODEL")
-    versions = {k: m.version for k, m in _models(dirs, settings).items() if m is not None}
+    versions = {k: m.version for k, m in models.items() if m is not None}
     rec = Recorder(engine, area, metrics, scene_id=scene.id, model_versions=versions)
     summary: dict = {"scene": scene.id, "date": scene.acquired_at.date().isoformat(), "alerts": 0}
     try:

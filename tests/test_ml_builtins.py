@@ -35,6 +35,12 @@ def test_robust_z_threshold_of_a_hand_made_map():
     assert scores.scene_threshold(prob, np.zeros_like(valid), {"rule": "robust_z", "k": 2.0}, fixed=0.4) == 0.4
     with pytest.raises(ValueError, match="not one of"):
         scores.scene_threshold(prob, valid, {"rule": "otsu"})
+    # on the odds: the same pixels as robust_z on the magnitudes m themselves, from m / (1 + m)
+    m = np.random.default_rng(0).gamma(2.0, 1.0, (50, 50)).astype(np.float32)
+    on_m = scores.scene_threshold(m, None, {"rule": "robust_z", "k": 3.0})
+    on_odds = scores.scene_threshold(m / (1 + m), None, {"rule": "robust_z", "k": 3.0, "on": "odds"})
+    assert on_odds == pytest.approx(on_m / (1 + on_m), rel=1e-5)
+    np.testing.assert_array_equal(m > on_m, m / (1 + m) > on_odds)
 
 
 def test_builtins_resolve_to_shipped_model_directories():
@@ -44,7 +50,7 @@ def test_builtins_resolve_to_shipped_model_directories():
     with pytest.raises(BadInput, match="no built-in model 'nope'.*builtin:cva"):
         builtins.resolve("builtin:nope")
     m = open_model("builtin:cva")
-    assert m.kind == "change" and m.bands == RGB and m.threshold_rule == {"rule": "robust_z", "k": builtins.CVA_K}
+    assert m.kind == "change" and m.bands == RGB and m.threshold_rule["k"] == builtins.CVA_K
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +94,10 @@ def test_builtin_cva_predict_and_evaluate_on_a_real_city(cli, mumbai, tmp_path):
     assert "rule robust_z" in r.stdout
     mag, pred = _cva_by_hand(city)
     with rasterio.open(tmp_path / "cva.tif") as p, rasterio.open(city / "change.tif") as c:
-        np.testing.assert_allclose(p.read(1), mag, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(p.read(1), mag / (1 + mag), rtol=1e-3, atol=1e-4)
         truth = c.read(1) == 1
     out = json.loads(cli("evaluate", "--model", "builtin:cva", "--data", mumbai).stdout)
-    assert out["threshold_rule"] == {"rule": "robust_z", "k": builtins.CVA_K}
+    assert out["threshold_rule"] == {"rule": "robust_z", "k": builtins.CVA_K, "on": "odds"}
     assert out["cities"]["mumbai"]["confusion"] == scores.confusion(pred, truth)
     # what it flags is far more often change than a pixel picked at random (16 % of this crop)
     assert out["pooled"]["precision"] > 2 * truth.mean() and out["pooled"]["recall"] > 0.1, out["pooled"]
@@ -126,3 +132,55 @@ def test_a_few_steps_of_the_default_recipe_make_a_loadable_model(mumbai, tmp_pat
     x = load_city(mumbai, "mumbai", ["blue", "green", "red"])["x"]
     p = m(m.normalize(x)[None])
     assert p.shape == (1, 160, 160) and np.all((p >= 0) & (p <= 1))
+
+
+def _scene(path, pixel_m: float):
+    with rasterio.open(path, "w", driver="GTiff", width=32, height=32, count=3, dtype="uint16", crs="EPSG:32721",
+                       transform=rasterio.transform.from_origin(314000, 6185400, pixel_m, pixel_m)) as dst:
+        dst.write(np.ones((3, 32, 32), np.uint16))
+    return path
+
+
+def test_the_default_change_model_serves_scenes_near_its_resolution(tmp_path):
+    from monitor.ml.changenet import save_cva
+    from monitor.ml.inference import default_change_model
+    from monitor.settings import Settings
+
+    d = save_cva(tmp_path / "m")
+    meta = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps({**meta, "resolution_m": 10.0}))
+    assert default_change_model(d, _scene(tmp_path / "s10.tif", 10.0)).version == meta["version"]
+    assert default_change_model(d, _scene(tmp_path / "s14.tif", 14.0)) is not None
+    assert default_change_model(d, _scene(tmp_path / "s2.tif", 2.0)) is None  # the demo's 2 m world
+    assert default_change_model(d, _scene(tmp_path / "s20.tif", 20.0)) is None
+    assert default_change_model("", tmp_path / "s10.tif") is None
+    assert default_change_model(None, tmp_path / "s10.tif") is None
+    assert default_change_model(d, tmp_path / "absent.tif") is None
+    default = Settings().default_change_model
+    assert default == "builtin:oscd-change" and builtins.resolve(default).is_dir()
+
+
+@pytest.mark.realdata
+def test_a_new_area_on_real_10m_imagery_uses_the_shipped_change_model(cli, engine, shared_data, tmp_path):
+    import shutil
+
+    import sqlalchemy as sa
+
+    ba = shared_data / "buenos_aires_lots"
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    shutil.copy(ba / "before.tif", drops / "ba_20170101.tif")
+    shutil.copy(ba / "after.tif", drops / "ba_20180101.tif")
+    cli("areas", "add", "ba", "--geometry", ba / "lots.shp", "--provider", "local", "--source", f"local={drops}")
+    cli("parcels", "import", ba / "lots.shp", "--area", "ba", "--id-field", "gid")
+    out = json.loads(cli("process", "--area", "ba", "--quiet").stdout)
+    assert not out["errors"] and out["processed"] == 2, out
+    with engine.connect() as conn:
+        versions = conn.execute(sa.text("SELECT model_versions FROM runs WHERE scene_id IS NOT NULL "
+                                        "AND status = 'succeeded'")).scalars().all()
+        sources = conn.execute(sa.text("SELECT DISTINCT source FROM changes")).scalars().all()
+    assert versions and all(v == {"change": "builtin-oscd-change-1"} for v in versions), versions
+    assert sources in ([], ["change_model"])
+    cli("areas", "add", "ba2", "--geometry", ba / "lots.shp", "--provider", "local", "--source", f"local={drops}")
+    none = cli("process", "--area", "ba2", "--quiet", env={"MONITOR_DEFAULT_CHANGE_MODEL": ""}, expect=1)
+    assert "has no segmenter or change model" in none.stdout

@@ -68,17 +68,26 @@ def custom_objects() -> dict:
         def get_config(self):
             return {**super().get_config(), "sigma": self.sigma}
 
-    return {c.__name__: c for c in (DateDifference, ChannelNorm, GaussianBlur)}
+    @register
+    class OddsToProbability(k.layers.Layer):  # type: ignore[name-defined]
+        """x >= 0 -> x / (1 + x) in [0, 1): a magnitude as a probability whose odds it is."""
+
+        def call(self, x):
+            return x / (1 + x)
+
+    return {c.__name__: c for c in (DateDifference, ChannelNorm, GaussianBlur, OddsToProbability)}
 
 
 def build_cva(bands: int, sigma: float):
     """The change-vector-analysis network: (None, None, 2 * bands) standardized before+after -> (None, None, 1)
-    smoothed magnitude of the difference."""
+    m / (1 + m) of the smoothed magnitude m of the difference (a probability whose odds are m, as the
+    pipeline takes maps in 0..1; the threshold rule works on the odds, m itself)."""
     k = keras()
     L, c = k.layers, custom_objects()
     inputs = k.Input((None, None, 2 * bands), name="bands")
     m = c["ChannelNorm"](name="magnitude")(c["DateDifference"](name="difference")(inputs))
     m = c["GaussianBlur"](sigma, name="smooth")(m)
+    m = c["OddsToProbability"](name="odds_to_probability")(m)
     out = L.Activation("linear", dtype="float32", name="probability")(m)
     return k.Model(inputs, out, name="cva")
 

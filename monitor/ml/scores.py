@@ -69,8 +69,9 @@ def scene_threshold(prob: np.ndarray, valid: np.ndarray | None = None, rule: dic
     ``None`` or ``{"rule": "fixed"}``: ``fixed`` (the model's threshold). ``{"rule": "robust_z", "k": k}``:
     median + k * 1.4826 * MAD of the scene's valid values (k robust standard deviations above the typical
     pixel). ``{"rule": "top_quantile", "q": q}``: the (1 - q) quantile, so that a share q of the scene is
-    positive. A scene without valid values gets ``fixed``. With ``"logit": true`` robust_z works on
-    log(p / (1 - p)) of probabilities p and the threshold is turned back into a probability.
+    positive. A scene without valid values gets ``fixed``. With ``"on": "odds"`` (or ``"logit"``)
+    robust_z works on p / (1 - p) (or its log) of the probabilities p, and the threshold found there is
+    turned back into a probability.
     """
     name = (rule or {}).get("rule", "fixed")
     if name not in THRESHOLD_RULES:
@@ -84,11 +85,15 @@ def scene_threshold(prob: np.ndarray, valid: np.ndarray | None = None, rule: dic
         return float(fixed)
     if name == "top_quantile":
         return float(np.quantile(v, 1.0 - float(rule["q"])))  # type: ignore[index]
-    logit = bool(rule.get("logit"))  # type: ignore[union-attr]
-    if logit:
-        v = np.clip(v, 1e-6, 1 - 1e-6)
-        v = np.log(v / (1 - v))
+    on = rule.get("on", "value")  # type: ignore[union-attr]
+    if on not in ("value", "odds", "logit"):
+        raise ValueError(f"robust_z works on value, odds or logit, not {on!r}")
+    if on != "value":
+        v = np.clip(v.astype(np.float64), 1e-9, 1 - 1e-9)
+        v = v / (1 - v) if on == "odds" else np.log(v / (1 - v))
     med = float(np.median(v))
     mad = float(np.median(np.abs(v - med)))
     t = med + float(rule["k"]) * 1.4826 * mad  # type: ignore[index]
-    return float(1 / (1 + np.exp(-t))) if logit else t
+    if on == "odds":
+        return t / (1 + t)
+    return float(1 / (1 + np.exp(-t))) if on == "logit" else t
