@@ -1,17 +1,22 @@
-"""Leave-one-city-out on OSCD: each city scored by a change model trained on the other cities.
+"""Leave-one-city-out on OSCD: each city scored by a change model trained on the other cities, beside
+change vector analysis (``builtin:cva``) measured in the same run.
 
-    .venv/bin/python -m bench.oscd_loco [--src ../shared/data/oscd] [--out DIR] [--epochs N] [--bands all]
-        [--cities a,b] [--seed 0] [--shift 1] [--no-tta]
+    .venv/bin/python -m bench.oscd_loco [--src ../shared/data/oscd] [--data DIR] [--out DIR]
+        [--seeds 0,1] [--cities a,b] [--arch features|unet] [--time-limit MIN]
 
-Training uses `train_change`'s defaults except that it runs a fixed number of epochs (no time limit),
-so that the numbers do not depend on the machine's load. Prints per-city precision, recall, F1 and
-IoU of the change class, and the five held-out cities pooled (their confusion counts summed).
+For each held-out city and seed, ``monitor train change``'s default recipe (``--arch features``) is
+trained on the other cities and scored on the held-out one at its own threshold rule. CVA's k (of the
+``robust_z`` rule) is chosen per fold as the one with the best pooled F1 on the training cities.
+Prints per-city and pooled precision, recall and F1 (pooled: the held-out cities' confusion counts
+summed), the mean and spread (standard deviation) of pooled F1 over seeds, and all of it as JSON on the
+last line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -19,65 +24,108 @@ from pathlib import Path
 from bench.common import print_table
 
 ROOT = Path(__file__).resolve().parents[1]
+CVA_KS = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 
 
 def main(args: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench.oscd_loco", description=__doc__.splitlines()[0])
     p.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "oscd", help="OSCD folder")
-    p.add_argument("--out", type=Path, default=None, help="keep the converted data, models and loco.json here")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per fold (default: train_change's)")
-    p.add_argument("--bands", default=None, help="comma-separated bands, or 'all' (default: train_change's)")
+    p.add_argument("--data", type=Path, default=None, help="an already converted `monitor dataset oscd` folder")
+    p.add_argument("--out", type=Path, default=None, help="keep the models and loco.json here")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds")
     p.add_argument("--cities", default=None, help="comma-separated held-out cities (default: every city)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shift", type=int, default=None, help="date shift of training patches (default: train_change's)")
-    p.add_argument("--no-tta", action="store_true", help="score without test-time augmentation")
+    p.add_argument("--arch", default="features", choices=["features", "unet"], help="recipe to train")
+    p.add_argument("--time-limit", type=float, default=25.0, help="minutes per fold")
     a = p.parse_args(args or [])
 
+
     from monitor.ml import scores
+    from monitor.ml.changenet import cva_model, train_change_features
     from monitor.ml.evaluation import evaluate
+    from monitor.ml.inference import predict_array
     from monitor.ml.modelstore import load_model
-    from monitor.ml.oscd import OSCD_BANDS, convert_oscd
+    from monitor.ml.oscd import convert_oscd, load_city, read_change_summary
     from monitor.ml.training import train_change
 
+    seeds = [int(s) for s in a.seeds.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         out = a.out or Path(tmp)
-        data = out / "oscd"
-        summary = convert_oscd(a.src, data, overwrite=True)
+        data = a.data or out / "oscd"
+        summary = read_change_summary(data) if a.data else convert_oscd(a.src, data, overwrite=True)
         cities = [c for c, e in summary["cities"].items() if e["labelled"]]
         held_out = a.cities.split(",") if a.cities else cities
-        kw = {"seed": a.seed, "time_limit_s": None, "progress": True}
-        if a.epochs:
-            kw["epochs"] = a.epochs
-        if a.shift is not None:
-            kw["shift"] = a.shift
-        if a.no_tta:
-            kw["tta"] = False
-        if a.bands:
-            kw["bands"] = OSCD_BANDS if a.bands == "all" else a.bands.split(",")
-        rows, results, cms = [], {}, []
+
+        # CVA: one magnitude map per city; k chosen per fold on the training cities
+        cva = cva_model()
+        maps, truth, valid = {}, {}, {}
+        for c in cities:
+            d = load_city(data, c, cva.bands)
+            maps[c] = predict_array(cva, d["x"], ~d["valid"])
+            truth[c], valid[c] = d["change"] == 1, d["valid"]
+
+        def cva_cm(c: str, k: float) -> dict:
+            t = scores.scene_threshold(maps[c], valid[c], {"rule": "robust_z", "k": k})
+            return scores.confusion(maps[c] > t, truth[c], valid[c])
+
+        results: dict = {"cva": {"cities": {}}, "trained": {str(s): {"cities": {}} for s in seeds}}
+        cva_cms = []
         for city in held_out:
-            t0 = time.perf_counter()
-            model_dir = train_change(data, out / f"loco-{city}", cities=[c for c in cities if c != city], **kw)
-            train_s = time.perf_counter() - t0
-            model = load_model(model_dir)
-            r = evaluate(model, data, cities=[city])["cities"][city]
-            cms.append(r["confusion"])
-            results[city] = {**r, "threshold": model.threshold, "train_seconds": round(train_s),
-                             "epochs_run": model.meta["training"]["epochs_run"],
-                             "best_epoch": model.meta["training"]["best_epoch"],
-                             "validation_f1": model.meta["metrics"]["validation"]["f1"]}
-            rows.append([city, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", f"{r['iou']:.3f}",
-                         f"{model.threshold:.2f}", results[city]["best_epoch"], round(train_s)])
-            print(f"{city}: {json.dumps(results[city])}", flush=True)
-        pooled = scores.scores(scores.add(*cms))
-        rows.append(["pooled", f"{pooled['precision']:.3f}", f"{pooled['recall']:.3f}", f"{pooled['f1']:.3f}",
-                     f"{pooled['iou']:.3f}", "", "", ""])
-        mean_f1 = sum(results[c]["f1"] for c in held_out) / len(held_out)
-        rows.append(["mean of cities", "", "", f"{mean_f1:.3f}", "", "", "", ""])
-        if a.out:
-            (out / "loco.json").write_text(json.dumps({"settings": {k: v for k, v in kw.items() if k != "progress"},
-                                                       "cities": results, "pooled": pooled}, indent=2, default=str))
-    print_table(rows, ["held-out city", "precision", "recall", "F1", "IoU", "threshold", "best epoch", "train s"])
+            train = [c for c in cities if c != city]
+            k = max(CVA_KS, key=lambda k_: scores.scores(scores.add(*(cva_cm(c, k_) for c in train)))["f1"])
+            cm = cva_cm(city, k)
+            cva_cms.append(cm)
+            results["cva"]["cities"][city] = {**scores.scores(cm), "k": k, "confusion": cm}
+        results["cva"]["pooled"] = scores.scores(scores.add(*cva_cms))
+
+        for seed in seeds:
+            cms, res = [], results["trained"][str(seed)]
+            for city in held_out:
+                t0 = time.perf_counter()
+                train = [c for c in cities if c != city]
+                target = out / f"loco-{seed}-{city}"
+                if a.arch == "features":
+                    model_dir = train_change_features(data, target, cities=train, seed=seed,
+                                                      time_limit_s=a.time_limit * 60)
+                else:
+                    model_dir = train_change(data, target, cities=train, seed=seed, time_limit_s=a.time_limit * 60)
+                model = load_model(model_dir)
+                r = evaluate(model, data, cities=[city])["cities"][city]
+                cms.append(r["confusion"])
+                res["cities"][city] = {**r, "rule": model.threshold_rule or {"rule": "fixed"},
+                                       "fixed_threshold": model.threshold,
+                                       "seconds": round(time.perf_counter() - t0),
+                                       "best_epoch": model.meta["training"]["best_epoch"]}
+                print(f"seed {seed} {city}: F1 {r['f1']:.3f} (CVA {results['cva']['cities'][city]['f1']:.3f}) "
+                      f"{json.dumps(res['cities'][city]['rule'])} {res['cities'][city]['seconds']} s", flush=True)
+            res["pooled"] = scores.scores(scores.add(*cms))
+
+    f1s = [results["trained"][str(s)]["pooled"]["f1"] for s in seeds]
+    results["trained_pooled_f1"] = {"mean": round(statistics.mean(f1s), 4),
+                                    "std": round(statistics.pstdev(f1s), 4), "min": min(f1s), "max": max(f1s)}
+    results["cva_pooled_f1"] = results["cva"]["pooled"]["f1"]
+    results["margin_over_cva"] = {str(s): round(f - results["cva_pooled_f1"], 4) for s, f in zip(seeds, f1s)}
+    results["settings"] = {"arch": a.arch, "seeds": seeds, "cities": held_out, "time_limit_min": a.time_limit}
+    rows = []
+    for city in held_out:
+        c = results["cva"]["cities"][city]
+        row = [city, f"{c['f1']:.3f}", f"{c['precision']:.3f}", f"{c['recall']:.3f}"]
+        for s in seeds:
+            t = results["trained"][str(s)]["cities"][city]
+            row += [f"{t['f1']:.3f}", f"{t['precision']:.3f}", f"{t['recall']:.3f}"]
+        rows.append(row)
+    c = results["cva"]["pooled"]
+    row = ["pooled", f"{c['f1']:.3f}", f"{c['precision']:.3f}", f"{c['recall']:.3f}"]
+    for s in seeds:
+        t = results["trained"][str(s)]["pooled"]
+        row += [f"{t['f1']:.3f}", f"{t['precision']:.3f}", f"{t['recall']:.3f}"]
+    rows.append(row)
+    print_table(rows, ["held-out city", "CVA F1", "CVA P", "CVA R"]
+                + [f"seed {s} {m}" for s in seeds for m in ("F1", "P", "R")])
+    print(f"trained pooled F1 mean {results['trained_pooled_f1']['mean']:.3f} "
+          f"(std {results['trained_pooled_f1']['std']:.3f}); CVA {results['cva_pooled_f1']:.3f}")
+    if a.out:
+        (out / "loco.json").write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results, default=str))
 
 
 if __name__ == "__main__":

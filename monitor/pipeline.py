@@ -44,7 +44,7 @@ from monitor.imagery.prepare import clear_path_for
 from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
 from monitor.inventory.areas import get_area
 from monitor.metrics import Metrics, default_metrics
-from monitor.ml.inference import classify_tiles, count_windows, predict_raster
+from monitor.ml.inference import classify_tiles, count_windows, default_change_model, predict_raster, raster_threshold
 from monitor.ml.modelstore import LoadedModel, open_model
 from monitor.settings import Settings
 from monitor.vectorize import polygonize, read_probability
@@ -111,9 +111,15 @@ def area_model_dirs(session: Session, area: Area, settings: Settings) -> dict[st
     return out
 
 
-def _models(dirs: dict[str, Path | None], settings: Settings) -> dict[str, LoadedModel | None]:
-    return {kind: open_model(d, precision=settings.inference_precision) if d is not None else None
-            for kind, d in dirs.items()}
+def _models(dirs: dict[str, Path | None], settings: Settings, scene: Path) -> dict[str, LoadedModel | None]:
+    """The models of an area for a scene; an area without a change model gets MONITOR_DEFAULT_CHANGE_MODEL
+    when the scene's resolution suits it."""
+    models = {kind: open_model(d, precision=settings.inference_precision) if d is not None else None
+              for kind, d in dirs.items()}
+    if models[ModelKind.CHANGE] is None:
+        models[ModelKind.CHANGE] = default_change_model(settings.default_change_model, scene,
+                                                        settings.inference_precision)
+    return models
 
 
 def check_resolutions(models: dict[str, LoadedModel | None], pixel_m: float, area_name: str) -> None:
@@ -164,10 +170,10 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
         before = queries.before_image(s, scene)
         baselines = {b: (str(queries.row(s, Scene, b).file_path), ids)
                      for b, ids in queries.alert_baselines(s, scene).items()}
-    models = _models(dirs, settings)
+    scene_path = Path(str(scene.file_path))
+    models = _models(dirs, settings, scene_path)
     if not area.allow_resolution_mismatch:
         check_resolutions(models, queries.scene_pixel_m(scene, settings), area.name)
-    scene_path = Path(str(scene.file_path))
     out_dir = settings.data_dir / "probability" / str(area.id)
     probabilities: dict[str, dict] = {}
     for kind in (ModelKind.SEGMENTER, ModelKind.CHANGE):
@@ -177,7 +183,8 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
         before_path = Path(str(before.file_path)) if kind == ModelKind.CHANGE and before else None
         target = _infer(model, kind, scene_path, before_path, out_dir / f"{scene.id}_{kind}_{model.version}.tif",
                         settings, metrics, area.name)
-        probabilities[kind] = {"path": str(target), "version": model.version, "threshold": model.threshold}
+        probabilities[kind] = {"path": str(target), "version": model.version,
+                               "threshold": raster_threshold(model, target)}
     persistence: dict[int, dict] = {}
     change_model = models[ModelKind.CHANGE]
     if change_model is not None:
@@ -188,7 +195,8 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
                 target = _infer(change_model, ModelKind.CHANGE, scene_path, Path(path),
                                 out_dir / f"{scene.id}_persist-{baseline}_{change_model.version}.tif", settings,
                                 metrics, area.name)
-            persistence.update({a: {"path": str(target), "threshold": change_model.threshold} for a in alert_ids})
+            made = {"path": str(target), "threshold": raster_threshold(change_model, target)}
+            persistence.update({a: made for a in alert_ids})
     classifier = models[ModelKind.CLASSIFIER]
     settlement = None if classifier is None else settlement_km2(classifier, scene_path, clear_path_for(scene_path))
     return {"probabilities": probabilities, "settlement_km2": settlement, "persistence": persistence}
@@ -316,10 +324,11 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
     with transaction(engine) as s:
         scene, area = queries.scene_and_area(s, scene_id)
         dirs = area_model_dirs(s, area, settings)
-    if dirs[ModelKind.SEGMENTER] is None and dirs[ModelKind.CHANGE] is None:
+    models = _models(dirs, settings, Path(str(scene.file_path)))
+    if models[ModelKind.SEGMENTER] is None and models[ModelKind.CHANGE] is None:
         raise ConfigError(f"area {area.name!r} has no segmenter or change model: set one with "
                           "`monitor areas configure NAME --segmenter-model DIR` or MONITOR_SEGMENTER_MODEL")
-    versions = {k: m.version for k, m in _models(dirs, settings).items() if m is not None}
+    versions = {k: m.version for k, m in models.items() if m is not None}
     rec = Recorder(engine, area, metrics, scene_id=scene.id, model_versions=versions)
     summary: dict = {"scene": scene.id, "date": scene.acquired_at.date().isoformat(), "alerts": 0}
     try:

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
                                             "by areas that name none of their own.")
     change_model: Path | None = Field(None, description="Model directory of the change model (optional), used by "
                                         "areas that name none of their own.")
+    default_change_model: str | None = Field("builtin:oscd-change", description="Change model (directory or "
+                                             "builtin:NAME) of areas that name none and have no MONITOR_CHANGE_MODEL, "
+                                             "used only on scenes whose pixel size is within 1.5x of the model's "
+                                             "training resolution ('' for none).")
     inference_batch: int = Field(4, ge=1, description="Inference windows per call to a model.")
     inference_window: int = Field(512, ge=16, description="Largest side of an inference window, pixels "
                                   "(at least the model's tile; sized to cover the scene evenly, rounded up to a "

@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_package_is_listed_for_the_wheel():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    # the browser assets under monitor/api/static are package data of monitor.api, not packages
-    found = find_namespace_packages(ROOT, include=["monitor*"], exclude=["*__pycache__*", "monitor.api.static*"])
+    # the browser assets under monitor/api/static and the built-in models under monitor/ml/shipped are
+    # package data of monitor.api and monitor.ml, not packages
+    found = find_namespace_packages(ROOT, include=["monitor*"], exclude=["*__pycache__*", "monitor.api.static*",
+                                                                         "monitor.ml.shipped*"])
     assert listed == {*found, "monitor._migrations", "monitor._migrations.versions"}
 
 
@@ -49,6 +51,8 @@ def test_wheel_installs_into_a_fresh_venv_and_migrates(tmp_path, empty_db_factor
             "monitor/db/sql/diff_step.sql", "monitor/imagery/service.py", "monitor/api/static/index.html",
             "monitor/api/static/vendor/leaflet/leaflet.js", "monitor/api/static/vendor/leaflet/images/layers.png",
             "monitor/api/static/vendor/swagger-ui-dist/LICENSE"} <= names
+    assert {f"monitor/ml/shipped/{p.parent.name}/{f}" for p in (ROOT / "monitor" / "ml" / "shipped").glob("*/model.json")
+            for f in ("model.json", "model.keras")} <= names
     assert {f"monitor/_migrations/versions/{p.name}" for p in (ROOT / "migrations" / "versions").glob("*.py")} <= names
 
     # A fresh venv, without network: the wheel alone, its dependencies seen through this venv's site-packages.
@@ -66,3 +70,5 @@ def test_wheel_installs_into_a_fresh_venv_and_migrates(tmp_path, empty_db_factor
     env.update(DATABASE_URL=url, MONITOR_HOME=str(tmp_path / "home"))
     out = run([venv / "bin" / "monitor", "db", "upgrade"], cwd=tmp_path, env=env)
     assert f"database at revision {migrate.head()}" in out.stdout
+    listed = run([venv / "bin" / "monitor", "models", "list", "--json"], cwd=tmp_path, env=env)
+    assert '"builtin:cva"' in listed.stdout

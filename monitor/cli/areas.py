@@ -78,7 +78,8 @@ def areas_configure(
                                                    help=RESOLUTION_HELP),
     segmenter_model: str = typer.Option(None, "--segmenter-model", help="Model directory ('' to unset)."),
     classifier_model: str = typer.Option(None, "--classifier-model", help="Model directory ('' to unset)."),
-    change_model: str = typer.Option(None, "--change-model", help="Model directory ('' to unset)."),
+    change_model: str = typer.Option(None, "--change-model", help="Model directory or builtin:NAME, e.g. "
+                                     "builtin:cva ('' to unset)."),
 ) -> None:
     """Change an area's cadence, providers, sources, resolution, models or activity."""
     models = {str(k): v for k, v in ((ModelKind.SEGMENTER, segmenter_model), (ModelKind.CLASSIFIER, classifier_model),

@@ -6,21 +6,24 @@ TensorFlow itself is loaded (by ``monitor.ml.runtime``) only when a command buil
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 import typer
 from sqlalchemy import select
 
+from monitor import builtins
 from monitor.cli.common import echo_json, new_app, state, table
 from monitor.db.tables import Model
 from monitor.domain import ModelKind, ModelMeta
 from monitor.errors import BadInput
 from monitor.inventory.models import register_model
 from monitor.ml import training
+from monitor.ml.changenet import train_change_features
 from monitor.ml.datasets import build_tiles
 from monitor.ml.evaluation import evaluate as run_evaluation
-from monitor.ml.inference import NODATA, classify_tiles, predict_raster
+from monitor.ml.inference import NODATA, classify_tiles, predict_raster, raster_threshold
 from monitor.ml.modelstore import LoadedModel, new_version, open_model
 from monitor.ml.oscd import convert_oscd
 from monitor.ml.runtime import INFERENCE_PRECISIONS
@@ -139,36 +142,49 @@ def train_classifier(
 
 @train.command("change")
 def train_change(
-    ctx: typer.Context, data: Path = _DATA, out: Path = _OUT, epochs: int = typer.Option(60, "--epochs"),
+    ctx: typer.Context, data: Path = _DATA, out: Path = _OUT,
+    arch: str = typer.Option("features", "--arch", help="features (the default: a small network over change "
+                             "features, made to carry over to unseen places) or unet (early-fusion U-Net)."),
+    epochs: int = typer.Option(None, "--epochs", help="Default: 30 (features), 60 (unet)."),
     seed: int = _SEED,
-    bands: str = typer.Option(None, "--bands", help="Comma-separated bands per date. Default: the 10 m and 20 m "
-                              "bands (B02-B08, B8A, B11, B12)."),
+    bands: str = typer.Option(None, "--bands", help="Comma-separated bands per date. Default: B02,B03,B04,B08 "
+                              "(features); the 10 m and 20 m bands B02-B08, B8A, B11, B12 (unet)."),
     city: list[str] = typer.Option([], "--city", help="Train on this city (repeatable). Default: every labelled city."),
     patch: int = typer.Option(64, "--patch", help="Training patch side, pixels."),
-    steps: int = typer.Option(60, "--steps", help="Batches per epoch."),
+    steps: int = typer.Option(None, "--steps", help="Batches per epoch. Default: 50 (features), 60 (unet)."),
     batch: int = typer.Option(16, "--batch"),
-    pos_weight: float = typer.Option(2.0, "--pos-weight", help="Weight of change pixels in the cross-entropy."),
-    base_filters: int = typer.Option(16, "--base-filters", help="Filters of the first U-Net level."),
-    per_image: bool = typer.Option(True, "--per-image/--global", help="Standardize each image by its own band "
-                                   "statistics first (robust to radiometric differences between dates and places), "
-                                   "or only by the training data's."),
-    jitter: float = typer.Option(0.0, "--jitter", help="Random gain and offset (std) per band and date added to "
-                                 "training patches."),
-    shift: int = typer.Option(0, "--shift", min=0, help="Move the earlier date of half the training patches by up "
-                              "to this many pixels (misregistration is no change)."),
-    patience: int = typer.Option(15, "--patience", help="Early-stopping patience, epochs."),
-    time_limit: float = typer.Option(15.0, "--time-limit", help="Stop after this many minutes, keeping the best "
+    pos_weight: float = typer.Option(None, "--pos-weight", help="Weight of change pixels in the cross-entropy. "
+                                     "Default: 3 (features), 2 (unet)."),
+    jitter: float = typer.Option(None, "--jitter", help="Random gain and offset (std) per band and date added to "
+                                 "training patches. Default: 0.1 (features), 0 (unet)."),
+    patience: int = typer.Option(None, "--patience", help="Early-stopping patience, epochs. Default: 8 (features), "
+                                 "15 (unet)."),
+    time_limit: float = typer.Option(25.0, "--time-limit", help="Stop after this many minutes, keeping the best "
                                      "epoch (0: none)."),
-    tta: bool = typer.Option(True, "--tta/--no-tta", help="Average the model's maps over the 8 flips and rotations "
-                             "of its input at inference (8 times the work; the threshold is chosen that way)."),
+    swap: float = typer.Option(0.5, "--swap", help="features: share of training patches whose dates are swapped."),
+    base_filters: int = typer.Option(16, "--base-filters", help="unet: filters of the first U-Net level."),
+    per_image: bool = typer.Option(True, "--per-image/--global", help="unet: standardize each image by its own band "
+                                   "statistics first (robust to radiometric differences between dates and places), "
+                                   "or only by the training data's. The features network always does."),
+    shift: int = typer.Option(0, "--shift", min=0, help="unet: move the earlier date of half the training patches "
+                              "by up to this many pixels (misregistration is no change)."),
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="unet: average the model's maps over the 8 flips and "
+                             "rotations of its input at inference (8 times the work; the threshold is chosen that way)."),
 ) -> None:
-    """Early-fusion U-Net on before/after pairs (`monitor dataset oscd` layout)."""
+    """Change model on before/after pairs (`monitor dataset oscd` layout); see docs/models.md."""
     out, version = _out_dir(ctx, out, "change")
-    _report(training.train_change(data, out, epochs=epochs, seed=seed, bands=_bands(bands), cities=city or None,
-                                  patch=patch, steps_per_epoch=steps, batch=batch, pos_weight=pos_weight,
-                                  base_filters=base_filters, per_image=per_image, jitter=jitter, shift=shift,
-                                  patience=patience, progress=True, tta=tta,
-                                  time_limit_s=time_limit * 60 or None, version=version))
+    given = {"epochs": epochs, "steps_per_epoch": steps, "pos_weight": pos_weight, "jitter": jitter,
+             "patience": patience}
+    common: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    common.update(seed=seed, bands=_bands(bands), cities=city or None, patch=patch, batch=batch, progress=True,
+                  time_limit_s=time_limit * 60 or None, version=version)
+    if arch == "features":
+        _report(train_change_features(data, out, swap=swap, **common))
+    elif arch == "unet":
+        _report(training.train_change(data, out, base_filters=base_filters, per_image=per_image, shift=shift, tta=tta,
+                                      **common))
+    else:
+        raise BadInput(f"must be features or unet, not {arch!r}", field="arch")
 
 
 # ---------------------------------------------------------------- models
@@ -178,7 +194,7 @@ def models_list(ctx: typer.Context,
                 register: bool = typer.Option(False, "--register", help="Register the model directories found "
                                               "under MONITOR_HOME/models that are not registered yet."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Registered models, and model directories under MONITOR_HOME/models not registered yet."""
+    """Registered models, model directories under MONITOR_HOME/models not registered yet, and the built-ins."""
 
     st = state(ctx)
     root = st.settings.models_dir
@@ -197,14 +213,42 @@ def models_list(ctx: typer.Context,
             meta = ModelMeta.read(d).to_dict()
             rows.append({"id": None, "kind": meta["kind"], "version": meta["version"], "path": str(d),
                          "registered": False, "created_at": meta.get("created_at"), "threshold": meta.get("threshold")})
+    registered = {r["path"] for r in rows}
+    for name in builtins.names():
+        ref = builtins.PREFIX + name
+        if ref in registered:
+            continue
+        meta = ModelMeta.read(builtins.resolve(ref)).to_dict()
+        rows.append({"id": None, "kind": meta["kind"], "version": meta["version"], "path": ref, "registered": False,
+                     "created_at": meta.get("created_at"), "threshold": meta.get("threshold")})
+    for r in rows:
+        if builtins.is_builtin(r["path"]):
+            meta = ModelMeta.read(builtins.resolve(r["path"])).to_dict()
+            r["threshold_rule"] = meta.get("threshold_rule")
+            r["scores"] = (meta.get("metrics") or {}).get("oscd_loco")
     if as_json:
         echo_json(rows)
         return
     if not rows:
         typer.echo(f"no models yet: train one with `monitor train ...` (directories under {root} are listed)")
         return
-    typer.echo(table([(r["id"] or "-", r["kind"], r["version"], r["threshold"], "yes" if r["registered"] else "no",
-                       r["path"]) for r in rows], ["id", "kind", "version", "threshold", "registered", "path"]))
+    typer.echo(table([(r["id"] or "-", r["kind"], r["version"], _threshold_text(r), _scores_text(r.get("scores")),
+                       "yes" if r["registered"] else "no", r["path"]) for r in rows],
+                     ["id", "kind", "version", "threshold", "scores", "registered", "path"]))
+
+
+def _threshold_text(row: dict) -> str:
+    rule = row.get("threshold_rule")
+    if not rule:
+        return str(row["threshold"])
+    return rule["rule"] + "".join(f" {k}={v}" for k, v in rule.items() if k != "rule")
+
+
+def _scores_text(s: dict | None) -> str:
+    """A built-in's recorded scores: pooled F1 on leave-one-city-out OSCD."""
+    if not s:
+        return ""
+    return f"OSCD LOCO pooled F1 {s['pooled']['f1']:.3f}"
 
 
 @models.command("register")
@@ -219,7 +263,7 @@ def models_register(ctx: typer.Context, model_dir: Path = typer.Argument(..., he
 
 def predict(
     ctx: typer.Context,
-    model: Path = typer.Option(..., "--model", help="Model directory."),
+    model: str = typer.Option(..., "--model", help="Model directory, or builtin:NAME (`monitor models list`)."),
     scene: Path = typer.Option(..., "--scene", help="GeoTIFF; bands are found by description (B02, ...), by "
                                "position when it has none."),
     before: Path = typer.Option(None, "--before", help="Earlier scene on the same grid (change models)."),
@@ -242,7 +286,12 @@ def predict(
     else:
         predict_raster(m, scene, out, before=before, progress=True, batch=batch, window=window or s.inference_window,
                        overlap=s.inference_overlap if overlap is None else overlap)
-    typer.echo(f"{m.kind} probability of {scene} written to {out} (model {m.version}, threshold {m.threshold:.2f})")
+    if m.kind == ModelKind.CLASSIFIER:
+        threshold = m.threshold
+    else:
+        threshold = raster_threshold(m, out)
+    rule = f", rule {m.threshold_rule['rule']}" if m.threshold_rule else ""
+    typer.echo(f"{m.kind} probability of {scene} written to {out} (model {m.version}, threshold {threshold:.4g}{rule})")
 
 
 def _write_tile_grid(m: LoadedModel, scene: Path, out: Path, batch: int) -> None:
@@ -259,7 +308,7 @@ def _write_tile_grid(m: LoadedModel, scene: Path, out: Path, batch: int) -> None
 
 def evaluate(
     ctx: typer.Context,
-    model: Path = typer.Option(..., "--model", help="Model directory."),
+    model: str = typer.Option(..., "--model", help="Model directory, or builtin:NAME (`monitor models list`)."),
     data: Path = typer.Option(..., "--data", help="Dataset folder of the model's kind."),
     split: str = typer.Option("validation", "--split", help="Tile datasets: train or validation."),
     city: list[str] = typer.Option([], "--city", help="Change datasets: score this city (repeatable). Default: "

@@ -62,12 +62,13 @@ def _evaluate_change(model: LoadedModel, data_dir, summary: dict, cities, batch:
     for c in tqdm(cities, desc="evaluate", unit="city", disable=not progress):
         d = load_city(data_dir, c, model.bands)
         prob = predict_array(model, d["x"], ~d["valid"], batch=batch, window=window or DEFAULT_WINDOW, overlap=overlap)
-        cm = scores.confusion(prob > model.threshold, d["change"] == 1, d["valid"])
+        threshold = model.threshold_for(prob, d["valid"])
+        cm = scores.confusion(prob > threshold, d["change"] == 1, d["valid"])
         cms.append(cm)
-        per_city[c] = {**scores.scores(cm), "confusion": cm}
+        per_city[c] = {**scores.scores(cm), "threshold": round(threshold, 4), "confusion": cm}
     cm = scores.add(*cms)
     trained_on = (model.meta.get("training") or {}).get("cities") or []
     return {"model": model.version, "kind": model.kind, "data": str(Path(data_dir).resolve()),
-            "threshold": model.threshold, "cities": per_city,
+            "threshold": model.threshold, "threshold_rule": model.threshold_rule, "cities": per_city,
             "pooled": {**scores.scores(cm), "confusion": cm, "cities": cities},
             "seen_in_training": [c for c in cities if c in trained_on]}

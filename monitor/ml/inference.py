@@ -21,9 +21,10 @@ from affine import Affine
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from monitor.domain import ModelKind
+from monitor import builtins
+from monitor.domain import ModelKind, ModelMeta, resolution_fits
 from monitor.errors import BadInput, ModelError
-from monitor.ml.modelstore import LoadedModel, image_stats
+from monitor.ml.modelstore import LoadedModel, image_stats, open_model
 from monitor.ml.rasters import band_indexes, open_raster, pixel_size_m, same_grid, valid_mask
 from monitor.ml.tiling import blend_weights, starts
 
@@ -242,6 +243,30 @@ def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | No
         for s in srcs:
             s.close()
     return out
+
+
+def default_change_model(ref: str | Path | None, scene: Path, precision: str = "auto") -> LoadedModel | None:
+    """The change model ``ref`` (``MONITOR_DEFAULT_CHANGE_MODEL``) for a scene of an area that names none:
+    used only when the scene's pixel size is within 1.5x of the model's ``resolution_m``, else None."""
+    if not ref or not Path(scene).is_file():
+        return None
+    meta = ModelMeta.read(builtins.resolve(ref)).to_dict()
+    want = meta.get("resolution_m")
+    with open_raster(scene) as src:
+        have = pixel_size_m(src)
+    if not want or not have or not resolution_fits(want, have):
+        return None
+    return open_model(ref, precision=precision)
+
+
+def raster_threshold(model: LoadedModel, raster: Path) -> float:
+    """The threshold of a probability raster ``predict_raster`` wrote with ``model``: the model's fixed
+    threshold, or its per-scene rule (``LoadedModel.threshold_for``) over the raster's valid pixels."""
+    if model.threshold_rule is None:
+        return model.threshold
+    with open_raster(raster) as src:
+        p = src.read(1)
+    return model.threshold_for(p, p != NODATA)
 
 
 def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid: float = 0.5,

@@ -21,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from monitor import builtins
 from monitor.domain import ModelMeta
 from monitor.domain import input_bands as domain_input_bands
 from monitor.errors import BadInput, ModelError
+from monitor.ml import scores
+from monitor.ml.layers import custom_objects
 from monitor.ml.runtime import inference_policy, keras, tf
 
 CLIP = 10.0  # standardized values beyond this many deviations (saturated pixels) are clipped
@@ -72,6 +75,7 @@ def save_model(keras_model, out_dir: str | Path, meta: dict) -> Path:
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{secrets.token_hex(3)}")
     tmp.mkdir()
     try:
+        custom_objects()
         clean = keras().Model.from_config(keras_model.get_config())
         clean.set_weights(keras_model.get_weights())
         clean.save(tmp / "model.keras")
@@ -126,6 +130,15 @@ class LoadedModel:
         return float(self.meta["threshold"])
 
     @property
+    def threshold_rule(self) -> dict | None:
+        """The per-scene threshold rule (``model.json`` ``threshold_rule``), or None for the fixed threshold."""
+        return self.meta.get("threshold_rule")
+
+    def threshold_for(self, prob: np.ndarray, valid: np.ndarray | None = None) -> float:
+        """The threshold of one scene's map: ``scores.scene_threshold`` of the model's rule."""
+        return scores.scene_threshold(prob, valid, self.threshold_rule, self.threshold)
+
+    @property
     def bands(self) -> list[str]:
         """Input bands in order (per date for a change model)."""
         return list(self.meta["bands"])
@@ -162,12 +175,22 @@ class LoadedModel:
 
     def normalize(self, x: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Raw values (..., C) -> model input. A per-image model needs the whole image's ``stats``
-        (``image_stats``); without them the statistics of ``x`` itself are used."""
+        (``image_stats``); without them the statistics of ``x`` itself are used. For a per-image change
+        model, a band that is constant on either date (an empty band, as in some archive products) is
+        set to 0 on both dates: it carries no information, and its difference is no change."""
         norm = self.meta["normalization"]
-        if self.per_image:
-            m, s = stats if stats is not None else image_stats(x)
-            x = (np.asarray(x, np.float32) - m) / s
-        return normalize(x, norm["mean"], norm["std"])
+        if not self.per_image:
+            return normalize(x, norm["mean"], norm["std"])
+        m, s = stats if stats is not None else image_stats(x)
+        x = normalize((np.asarray(x, np.float32) - m) / s, norm["mean"], norm["std"])
+        if self.kind == "change":
+            n = x.shape[-1] // 2
+            s = np.asarray(s)
+            dead = (s[:n] <= 1e-6) | (s[n:] <= 1e-6)
+            if dead.any():
+                x[..., :n][..., dead] = 0.0
+                x[..., n:][..., dead] = 0.0
+        return x
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Normalized (N, H, W, C) float32 -> probabilities, (N, H, W) for maps or (N,) for the classifier.
@@ -213,6 +236,7 @@ def load_model(model_dir: str | Path, precision: str = "auto") -> LoadedModel:
         if key in _cache:
             return _cache[key]
         try:
+            custom_objects()
             km = keras().saving.load_model(model_dir / "model.keras", compile=False)
         except Exception as e:  # Keras raises ValueError, OSError, zipfile errors, ...
             raise ModelError(f"{model_dir}: cannot load model.keras: {e}") from e
@@ -229,8 +253,9 @@ def load_model(model_dir: str | Path, precision: str = "auto") -> LoadedModel:
 
 def open_model(ref: str | Path, precision: str = "auto") -> LoadedModel:
     """The loaded model a reference names: the one place where a model directory given on the command
-    line, in the settings or by an area becomes a model (see ``load_model``)."""
-    return load_model(Path(ref), precision=precision)
+    line, in the settings or by an area becomes a model (see ``load_model``): a model directory or
+    ``builtin:<name>`` (``monitor.builtins``)."""
+    return load_model(builtins.resolve(ref), precision=precision)
 
 
 def fold_batchnorm(keras_model, atol: float = 1e-3):

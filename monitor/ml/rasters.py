@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
+from monitor.builtins import BAND_ALIASES
 from monitor.errors import BadInput
 
 
@@ -30,17 +31,30 @@ def band_names(src) -> list[str]:
 
 
 def band_indexes(src, wanted: list[str]) -> list[int]:
-    """1-based indexes of the ``wanted`` bands, found by description; by position when the file has none."""
+    """1-based indexes of the ``wanted`` bands, found by description (a Sentinel-2 name or its common name:
+    B02/blue, B03/green, B04/red, B08/nir); by position when the file has none."""
     if not any(src.descriptions):
         if src.count < len(wanted):
             raise BadInput(f"has {src.count} bands without names, the model needs {len(wanted)} "
                            f"({', '.join(wanted)})", file=src.name)
         return list(range(1, len(wanted) + 1))
     names = band_names(src)
-    missing = [b for b in wanted if b not in names]
+    lower = [n.lower() for n in names]
+    other = {**BAND_ALIASES, **{v: k for k, v in BAND_ALIASES.items()}}
+
+    def find(b: str) -> int | None:
+        for name in (b, other.get(b.upper(), other.get(b.lower(), ""))):
+            if name in names:
+                return names.index(name) + 1
+            if name.lower() in lower:
+                return lower.index(name.lower()) + 1
+        return None
+
+    found = {b: find(b) for b in wanted}
+    missing = [b for b, i in found.items() if i is None]
     if missing:
         raise BadInput(f"lacks band(s) {', '.join(missing)} (it has {', '.join(names)})", file=src.name)
-    return [names.index(b) + 1 for b in wanted]
+    return [int(found[b]) for b in wanted]  # type: ignore[arg-type]
 
 
 def pixel_size_m(src) -> float | None:

@@ -57,3 +57,43 @@ def best_threshold(prob: np.ndarray, truth: np.ndarray, valid: np.ndarray | None
         if s["f1"] > best[0]:
             best = (s["f1"], float(t), s)
     return best[1], best[2]
+
+
+THRESHOLD_RULES = ("fixed", "robust_z", "top_quantile")
+
+
+def scene_threshold(prob: np.ndarray, valid: np.ndarray | None = None, rule: dict | None = None,
+                    fixed: float = 0.5) -> float:
+    """The threshold of one scene's map under a model's threshold ``rule``; a pixel is positive above it.
+
+    ``None`` or ``{"rule": "fixed"}``: ``fixed`` (the model's threshold). ``{"rule": "robust_z", "k": k}``:
+    median + k * 1.4826 * MAD of the scene's valid values (k robust standard deviations above the typical
+    pixel). ``{"rule": "top_quantile", "q": q}``: the (1 - q) quantile, so that a share q of the scene is
+    positive. A scene without valid values gets ``fixed``. With ``"on": "odds"`` (or ``"logit"``)
+    robust_z works on p / (1 - p) (or its log) of the probabilities p, and the threshold found there is
+    turned back into a probability.
+    """
+    name = (rule or {}).get("rule", "fixed")
+    if name not in THRESHOLD_RULES:
+        raise ValueError(f"threshold rule {name!r} is not one of {', '.join(THRESHOLD_RULES)}")
+    if name == "fixed":
+        return float(fixed)
+    v = np.asarray(prob, np.float32)
+    keep = np.isfinite(v) if valid is None else np.asarray(valid, bool) & np.isfinite(v)
+    v = v[keep]
+    if v.size == 0:
+        return float(fixed)
+    if name == "top_quantile":
+        return float(np.quantile(v, 1.0 - float(rule["q"])))  # type: ignore[index]
+    on = rule.get("on", "value")  # type: ignore[union-attr]
+    if on not in ("value", "odds", "logit"):
+        raise ValueError(f"robust_z works on value, odds or logit, not {on!r}")
+    if on != "value":
+        v = np.clip(v.astype(np.float64), 1e-9, 1 - 1e-9)
+        v = v / (1 - v) if on == "odds" else np.log(v / (1 - v))
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med)))
+    t = med + float(rule["k"]) * 1.4826 * mad  # type: ignore[index]
+    if on == "odds":
+        return t / (1 + t)
+    return float(1 / (1 + np.exp(-t))) if on == "logit" else t

@@ -1,0 +1,190 @@
+"""The default change model: a small network over fixed change features, trained to hold up on unseen cities.
+
+Each image is standardized per band by its own statistics (which removes most radiometric differences
+between dates, sensors and places). Inside the network (``layers.build_feature_net``) the difference
+of the dates and the change-vector magnitude smoothed at 1, 2 and 4 pixels are computed by fixed
+layers; one 3x3 convolution and two 1x1 convolutions learn the rest, about 2,000 weights in all.
+Training patches get a random flip or rotation, their own gain and offset per band and date, and a
+random swap of the dates; half of them are centred near a change pixel. Each city keeps a band of rows
+for validation: the epoch with the best validation F1 is kept, and the threshold rule (a fixed
+probability, or a per-scene ``robust_z`` or ``top_quantile`` rule, see ``scores.scene_threshold``) is the
+one with the best pooled F1 on those bands, each city's threshold computed from its whole map.
+
+Also here: ``save_cva``, which writes the ``builtin:cva`` model directory.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from monitor import builtins
+from monitor.errors import BadInput
+from monitor.ml import scores, training
+from monitor.ml.inference import predict_array
+from monitor.ml.layers import build_cva, build_feature_net
+from monitor.ml.modelstore import LoadedModel, image_stats, save_model
+from monitor.ml.oscd import load_city, read_change_summary
+from monitor.ml.runtime import keras, precision_policy, seed_everything
+
+FEATURE_BANDS = ["B02", "B03", "B04", "B08"]
+SIGMAS = (1.0, 2.0, 4.0)
+RULES = ([{"rule": "fixed"}] + [{"rule": "robust_z", "k": k} for k in (3.0, 4.0, 5.0, 6.0, 8.0, 10.0)]
+         + [{"rule": "top_quantile", "q": q} for q in (0.01, 0.015, 0.02, 0.03, 0.04)])
+
+
+def save_cva(out_dir: str | Path, bands: list[str] | None = None, sigma: float = builtins.CVA_SIGMA,
+             k: float = builtins.CVA_K, metrics: dict | None = None) -> Path:
+    """Write the change-vector-analysis model (``builtin:cva``, or a variant) as a model directory;
+    ``metrics`` (measured scores) go into its ``model.json``."""
+    meta = {**builtins.cva_meta(bands, sigma, k), "metrics": metrics or {}}
+    return save_model(build_cva(len(meta["bands"]), sigma), out_dir, meta)
+
+
+def cva_model(bands: list[str] | None = None, sigma: float = builtins.CVA_SIGMA, k: float = builtins.CVA_K,
+              rule: dict | None = None) -> LoadedModel:
+    """An in-memory CVA model (as ``save_cva`` writes), optionally with another threshold rule."""
+    meta = {**builtins.cva_meta(bands, sigma, k), "version": f"cva-sigma{sigma:g}"}
+    if rule is not None:
+        meta["threshold_rule"] = rule
+    return LoadedModel(Path("."), meta, build_cva(len(meta["bands"]), sigma))
+
+
+def standardized(d: dict) -> np.ndarray:
+    """A city's (H, W, 2C) bands standardized per image and band over its valid pixels, invalid pixels 0."""
+    m, s = image_stats(d["x"], d["valid"])
+    x = np.clip((d["x"] - m) / s, -10, 10).astype(np.float32)
+    x[~d["valid"]] = 0.0
+    return x
+
+
+def _sample(parts, patch: int, change_share: float, jitter: float, swap: float, rng: np.random.Generator):
+    """One augmented training patch (x, y) from ``parts`` [(x, y, change pixel coordinates)]."""
+    with_change = [i for i, p in enumerate(parts) if len(p[2])]
+    if with_change and rng.random() < change_share:
+        i = with_change[int(rng.integers(len(with_change)))]
+        x, y, ch = parts[i]
+        cy, cx = ch[rng.integers(len(ch))]
+        r = int(np.clip(cy - rng.integers(patch), 0, x.shape[0] - patch))
+        c = int(np.clip(cx - rng.integers(patch), 0, x.shape[1] - patch))
+    else:
+        sizes = np.array([p[0].shape[0] * p[0].shape[1] for p in parts], float)
+        x, y, _ = parts[int(rng.choice(len(parts), p=sizes / sizes.sum()))]
+        r, c = int(rng.integers(x.shape[0] - patch + 1)), int(rng.integers(x.shape[1] - patch + 1))
+    x, y = x[r:r + patch, c:c + patch], y[r:r + patch, c:c + patch]
+    k = int(rng.integers(4))
+    x, y = np.rot90(x, k), np.rot90(y, k)
+    if rng.random() < 0.5:
+        x, y = x[:, ::-1], y[:, ::-1]
+    n = x.shape[-1] // 2
+    if jitter:
+        x = x * (1 + rng.normal(0, jitter, x.shape[-1])) + rng.normal(0, jitter, x.shape[-1])
+    if rng.random() < swap:
+        x = np.concatenate([x[..., n:], x[..., :n]], axis=-1)
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def choose_rule(maps: dict[str, np.ndarray], truth: dict[str, np.ndarray], valid: dict[str, np.ndarray],
+                held: dict[str, np.ndarray], fixed: float, rules: list[dict] | None = None) -> tuple[dict, dict]:
+    """The threshold rule with the best pooled F1 over the ``held`` pixels of each city, each city's threshold
+    computed from its whole map; returns the rule and its scores."""
+    best: tuple[float, dict, dict] = (-1.0, {}, {})
+    for rule in rules or RULES:
+        cms = []
+        for c, p in maps.items():
+            t = scores.scene_threshold(p, valid[c], rule, fixed)
+            cms.append(scores.confusion(p > t, truth[c], valid[c] & held[c]))
+        s = scores.scores(scores.add(*cms))
+        if s["f1"] > best[0]:
+            best = (s["f1"], rule, s)
+    return best[1], best[2]
+
+
+def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: list[str] | None = None,
+                          bands: list[str] | None = None, epochs: int = 30, steps_per_epoch: int = 50,
+                          batch: int = 16, patch: int = 64, filters: int = 16, dropout: float = 0.1,
+                          lr: float = 3e-3, pos_weight: float = 3.0, change_share: float = 0.5, jitter: float = 0.1,
+                          swap: float = 0.5, val_fraction: float = 0.2, patience: int = 8, seed: int = 0,
+                          time_limit_s: float | None = 1500, progress: bool = False, precision: str = "float32",
+                          version: str | None = None) -> Path:
+    """Train the feature network on a change dataset (``monitor dataset oscd``); returns the model directory."""
+    t0 = time.perf_counter()
+    summary = read_change_summary(data_dir)
+    labelled = [c for c, e in summary["cities"].items() if e.get("labelled")]
+    cities = list(cities) if cities else labelled
+    unknown = [c for c in cities if c not in labelled]
+    if unknown or not cities:
+        raise BadInput(f"has no labelled city {', '.join(unknown)} (labelled: {', '.join(labelled)})",
+                       file=data_dir, field="cities")
+    bands = training._bands_of(summary, bands or [b for b in FEATURE_BANDS if b in summary["bands"]], data_dir)
+    parts, maps_in, truth, valid, held, split = [], {}, {}, {}, {}, {}
+    for c in cities:
+        d = load_city(data_dir, c, bands)
+        x = standardized(d)
+        y = ((d["change"] == 1) & d["valid"]).astype(np.float32)
+        v0, v1 = training.validation_rows(d["change"], d["valid"], val_fraction, patch)
+        split[c] = {"validation_rows": [v0, v1]}
+        maps_in[c], truth[c], valid[c] = x, y > 0, d["valid"]
+        held[c] = np.zeros_like(d["valid"])
+        held[c][v0:v1] = True
+        for a, b in ((0, v0), (v1, x.shape[0])):
+            if b - a >= patch and x.shape[1] >= patch:
+                parts.append((x[a:b], y[a:b], np.argwhere(y[a:b] > 0)))
+    if not parts:
+        raise BadInput(f"no training part of the cities is at least {patch}x{patch} pixels", field="patch")
+    n = len(bands)
+    meta = {
+        "version": version, "kind": "change", "bands": bands, "input": "before and after stacked band-wise",
+        "normalization": {"mean": [0.0] * 2 * n, "std": [1.0] * 2 * n, "per_image": True}, "tile": patch,
+        "resolution_m": summary.get("resolution_m"), "threshold": 0.5,
+        "architecture": {"type": "features", "depth": 0, "sigmas": list(SIGMAS), "filters": filters,
+                         "dropout": dropout},
+        "inference": {"tta": False},
+    }
+    seed_everything(seed)
+    k = keras()
+    model = build_feature_net(n, sigmas=SIGMAS, filters=filters, dropout=dropout, policy=precision_policy(precision))
+    training._compile(model, training.bce_dice(pos_weight), k.optimizers.Adam(lr), [training._f1_metric()])
+    live = LoadedModel(Path(out_dir), meta, model)
+
+    def full_maps() -> dict[str, np.ndarray]:
+        return {c: predict_array(live, maps_in[c], ~valid[c], window=512) for c in cities}
+
+    val_idx = {c: held[c] & valid[c] for c in cities}
+
+    def val_predict() -> np.ndarray:
+        return np.concatenate([predict_array(live, maps_in[c][slice(*split[c]["validation_rows"])],
+                                             ~valid[c][slice(*split[c]["validation_rows"])], window=512).ravel()
+                               for c in cities])
+
+    val_truth = np.concatenate([truth[c][slice(*split[c]["validation_rows"])].ravel() for c in cities])
+    val_valid = np.concatenate([val_idx[c][slice(*split[c]["validation_rows"])].ravel() for c in cities])
+
+    def batches():
+        rng = np.random.default_rng(seed)
+        while True:
+            pairs = [_sample(parts, patch, change_share, jitter, swap, rng) for _ in range(batch)]
+            yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])[..., None]
+
+    cbs = training._callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress,
+                              time_limit_s=time_limit_s,
+                              first=[training._val_f1_callback(val_predict, val_truth, val_valid)])
+    history = model.fit(batches(), steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=cbs, verbose=0,
+                        shuffle=False)
+    maps = full_maps()
+    fixed, _ = scores.best_threshold(np.concatenate([maps[c][val_idx[c]] for c in cities]),
+                                     np.concatenate([truth[c][val_idx[c]] for c in cities]))
+    rule, val = choose_rule(maps, truth, valid, held, fixed)
+    per_city = {}
+    for c in cities:
+        t = scores.scene_threshold(maps[c], valid[c], rule, fixed)
+        per_city[c] = scores.scores(scores.confusion(maps[c] > t, truth[c], val_idx[c]))
+    meta.update(threshold=fixed, threshold_rule=None if rule["rule"] == "fixed" else rule, training={
+        "recipe": "features", "data": str(Path(data_dir).resolve()), "cities": cities, "split": split,
+        "patch": patch, "batch": batch, "steps_per_epoch": steps_per_epoch, "lr": lr, "pos_weight": pos_weight,
+        "change_share": change_share, "jitter": jitter, "swap": swap, "val_fraction": val_fraction, "seed": seed,
+        **training._summary_of_run(cbs, history, t0)},
+        metrics={"validation": {**val, "cities": per_city}})
+    return save_model(model, out_dir, meta)

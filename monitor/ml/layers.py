@@ -1,0 +1,118 @@
+"""Keras layers without trained weights that change models are built from: the difference of the two
+dates stacked in the input, its per-pixel L2 norm (the change-vector magnitude), and a fixed Gaussian blur.
+
+The classes are made (and registered for loading saved models) on first use of ``custom_objects``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from monitor.ml.runtime import dtype_policy, keras
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """A normalized 2-D Gaussian (side 2 * ceil(3 sigma) + 1) as float32."""
+    r = max(1, int(np.ceil(3 * sigma)))
+    g = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k = np.outer(g, g)
+    return (k / k.sum()).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def custom_objects() -> dict:
+    """The layer classes by name, registered with Keras under the package ``monitor``."""
+    k = keras()
+    ops = k.ops
+    register = k.saving.register_keras_serializable(package="monitor")
+
+    @register
+    class DateDifference(k.layers.Layer):  # type: ignore[name-defined]
+        """(..., 2n) before then after -> (..., n) after minus before."""
+
+        def call(self, x):
+            n = x.shape[-1] // 2
+            return x[..., n:] - x[..., :n]
+
+        def compute_output_shape(self, shape):
+            return (*shape[:-1], shape[-1] // 2)
+
+    @register
+    class ChannelNorm(k.layers.Layer):  # type: ignore[name-defined]
+        """(..., n) -> (..., 1): the L2 norm over channels."""
+
+        def call(self, x):
+            return ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + 1e-12)
+
+        def compute_output_shape(self, shape):
+            return (*shape[:-1], 1)
+
+    @register
+    class GaussianBlur(k.layers.Layer):  # type: ignore[name-defined]
+        """Each channel smoothed by a fixed Gaussian of ``sigma`` pixels (a depthwise convolution, zero padded)."""
+
+        def __init__(self, sigma: float = 1.0, **kw):
+            super().__init__(**kw)
+            self.sigma = float(sigma)
+
+        def call(self, x):
+            g = gaussian_kernel(self.sigma)
+            kernel = np.repeat(g[:, :, None, None], x.shape[-1], axis=2)
+            return ops.depthwise_conv(x, ops.cast(kernel, x.dtype), padding="same")
+
+        def compute_output_shape(self, shape):
+            return shape
+
+        def get_config(self):
+            return {**super().get_config(), "sigma": self.sigma}
+
+    @register
+    class OddsToProbability(k.layers.Layer):  # type: ignore[name-defined]
+        """x >= 0 -> x / (1 + x) in [0, 1): a magnitude as a probability whose odds it is."""
+
+        def call(self, x):
+            return x / (1 + x)
+
+    return {c.__name__: c for c in (DateDifference, ChannelNorm, GaussianBlur, OddsToProbability)}
+
+
+def build_cva(bands: int, sigma: float):
+    """The change-vector-analysis network: (None, None, 2 * bands) standardized before+after -> (None, None, 1)
+    m / (1 + m) of the smoothed magnitude m of the difference (a probability whose odds are m, as the
+    pipeline takes maps in 0..1; the threshold rule works on the odds, m itself)."""
+    k = keras()
+    L, c = k.layers, custom_objects()
+    inputs = k.Input((None, None, 2 * bands), name="bands")
+    m = c["ChannelNorm"](name="magnitude")(c["DateDifference"](name="difference")(inputs))
+    m = c["GaussianBlur"](sigma, name="smooth")(m)
+    m = c["OddsToProbability"](name="odds_to_probability")(m)
+    out = L.Activation("linear", dtype="float32", name="probability")(m)
+    return k.Model(inputs, out, name="cva")
+
+
+def build_feature_net(bands: int, *, sigmas: tuple[float, ...] = (1.0, 2.0, 4.0), filters: int = 16,
+                      dropout: float = 0.1, policy: str = "float32"):
+    """The default change network: few parameters on top of fixed change features.
+
+    From per-image standardized before+after bands it computes the difference, the change-vector
+    magnitude smoothed at each of ``sigmas`` pixels, and concatenates them with both dates; one 3x3
+    convolution of ``filters`` and two 1x1 convolutions make a change probability per pixel.
+    """
+    k = keras()
+    L, c = k.layers, custom_objects()
+    with dtype_policy(policy):
+        inputs = k.Input((None, None, 2 * bands), name="bands")
+        diff = c["DateDifference"](name="difference")(inputs)
+        mag = c["ChannelNorm"](name="magnitude")(diff)
+        smooth = [c["GaussianBlur"](s, name=f"magnitude_s{i}")(mag) for i, s in enumerate(sigmas)]
+        x = L.Concatenate(name="features")([inputs, diff, mag, *smooth])
+        x = L.Conv2D(filters, 3, padding="same", activation="relu", name="conv3")(x)
+        if dropout:
+            x = L.SpatialDropout2D(dropout)(x)
+        x = L.Conv2D(filters, 1, activation="relu", name="conv1")(x)
+        x = L.Concatenate(name="with_magnitude")([x, *smooth])
+        logits = L.Conv2D(1, 1, name="logits")(x)
+        out = L.Activation("sigmoid", dtype="float32", name="probability")(logits)
+    return k.Model(inputs, out, name="change_features")
