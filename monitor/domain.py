@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from monitor.errors import BadInput
+from monitor.urlpolicy import check_source
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -235,15 +236,16 @@ def parse_providers(text: str | Sequence[str]) -> tuple[Provider, ...]:
     return tuple(Provider(n) for n in names)
 
 
-def parse_sources(items: Iterable[str] | Mapping[str, str]) -> dict[str, str]:
-    """Per-provider endpoints: 'PROVIDER=URL_OR_DIR' items (or a mapping) -> {provider: endpoint}."""
+def parse_sources(items: Iterable[str] | Mapping[str, str], *, allow_private: bool = False) -> dict[str, str]:
+    """Per-provider endpoints: 'PROVIDER=URL_OR_DIR' items (or a mapping) -> {provider: endpoint}, each
+    checked by ``urlpolicy.check_source`` (public http(s) URLs; a folder for ``local``)."""
     pairs = items.items() if isinstance(items, Mapping) else [_source_item(i) for i in items]
     known = values(AREA_PROVIDERS)
     out: dict[str, str] = {}
     for name, value in pairs:
         if name not in known:
             raise BadInput(f"unknown provider {name!r} in {name}={value}", field="source")
-        out[str(name)] = value
+        out[str(name)] = check_source(str(name), value, allow_private=allow_private)
     return out
 
 
@@ -289,10 +291,11 @@ class AreaSpec:
 
     @classmethod
     def parse(cls, name: str, *, cadence: str, providers: str | Sequence[str], max_cloud: float,
-              sources: Iterable[str] | Mapping[str, str] = (), resolution_m: float | None = None) -> AreaSpec:
+              sources: Iterable[str] | Mapping[str, str] = (), resolution_m: float | None = None,
+              allow_private_urls: bool = False) -> AreaSpec:
         """Check every field, raising ``BadInput`` naming the first one that is wrong."""
         return cls(name=check_area_name(name), cadence=parse_cadence(cadence), providers=parse_providers(providers),
-                   max_cloud=check_max_cloud(max_cloud), sources=parse_sources(sources),
+                   max_cloud=check_max_cloud(max_cloud), sources=parse_sources(sources, allow_private=allow_private_urls),
                    resolution_m=check_resolution(resolution_m))
 
 

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
                           description="DHuS API URL of the `sentinelsat` provider.")
     dhus_user: str | None = Field(None, description="DHuS user name (never logged).")
     dhus_password: SecretStr | None = Field(None, description="DHuS password (never logged).")
+    allow_private_urls: bool = Field(False, description="Allow area sources and webhook URLs that point to "
+                                     "loopback, link-local or private addresses (on-premises hubs and receivers). "
+                                     "Off: such URLs are refused when registered and when connected to.")
     local_dir: Path | None = Field(None, description="Default drop folder of the `local` provider.")
     http_timeout_s: float = Field(60.0, description="Timeout of one HTTP request to a provider, seconds.")
     download_retries: int = Field(5, description="Download attempts before a scene is marked failed.")

@@ -154,7 +154,8 @@ def patch_area(request: Request, area: Name, body: AreaPatch, _: Writer) -> dict
         a = inventory.configure_area(s, area, cadence=body.cadence,
                            providers=",".join(body.providers) if body.providers else None,
                            max_cloud=body.max_cloud, sources=dict(body.sources or {}),
-                           resolution_m=body.resolution_m, active=body.active)
+                           resolution_m=body.resolution_m, active=body.active,
+                           allow_private_urls=request.app.state.settings.allow_private_urls)
         return inventory.describe(s, a)
 
 

@@ -70,9 +70,11 @@ def areas_configure(
     """Change an area's cadence, providers, sources, resolution, models or activity."""
     models = {str(k): v for k, v in ((ModelKind.SEGMENTER, segmenter_model), (ModelKind.CLASSIFIER, classifier_model),
                                      (ModelKind.CHANGE, change_model)) if v is not None}
-    with state(ctx).transaction() as session:
+    st = state(ctx)
+    with st.transaction() as session:
         area = configure_area(session, name, cadence=cadence, providers=provider, max_cloud=max_cloud,
-                              sources=parse_sources(source), resolution_m=resolution, active=active, models=models)
+                              sources=parse_sources(source, allow_private=st.settings.allow_private_urls), resolution_m=resolution, active=active, models=models,
+                              allow_private_urls=st.settings.allow_private_urls)
         echo_json(describe(session, area))
 
 

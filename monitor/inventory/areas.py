@@ -22,6 +22,7 @@ from monitor.domain import (
     format_duration,
     parse_cadence,
     parse_providers,
+    parse_sources,
     values,
 )
 from monitor.errors import BadInput, Conflict, NotFound
@@ -39,7 +40,8 @@ def area_spec(settings: Settings, name: str, *, cadence: str | None = None,
     return AreaSpec.parse(name, cadence=cadence or settings.default_cadence,
                           providers=providers or settings.default_providers,
                           max_cloud=settings.default_max_cloud if max_cloud is None else max_cloud,
-                          sources=sources, resolution_m=resolution_m)
+                          sources=sources, resolution_m=resolution_m,
+                          allow_private_urls=settings.allow_private_urls)
 
 
 def add_area(session: Session, spec: AreaSpec, geometry: str | Path | BaseGeometry) -> Area:
@@ -109,9 +111,11 @@ def remove_area(session: Session, name: str) -> None:
 def configure_area(session: Session, name: str, *, cadence: str | None = None,
                    providers: str | Sequence[str] | None = None, max_cloud: float | None = None,
                    sources: dict[str, str] | None = None, resolution_m: float | None = None,
-                   active: bool | None = None, models: dict[str, str] | None = None) -> Area:
+                   active: bool | None = None, models: dict[str, str] | None = None,
+                   allow_private_urls: bool = False) -> Area:
     """Change an area's settings; ``models`` maps a kind (segmenter, classifier, change) to a model
-    directory, registered on the way, or to '' to unset it."""
+    directory, registered on the way, or to '' to unset it. Sources are checked as ``areas add``
+    checks them (``allow_private_urls``: MONITOR_ALLOW_PRIVATE_URLS)."""
     area = get_area(session, name)
     if cadence is not None:
         area.cadence = parse_cadence(cadence)
@@ -120,7 +124,7 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
     if max_cloud is not None:
         area.max_cloud = check_max_cloud(max_cloud)
     if sources:
-        area.sources = {**(area.sources or {}), **sources}
+        area.sources = {**(area.sources or {}), **parse_sources(sources, allow_private=allow_private_urls)}
     if resolution_m is not None:
         area.resolution_m = check_resolution(resolution_m)
     if active is not None:

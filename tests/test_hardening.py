@@ -1,0 +1,193 @@
+"""Hardening against hostile input: URLs that point inside the network (SSRF) and credentials
+sent to them, secrets shown, API errors, bad files, concurrent passes. Everything runs on real
+PostGIS and real HTTP servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+from shapely.geometry import box, mapping
+
+from monitor.alerts.webhooks import add_subscription, deliver_pending
+from monitor.db.engine import transaction
+from monitor.db.tables import Area, Delivery
+from monitor.errors import BadInput, ProviderError
+from monitor.imagery.base import AreaInfo, get_provider
+from monitor.imagery.fetch import new_session
+from monitor.urlpolicy import UnsafeURL, check_source, check_url, same_origin
+from tests.test_api import make_api
+from tests.test_webhooks import SECRET, announce, make_alert
+from tests.test_webhooks import make_area as make_webhook_area
+from tests.vectors import geojson
+
+UTC = dt.timezone.utc
+ALLOW = {"MONITOR_ALLOW_PRIVATE_URLS": "true"}
+AREA = box(-58.5, -34.6, -58.45, -34.55)
+
+
+class Recorder:
+    """An HTTP server on 127.0.0.1 that answers every request 500 and records its path and headers."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                rec.requests.append({"path": self.path, "headers": dict(self.headers)})
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _answer  # noqa: N815
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorder():
+    r = Recorder()
+    yield r
+    r.close()
+
+
+# --- 1. URLs that point inside the network
+
+PRIVATE = ["http://127.0.0.1:18800/x/", "http://169.254.169.254/", "http://[::1]/", "http://0/",
+           "http://localhost:5432/", "http://10.1.2.3/hub/", "http://192.168.0.1/", "http://[::ffff:127.0.0.1]/",
+           "http://224.0.0.1/"]
+
+
+@pytest.mark.parametrize("url", PRIVATE)
+def test_private_and_local_urls_are_refused_unless_allowed(url):
+    with pytest.raises(BadInput, match="private or local address.*MONITOR_ALLOW_PRIVATE_URLS") as e:
+        check_url(url, allow_private=False)
+    assert e.value.field == "url"
+    assert check_url(url, allow_private=True) == url
+
+
+def test_url_policy_schemes_and_the_local_folder(tmp_path):
+    for url in ("ftp://example.org/x", "file:///etc/passwd", "gopher://example.org/", "http:///nohost"):
+        with pytest.raises(BadInput, match="not an http\\(s\\) URL"):
+            check_url(url, allow_private=True)
+    assert check_url("https://93.184.216.34/v1", allow_private=False) == "https://93.184.216.34/v1"
+    with pytest.raises(BadInput, match="is a file, not a folder"):
+        check_source("local", "file:///etc/passwd", allow_private=True)
+    with pytest.raises(BadInput, match="takes a folder, not a http URL"):
+        check_source("local", "http://example.org/drops", allow_private=True)
+    assert check_source("local", f"file://{tmp_path}", allow_private=False) == str(tmp_path)
+    with pytest.raises(BadInput, match="private or local"):
+        check_source("stac", "http://127.0.0.1:9/v1", allow_private=False)
+    assert same_origin("https://hub.example/apihub/", "https://HUB.example:443/other")
+    assert not same_origin("https://hub.example/apihub/", "https://hub.example:8443/apihub/")
+    assert not same_origin("https://hub.example/", "http://hub.example/")
+
+
+def test_cli_refuses_private_sources_and_webhooks(cli, engine, tmp_path):
+    f = geojson(tmp_path / "a.geojson", [AREA])
+    err = cli("areas", "add", "ba", "--geometry", f, "--provider", "sentinelsat",
+              "--source", "sentinelsat=http://127.0.0.1:18800/x/", expect=2).stderr
+    assert "field 'source'" in err and "127.0.0.1" in err and "MONITOR_ALLOW_PRIVATE_URLS" in err
+    assert "file, not a folder" in cli("areas", "add", "ba", "--geometry", f, "--provider", "local",
+                                      "--source", "local=file:///etc/passwd", expect=2).stderr
+    cli("areas", "add", "ba", "--geometry", f, "--provider", "local", "--source", f"local=file://{tmp_path}")
+    assert json.loads(cli("areas", "show", "ba").stdout)["sources"] == {"local": str(tmp_path)}
+    assert "169.254.169.254" in cli("areas", "configure", "ba", "--source", "stac=http://169.254.169.254/",
+                                    expect=2).stderr
+    for url in ("http://127.0.0.1:9/hook", "http://[::1]/", "http://169.254.169.254/", "http://0/",
+                "http://localhost:5432/"):
+        assert "private or local" in cli("subscriptions", "add", url, "--secret", "x", expect=2).stderr
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM subscriptions")).scalar() == 0
+        assert conn.execute(sa.text("SELECT sources FROM areas")).scalar() == {"local": str(tmp_path)}
+    # an operator who runs an on-premises hub allows private addresses
+    cli("areas", "configure", "ba", "--source", "stac=http://10.0.0.5/v1", env=ALLOW)
+    cli("subscriptions", "add", "http://127.0.0.1:9/hook", "--secret", "x", env=ALLOW)
+
+
+def test_api_refuses_private_sources(settings, engine):
+    api = make_api(settings, engine)
+    body = {"name": "ba", "geometry": mapping(AREA), "providers": ["sentinelsat"],
+            "sources": {"sentinelsat": "http://127.0.0.1:18800/x/"}}
+    r = api.post("/areas", json=body)
+    assert r.status_code == 422 and "127.0.0.1" in r.text and "source" in r.text
+    assert api.post("/areas", json={**body, "sources": {}}).status_code == 201
+    r = api.patch("/areas/ba", json={"sources": {"stac": "http://169.254.169.254/"}})
+    assert r.status_code == 422 and "169.254.169.254" in r.text
+    assert api.get("/areas/ba").json()["sources"] == {}
+    api.client.app.state.settings = settings.model_copy(update={"allow_private_urls": True})
+    assert api.patch("/areas/ba", json={"sources": {"stac": "http://10.0.0.5/v1"}}).status_code == 200
+
+
+def test_connect_time_check_refuses_private_peers(recorder):
+    """A name may resolve to a public address when registered and to a private one later (DNS
+    rebinding): the address a connection actually reaches is checked."""
+    with pytest.raises(UnsafeURL, match="127.0.0.1"):
+        new_session(guard=True).get(f"{recorder.url}/x", timeout=5)
+    with pytest.raises(UnsafeURL):
+        new_session(guard=True).get(f"http://localhost:{recorder.server.server_port}/x", timeout=5)
+    assert recorder.requests == []
+    assert new_session(guard=False).get(f"{recorder.url}/x", timeout=5).status_code == 500
+    assert len(recorder.requests) == 1
+
+
+def test_hub_credentials_go_only_to_the_configured_hub(settings, recorder):
+    hub = settings.model_copy(update={"dhus_url": f"{recorder.url}/apihub/", "dhus_user": "monitor",
+                                      "dhus_password": SecretStr("hub-secret"), "http_timeout_s": 5})
+    since, until = dt.datetime(2024, 1, 1, tzinfo=UTC), dt.datetime(2024, 1, 2, tzinfo=UTC)
+
+    def search(s, source):
+        area = AreaInfo(1, "x", AREA, 100, source)
+        with pytest.raises(ProviderError) as e:
+            get_provider("sentinelsat", s, area).search(area, since, until)
+        return str(e.value)
+
+    search(hub, None)
+    assert recorder.requests[-1]["headers"]["Authorization"].startswith("Basic ")
+    # an area's own source on another host: refused at connect time, nothing sent at all
+    other = f"http://localhost:{recorder.server.server_port}/x/"
+    assert "private or local" in search(hub, other)
+    assert len(recorder.requests) == 1
+    # allowed (an on-premises hub), it is asked without the configured user and password
+    search(hub.model_copy(update={"allow_private_urls": True}), other)
+    assert len(recorder.requests) == 2 and "Authorization" not in recorder.requests[-1]["headers"]
+
+
+def test_stac_source_of_an_area_is_checked_at_connect_time(settings, recorder):
+    area = AreaInfo(1, "x", AREA, 100, f"{recorder.url}/v1")
+    with pytest.raises(ProviderError, match="private or local"):
+        get_provider("stac", settings, area).search(area, dt.datetime(2024, 1, 1, tzinfo=UTC),
+                                                    dt.datetime(2024, 1, 2, tzinfo=UTC))
+    assert recorder.requests == []
+
+
+def test_webhooks_to_private_addresses_are_refused_when_sent(engine, settings, tmp_path, recorder):
+    """A subscription stored before the check (or whose name now resolves privately) is refused at send time."""
+    area_id = make_webhook_area(engine, tmp_path)
+    with transaction(engine) as s:
+        add_subscription(s, f"{recorder.url}/hook", SECRET, allow_private_urls=True)
+    announce(engine, make_alert(engine, area_id))
+    assert deliver_pending(engine, settings) == 1
+    assert recorder.requests == []
+    with transaction(engine) as s:
+        d = s.scalars(sa.select(Delivery)).one()
+        assert d.status == "pending" and "private or local" in d.attempts[0]["error"]
+        assert s.scalar(sa.select(sa.func.count()).select_from(Area)) == 1
