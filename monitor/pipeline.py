@@ -17,7 +17,6 @@ import datetime as dt
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +42,7 @@ from monitor.inventory.areas import get_area
 from monitor.metrics import Metrics, default_metrics
 from monitor.ml.inference import classify_tiles, count_windows, predict_raster
 from monitor.ml.modelstore import LoadedModel, open_model
+from monitor.redact import redact
 from monitor.settings import Settings
 from monitor.vectorize import polygonize, read_probability
 
@@ -286,7 +286,7 @@ def _check(stop: threading.Event | None) -> None:
 def _reason(e: BaseException) -> str:
     if isinstance(e, MonitorError):
         return str(e)
-    return f"{type(e).__name__}: {e}\n{''.join(traceback.format_exception(e)[-3:])}".strip()
+    return redact(f"{type(e).__name__}: {e}")  # the traceback goes to the log only
 
 
 def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics | None = None,

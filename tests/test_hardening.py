@@ -5,23 +5,31 @@ PostGIS and real HTTP servers on 127.0.0.1."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from shapely.geometry import box, mapping
 
+from monitor import pipeline
 from monitor.alerts.webhooks import add_subscription, deliver_pending
+from monitor.api.app import create_app
 from monitor.db.engine import transaction
-from monitor.db.tables import Area, Delivery
+from monitor.db.tables import Area, Delivery, Run
 from monitor.errors import BadInput, ProviderError
 from monitor.imagery.base import AreaInfo, get_provider
 from monitor.imagery.fetch import new_session
+from monitor.metrics import Metrics
+from monitor.redact import RedactingFilter
 from monitor.urlpolicy import UnsafeURL, check_source, check_url, same_origin
-from tests.test_api import make_api
+from tests.test_api import make_api, new_area
 from tests.test_webhooks import SECRET, announce, make_alert
 from tests.test_webhooks import make_area as make_webhook_area
 from tests.vectors import geojson
@@ -191,3 +199,73 @@ def test_webhooks_to_private_addresses_are_refused_when_sent(engine, settings, t
         d = s.scalars(sa.select(Delivery)).one()
         assert d.status == "pending" and "private or local" in d.attempts[0]["error"]
         assert s.scalar(sa.select(sa.func.count()).select_from(Area)) == 1
+
+
+# --- 2. secrets never shown
+
+def test_settings_and_db_url_mask_every_password_form(cli, db_url):
+    env = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x?password=hunter2",
+           "MONITOR_DHUS_URL": "https://hubuser:dhus-pw@hub.example.org/apihub/",
+           "MONITOR_STAC_URL": "https://stacuser:stac-pw@stac.example.org/v1",
+           "MONITOR_DHUS_PASSWORD": "dhus-secret"}
+    shown = cli("settings", env=env).stdout
+    for secret in ("hunter2", "dhus-pw", "stac-pw", "dhus-secret"):
+        assert secret not in shown
+    settings = json.loads(shown)
+    assert settings["database_url"] == "postgresql://postgres@127.0.0.1:1/x?password=***"
+    assert settings["dhus_url"] == "https://hubuser:***@hub.example.org/apihub/"
+    failed = cli("db", "url", env=env, expect=1)
+    assert "cannot connect" in failed.stderr and "hunter2" not in failed.stderr + failed.stdout
+    # a reachable database with a password in its URL: masked, unless asked for psql
+    with_pw = {"DATABASE_URL": f"{db_url}?password=s3cr3t-pw"}
+    assert "s3cr3t-pw" not in cli("db", "url", env=with_pw).stdout
+    assert "password=***" in cli("db", "url", env=with_pw).stdout
+    assert "s3cr3t-pw" in cli("db", "url", "--show-password", env=with_pw).stdout
+
+
+def test_subscriptions_list_masks_url_passwords(cli):
+    out = cli("subscriptions", "add", "https://hookuser:hook-pw@hooks.example.org/m", "--secret", "sig").stdout
+    assert "hook-pw" not in out
+    for args in (("subscriptions", "list"), ("subscriptions", "list", "--json")):
+        listed = cli(*args).stdout
+        assert "hook-pw" not in listed and "hookuser:***@hooks.example.org" in listed
+
+
+def test_logs_mask_secrets():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    log = logging.getLogger("monitor.test.redact")
+    log.addHandler(handler)
+    try:
+        log.warning("connecting to %s", "postgresql://monitor:db-pw@db/monitor")
+        try:
+            raise RuntimeError("host=db password=libpq-pw")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+    text = stream.getvalue()
+    assert "db-pw" not in text and "libpq-pw" not in text
+    assert "monitor:***@db" in text and "password=***" in text
+
+
+def test_readyz_and_runs_show_no_internals(settings, engine):
+    gone = sa.create_engine("postgresql+psycopg2://monitor@127.0.0.1:9/none", poolclass=sa.pool.NullPool)
+    with TestClient(create_app(settings, engine=gone, metrics=Metrics(CollectorRegistry()))) as client:
+        r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["status"] == "not ready" and r.json()["database"] == "unreachable"
+    assert "127.0.0.1" not in r.text and ":9" not in r.text
+    api = make_api(settings, engine)
+    area = new_area(api)
+    trace = ('ValueError: bad\n  File "/srv/monitor/pipeline.py", line 10, in run_area\n'
+             '    raise ValueError("bad")')
+    with transaction(engine) as s:
+        s.add(Run(area_id=area["id"], status="failed", error=trace))
+    runs = api.get("/runs").json()
+    assert runs[0]["error"] == "ValueError: bad"
+    assert "File " not in api.get(f"/runs/{runs[0]['id']}").text
+    try:
+        raise ValueError("postgresql://u:pw-in-error@h/x")
+    except ValueError as e:
+        assert pipeline._reason(e) == "ValueError: postgresql://u:***@h/x"

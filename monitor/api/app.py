@@ -17,6 +17,7 @@ from monitor.db import migrate, queries
 from monitor.db.engine import make_engine, transaction
 from monitor.errors import MonitorError
 from monitor.metrics import Metrics, default_metrics
+from monitor.redact import redact
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             log.error("%s %s: %s", request.method, request.url.path, e)
         extra = {k: (str(v) if k == "file" and v is not None else v) for k, v in e.data.items()
                  if k in ("file", "row", "field")}
-        return JSONResponse(_body(e.message, **extra), status_code=status)
+        return JSONResponse(_body(redact(e.message), **extra), status_code=status)
 
     @app.exception_handler(sa.exc.IntegrityError)
     async def integrity(request: Request, e: sa.exc.IntegrityError) -> JSONResponse:
@@ -119,7 +120,9 @@ def create_app(settings: Settings, engine: Engine | None = None, metrics: Metric
         try:
             out["schema"]["current"] = migrate.current(engine)
         except sa.exc.SQLAlchemyError as e:
-            out["database"] = f"unreachable: {(str(getattr(e, 'orig', None) or e).splitlines() or [''])[0]}"
+            # the reason (with the server's address) goes to the log only: /readyz needs no token
+            log.warning("readyz: database unreachable: %s", (str(getattr(e, "orig", None) or e).splitlines() or [""])[0])
+            out["database"] = "unreachable"
             ready = False
         if ready and out["schema"]["current"] != head:
             out["schema"]["problem"] = "not at head: run `monitor db upgrade`"

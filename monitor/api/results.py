@@ -18,6 +18,7 @@ from monitor.db.tables import Alert, Area, Run, Scene
 from monitor.domain import AlertStatus, RunStatus, SceneStatus, parse_bbox, values
 from monitor.errors import BadInput, NotFound
 from monitor.inventory.areas import get_area
+from monitor.redact import redact
 
 router = APIRouter()
 
@@ -156,9 +157,15 @@ def get_scene(request: Request, scene_id: BigId, _: Reader) -> dict:
         return _scene(sc)
 
 
+def _error(text: str | None) -> str | None:
+    """A run's error as readers see it: no traceback (runs recorded before tracebacks went to the
+    log only kept its last lines after the first line), secrets masked."""
+    return redact(text.split("\n", 1)[0]) if text else text
+
+
 def _run(r: Run, area: str) -> dict:
     return {"id": r.id, "area": area, "scene_id": r.scene_id, "status": r.status, "steps": r.steps,
-            "model_versions": r.model_versions, "error": r.error, "started_at": r.started_at.isoformat(),
+            "model_versions": r.model_versions, "error": _error(r.error), "started_at": r.started_at.isoformat(),
             "finished_at": r.finished_at.isoformat() if r.finished_at else None}
 
 
