@@ -271,10 +271,12 @@ def check_resolution(value: float | None) -> float | None:
 
 
 def check_area_name(name: str) -> str:
-    """An area's name: not blank (surrounding white space is dropped)."""
+    """An area's name: not blank (surrounding white space is dropped), no NUL character."""
     name = (name or "").strip()
     if not name:
         raise BadInput("an area needs a name", field="name")
+    if "\x00" in name:
+        raise BadInput("must not contain a NUL character", field="name")
     return name
 
 

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     # --- daemon, API, metrics, webhooks
     api_host: str = Field("127.0.0.1", description="Address the API and /metrics listen on.")
     api_port: int = Field(8000, description="Port of the API and /metrics.")
+    max_body_mb: float = Field(64.0, gt=0, description="Largest request body the API accepts (uploads "
+                               "included), MB; a larger one is answered 413.")
     scheduler_jitter_s: int = Field(300, description="Random delay added to each scheduled area run, s.")
     webhook_timeout_s: float = Field(10.0, description="Timeout of one webhook POST, seconds.")
     webhook_max_attempts: int = Field(12, description="Delivery attempts before a webhook is given up.")

@@ -23,6 +23,7 @@ from monitor.alerts.webhooks import add_subscription, deliver_pending
 from monitor.api.app import create_app
 from monitor.db.engine import transaction
 from monitor.db.tables import Area, Delivery, Run
+from monitor.domain import AreaSpec
 from monitor.errors import BadInput, ProviderError
 from monitor.imagery.base import AreaInfo, get_provider
 from monitor.imagery.fetch import new_session
@@ -269,3 +270,45 @@ def test_readyz_and_runs_show_no_internals(settings, engine):
         raise ValueError("postgresql://u:pw-in-error@h/x")
     except ValueError as e:
         assert pipeline._reason(e) == "ValueError: postgresql://u:***@h/x"
+
+
+# --- 3. API answers instead of 500s
+
+def test_api_names_the_field_of_a_nul_or_a_null_id(settings, engine):
+    api = make_api(settings, engine)
+    r = api.post("/areas", json={"name": "a\x00b", "geometry": mapping(AREA)})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "name"]
+    with pytest.raises(BadInput, match="NUL"):
+        AreaSpec.parse("a\x00b", cadence="5d", providers="local", max_cloud=20)
+    new_area(api)
+    lot = mapping(box(-58.47, -34.59, -58.46, -34.58))
+    features = [{"type": "Feature", "properties": {"id": 5, "use": 1.5}, "geometry": lot},
+                {"type": "Feature", "properties": {"id": None, "use": None}, "geometry": lot}]
+    upload = json.dumps({"type": "FeatureCollection", "features": features}).encode()
+    r = api.post("/areas/ba/parcels/upload", files={"file": ("lots.geojson", upload)})
+    assert r.status_code == 422 and r.json()["field"] == "id" and r.json()["row"] == 2
+    # a missing attribute number is stored as null, not as NaN that PostgreSQL refuses
+    features[1]["properties"]["id"] = 6
+    upload = json.dumps({"type": "FeatureCollection", "features": features}).encode()
+    assert api.post("/areas/ba/parcels/upload", files={"file": ("lots.geojson", upload)}).status_code == 200
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT attributes->'use' FROM parcels WHERE external_id = '6'")).scalar() is None
+    assert api.get("/areas").status_code == 200
+
+
+def test_api_body_limit(settings, engine):
+    api = make_api(settings.model_copy(update={"max_body_mb": 0.01}), engine)  # 10 kB
+    new_area(api)
+    big = b"x" * 20_000
+    r = api.post("/areas/ba/parcels/upload", files={"file": ("lots.geojson", big)})
+    assert r.status_code == 413 and "MONITOR_MAX_BODY_MB" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(20):
+            yield b"y" * 1000
+
+    r = api.post("/areas", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert api.get("/areas").status_code == 200
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM parcels")).scalar() == 0

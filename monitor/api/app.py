@@ -6,10 +6,11 @@ import logging
 from collections.abc import Callable
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monitor import __version__
 from monitor.api import areas, results, review, web
@@ -39,6 +40,42 @@ def status_of(error: MonitorError) -> int:
 
 def _body(message: str, **extra) -> dict:
     return {"detail": message, **{k: v for k, v in extra.items() if v is not None}}
+
+
+class BodyLimit:
+    """ASGI middleware that answers 413 to a request whose body is larger than ``limit`` bytes: at
+    once when its Content-Length says so, else as soon as that much has been received."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, its body counted."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await self._too_large()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"the request body is larger than {self.limit / 1e6:g} MB (MONITOR_MAX_BODY_MB)"
+
+    def _too_large(self) -> JSONResponse:
+        return JSONResponse(_body(self._message()), status_code=413, headers={"Connection": "close"})
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -102,6 +139,7 @@ def create_app(settings: Settings, engine: Engine | None = None, metrics: Metric
     app.state.engine = engine
     app.state.metrics = metrics
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=int(settings.max_body_mb * 1e6))
     app.include_router(review.router)  # first: /alerts/counts before /alerts/{alert_id}
     app.include_router(areas.router)
     app.include_router(results.router)

@@ -14,7 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shapely.geometry import shape
 from sqlalchemy import func, select
 
-from monitor.api.deps import NO_NUL, BboxQuery, BigId, ExternalId, Limit, Name, Offset, Reader, Writer, tx, upload_path
+from monitor.api.deps import (
+    NAME_PATTERN,
+    NO_NUL,
+    BboxQuery,
+    BigId,
+    ExternalId,
+    Limit,
+    Name,
+    Offset,
+    Reader,
+    Writer,
+    tx,
+    upload_path,
+)
 from monitor.db.tables import Parcel, Permit
 from monitor.domain import AREA_PROVIDERS, AreaSpec, parse_bbox, parse_cadence, values
 from monitor.errors import BadInput, Conflict, NotFound
@@ -71,7 +84,7 @@ class AreaIn(BaseModel):
         "geometry": {"type": "Polygon", "coordinates": [[[-58.5, -34.6], [-58.45, -34.6], [-58.45, -34.55],
                                                           [-58.5, -34.55], [-58.5, -34.6]]]}}]})
 
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*\S[^\x00]*$")
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
     geometry: dict[str, Any] = Field(description="GeoJSON Polygon or MultiPolygon, EPSG:4326.")
     cadence: str | None = Field(None, max_length=20, description="How often to look for imagery: 30m, 12h, 5d, 2w.")
     providers: list[Provider] | None = Field(None, min_length=1, max_length=3, description="Provider order.")
@@ -122,7 +135,7 @@ def create_area(request: Request, body: AreaIn, _: Writer) -> dict:
              summary="Create an area from a vector file (GeoJSON, GeoPackage, zipped Shapefile; any CRS)")
 def upload_area(request: Request, _: Writer,
                 file: Annotated[UploadFile, File(description="The area's polygon(s); several are united.")],
-                name: Annotated[str, Form(min_length=1, max_length=200, pattern=r"^[^\x00]*\S[^\x00]*$")],
+                name: Annotated[str, Form(min_length=1, max_length=200, pattern=NAME_PATTERN)],
                 cadence: Annotated[str | None, Form(max_length=20)] = None,
                 providers: Annotated[str | None, Form(max_length=100, pattern=NO_NUL,
                                                       description="Comma-separated, e.g. local,stac")] = None,
