@@ -16,7 +16,7 @@ from pyproj import CRS
 from shapely.geometry.base import BaseGeometry
 
 from monitor.errors import BadInput
-from monitor.geo import polygonal, reproject
+from monitor.geo import lonlat_problem, polygonal, reproject
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,13 @@ class Features:
 
 def _jsonable(value):
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
     if isinstance(value, (bytes, bytearray)):
         return value.hex()
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    if isinstance(value, float) and np.isnan(value):
-        return None
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # a missing number (NaN): JSON and PostgreSQL hold it as null
     return value
 
 
@@ -65,10 +65,20 @@ def read_polygons(path: str | Path, *, what: str = "features") -> Features:
         raise BadInput("has no coordinate reference system (add a .prj or a CRS to the file)", file=path)
     crs = CRS.from_user_input(meta["crs"])
     names = list(meta["fields"])
-    geoms = shapely.from_wkb(wkb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        geoms = shapely.from_wkb(wkb, on_invalid="ignore")
+    for bad in np.flatnonzero(shapely.is_missing(geoms) & np.array([w is not None for w in wkb])).tolist():
+        try:
+            shapely.from_wkb(wkb[bad])
+        except shapely.errors.GEOSException as e:  # NaN coordinates, rings that do not close
+            raise BadInput(f"unusable geometry: {e}", file=path, row=f"{bad + 1} (feature)") from None
     rows, numbers, good, notes = [], [], [], []
     for i, g in enumerate(geoms):
         number = i + 1
+        if g is not None and not np.isfinite(shapely.get_coordinates(g)).all():
+            raise BadInput("has coordinates that are not finite numbers (NaN or infinity)", file=path,
+                           row=f"{number} (feature)")
         fix = polygonal(g)
         if fix.geometry is None:
             raise BadInput(fix.problem or "unusable geometry", file=path, row=f"{number} (feature)")
@@ -80,6 +90,10 @@ def read_polygons(path: str | Path, *, what: str = "features") -> Features:
     for n in notes:
         log.warning(n)
     out = reproject(np.array(good, dtype=object), crs, 4326)
+    for number, g in zip(numbers, out):
+        if (problem := lonlat_problem(g)) is not None:
+            raise BadInput(f"{problem.replace('the file claims', f'the file claims, {crs.to_string()}')}",
+                           file=path, row=f"{number} (feature)")
     return Features(path=path, crs=crs, geoms=out, rows=rows, numbers=numbers, warnings=notes)
 
 

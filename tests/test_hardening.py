@@ -12,6 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import rasterio
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
@@ -31,9 +32,10 @@ from monitor.metrics import Metrics
 from monitor.redact import RedactingFilter
 from monitor.urlpolicy import UnsafeURL, check_source, check_url, same_origin
 from tests.test_api import make_api, new_area
+from tests.test_change import D1, buildings, world  # noqa: F401 (world is a fixture)
 from tests.test_webhooks import SECRET, announce, make_alert
 from tests.test_webhooks import make_area as make_webhook_area
-from tests.vectors import geojson
+from tests.vectors import geojson, write
 
 UTC = dt.timezone.utc
 ALLOW = {"MONITOR_ALLOW_PRIVATE_URLS": "true"}
@@ -312,3 +314,67 @@ def test_api_body_limit(settings, engine):
     assert api.get("/areas").status_code == 200
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM parcels")).scalar() == 0
+
+
+# --- 6, 7. bad files: exit 2 naming the file and the field or feature, nothing written
+
+@pytest.mark.parametrize("coords,needle", [
+    ([(-58.5, 200), (-58.4, 200), (-58.4, 201), (-58.5, 200)], "outside lon -180..180, lat -90..90"),
+    ([(500, -34.6), (501, -34.6), (501, -34.5), (500, -34.6)], "outside lon -180..180"),
+    ([(314000, 6183400), (317000, 6183400), (317000, 6185400), (314000, 6183400)], "in the CRS the file claims"),
+    ([(float("nan"), -34.6), (-58.4, -34.6), (-58.4, -34.5), (float("nan"), -34.6)], "feature"),
+])
+def test_area_files_with_impossible_coordinates(cli, engine, tmp_path, coords, needle):
+    f = tmp_path / "area.geojson"
+    f.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [coords]}}]}))
+    err = cli("areas", "add", "ba", "--geometry", f, "--provider", "local", expect=2).stderr
+    assert needle in err and str(f) in err and "row 1 (feature)" in err and "Traceback" not in err
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM areas")).scalar() == 0
+
+
+def test_parcels_with_a_null_id(cli, engine, tmp_path):
+    cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local")
+    lots = [box(-58.49, -34.59, -58.48, -34.58), box(-58.47, -34.59, -58.46, -34.58)]
+    f = write(tmp_path / "lots.gpkg", lots, [{"id": 1}, {"id": None}], "EPSG:4326", driver="GPKG")
+    err = cli("parcels", "import", f, "--area", "ba", expect=2).stderr
+    assert "row 2" in err and "field 'id'" in err and "empty id" in err
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM parcels")).scalar() == 0
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("parcel_id,permit_id,valid_from,valid_to\np1,Peñ-1,2024-01-01,\n".encode("latin-1"), "is not UTF-8 text"),
+    (b"parcel_id,permit_id,valid_from,valid_to\np1,B\x001,2024-01-01,\n", "row 2, field 'permit_id': holds a NUL"),
+    (bytes(range(256)) * 400, "is not UTF-8 text"),
+    (b"parcel_id,permit_id,valid_from\np1,B-1,2024-01-01\n", "field 'valid_to': has no valid_to column"),
+])
+def test_permit_files_that_are_not_text_or_lack_valid_to(cli, engine, tmp_path, content, needle):
+    f = tmp_path / "permits.csv"
+    f.write_bytes(content)
+    err = cli("permits", "import", f, expect=2).stderr
+    assert needle in err and str(f) in err
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM permits")).scalar() == 0
+
+
+@pytest.mark.parametrize("problem", ["truncated", "complex", "future"])
+def test_detection_rasters_that_cannot_be_read_and_future_dates(world, cli, engine, problem):
+    good = buildings().write(world / "good.tif")
+    raster, day = good, D1
+    if problem == "truncated":
+        raster = world / "truncated.tif"
+        raster.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+    elif problem == "complex":
+        raster = world / "complex.tif"
+        with rasterio.open(good) as src, rasterio.open(raster, "w", **{**src.profile, "dtype": "complex64",
+                                                                       "nodata": None}) as dst:
+            dst.write(src.read().astype("complex64"))
+    else:
+        day = "9999-12-31"
+    result = cli("detections", "import", "--area", "ba", "--date", day, raster, expect=2)
+    needle = {"truncated": "truncated or corrupt", "complex": "complex64 pixels", "future": "in the future"}[problem]
+    assert needle in result.stderr
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM detections")).scalar() == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -31,7 +30,7 @@ from monitor.api.deps import (
 from monitor.db.tables import Parcel, Permit
 from monitor.domain import AREA_PROVIDERS, AreaSpec, parse_bbox, parse_cadence, values
 from monitor.errors import BadInput, Conflict, NotFound
-from monitor.geo import area_m2, polygonal
+from monitor.geo import area_m2, lonlat_problem, polygonal
 from monitor.inventory import areas as inventory
 from monitor.inventory.parcels import import_parcels
 from monitor.inventory.permits import import_permits
@@ -65,9 +64,8 @@ def lonlat_geometry(obj: Any, field: str = "geometry"):
         raise BadInput(f"is not a valid GeoJSON {obj.get('type')}: {e}", field=field) from e
     if geom.is_empty:
         raise BadInput("is empty", field=field)
-    x0, y0, x1, y1 = geom.bounds
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90):
-        raise BadInput("has coordinates outside lon -180..180, lat -90..90 (EPSG:4326)", field=field)
+    if (problem := lonlat_problem(geom)) is not None:
+        raise BadInput(problem.replace("the file claims", "EPSG:4326"), field=field)
     fix = polygonal(geom)
     if fix.geometry is None:
         raise BadInput(fix.problem or "unusable geometry", field=field)

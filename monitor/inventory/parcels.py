@@ -34,15 +34,6 @@ class ImportResult:
         return self.inserted + self.updated
 
 
-def _nan(value: object) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
-
-
-def _attributes(row: dict) -> dict:
-    """A feature's attributes as JSON can hold them: a missing number (NaN) is null."""
-    return {k: (None if _nan(v) else v) for k, v in row.items()}
-
-
 def _pick_id_field(path: Path, fields: list[str], id_field: str | None) -> str:
     if id_field:
         if id_field not in fields:
@@ -65,7 +56,7 @@ def import_parcels(session: Session, area: Area, path: str | Path, id_field: str
     ids: list[str] = []
     for number, row in zip(feats.numbers, feats.rows):
         value = row.get(key)
-        if value is None or _nan(value) or str(value).strip() == "":
+        if value is None or str(value).strip() == "":
             raise BadInput("has an empty id", file=path, row=number, field=key)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -82,7 +73,7 @@ def import_parcels(session: Session, area: Area, path: str | Path, id_field: str
         if not math.isfinite(a):
             raise BadInput("has no finite area (are the coordinates in the CRS the file claims?)", file=path,
                            row=number, field="geometry")
-    records = [(i, w, float(a), json.dumps(_attributes(r), allow_nan=False))
+    records = [(i, w, float(a), json.dumps(r))
                for i, w, a, r in zip(ids, wkb, areas, feats.rows)]
     rows = bulk_insert(session, f"""
             INSERT INTO parcels (area_id, external_id, geom, area_m2, attributes)

@@ -23,7 +23,7 @@ ALIASES = {
     "valid_to": ("valid_to", "to", "expires", "end"),
     "kind": ("kind", "type"),
 }
-REQUIRED = ("parcel_id", "permit_id", "valid_from")
+REQUIRED = ("parcel_id", "permit_id", "valid_from", "valid_to")  # an empty valid_to is open-ended
 
 
 @dataclass
@@ -53,11 +53,17 @@ def _parse_date(value, path: Path, number: int, field: str) -> dt.date | None:
 def _records(path: Path) -> list[tuple[int, dict]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames:
-                raise BadInput("is empty", file=path)
-            return [(i + 2, {k.strip().lower(): v for k, v in row.items() if k}) for i, row in enumerate(reader)]
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                if not reader.fieldnames:
+                    raise BadInput("is empty", file=path)
+                return [(i + 2, {k.strip().lower(): v for k, v in row.items() if k}) for i, row in enumerate(reader)]
+        except UnicodeDecodeError as e:
+            raise BadInput(f"is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): save it as "
+                           "UTF-8", file=path) from None
+        except csv.Error as e:
+            raise BadInput(f"is not a readable CSV file: {e}", file=path) from None
     if suffix in (".geojson", ".json"):
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -89,6 +95,9 @@ def read_permits(path: str | Path) -> list[PermitRow]:
                            field=canon)
     out = []
     for number, rec in records:
+        for key, value in rec.items():
+            if "\x00" in str(key) + str(value):
+                raise BadInput("holds a NUL character", file=path, row=number, field=str(key).replace("\x00", ""))
         parcel = str(rec.get(names["parcel_id"]) or "").strip()
         permit = str(rec.get(names["permit_id"]) or "").strip()
         if not parcel:
@@ -98,7 +107,7 @@ def read_permits(path: str | Path) -> list[PermitRow]:
         start = _parse_date(rec.get(names["valid_from"]), path, number, "valid_from")
         if start is None:
             raise BadInput("has no valid_from date", file=path, row=number, field="valid_from")
-        end = _parse_date(rec.get(names["valid_to"]), path, number, "valid_to") if names["valid_to"] else None
+        end = _parse_date(rec.get(names["valid_to"]), path, number, "valid_to")
         if end is not None and end < start:
             raise BadInput(f"valid_to {end} is before valid_from {start}", file=path, row=number, field="valid_to")
         kind = rec.get(names["kind"]) if names["kind"] else None
