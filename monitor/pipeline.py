@@ -291,6 +291,20 @@ def _reason(e: BaseException) -> str:
 
 def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics | None = None,
              stop: threading.Event | None = None, progress: bool = False) -> dict:
+    """One pass over an area (``_run_area``) under the area's advisory lock: while another pass over
+    the area runs (another process, another host) nothing is done and the summary says ``busy``."""
+    with queries.area_lock(engine, area_id) as held:
+        if held:
+            return _run_area(engine, area_id, settings, metrics, stop, progress)
+    with transaction(engine) as s:
+        name = queries.row(s, Area, area_id).name
+    log.info("area %s is busy: another pass over it is running; nothing done", name)
+    return {"area": name, "busy": True, "found": 0, "fetched": 0, "skipped": 0, "failed": 0, "processed": 0,
+            "alerts": 0, "errors": []}
+
+
+def _run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics | None = None,
+              stop: threading.Event | None = None, progress: bool = False) -> dict:
     """One pass over an area: record new scenes, fetch pending ones, process prepared ones in date
     order, then deliver pending webhooks. Per-scene failures are recorded and the pass goes on."""
     metrics = metrics or default_metrics()

@@ -22,6 +22,7 @@ from shapely.geometry import box, mapping
 from monitor import pipeline
 from monitor.alerts.webhooks import add_subscription, deliver_pending
 from monitor.api.app import create_app
+from monitor.db import queries
 from monitor.db.engine import transaction
 from monitor.db.tables import Area, Delivery, Run
 from monitor.domain import AreaSpec
@@ -378,3 +379,33 @@ def test_detection_rasters_that_cannot_be_read_and_future_dates(world, cli, engi
     assert needle in result.stderr
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM detections")).scalar() == 0
+
+
+# --- 9. one pass per area at a time
+
+def test_a_second_pass_over_a_busy_area_does_nothing(cli, engine, tmp_path):
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local",
+        "--source", f"local={drops}")
+    with engine.connect() as conn:
+        area_id = conn.execute(sa.text("SELECT id FROM areas")).scalar()
+    # another pass holds the area (its lock is on its own connection, as in another process)
+    with queries.area_lock(engine, area_id) as held:
+        assert held
+        with queries.area_lock(engine, area_id) as second:
+            assert not second
+        result = cli("process", "--area", "ba", "--quiet")
+        assert "area 'ba' is busy" in result.stderr
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 0
+    # released: the next pass runs
+    summary = json.loads(cli("process", "--area", "ba", "--quiet").stdout)
+    assert summary["area"] == "ba" and "busy" not in summary
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
+        held_now = conn.execute(sa.text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :c AND objid = :a AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"),
+            {"c": queries.AREA_LOCK_CLASS, "a": area_id}).scalar()
+    assert held_now == 0
