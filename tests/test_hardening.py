@@ -8,6 +8,11 @@ import datetime as dt
 import io
 import json
 import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,15 +28,18 @@ from monitor import pipeline
 from monitor.alerts.webhooks import add_subscription, deliver_pending
 from monitor.api.app import create_app
 from monitor.db import queries
+from monitor.db.embedded import Cluster
 from monitor.db.engine import transaction
 from monitor.db.tables import Area, Delivery, Run
 from monitor.domain import AreaSpec
-from monitor.errors import BadInput, ProviderError
+from monitor.errors import BadInput, DatabaseError, ProviderError
 from monitor.imagery.base import AreaInfo, get_provider
 from monitor.imagery.fetch import new_session
 from monitor.metrics import Metrics
 from monitor.redact import RedactingFilter
+from monitor.settings import Settings
 from monitor.urlpolicy import UnsafeURL, check_source, check_url, same_origin
+from tests.conftest import ROOT
 from tests.test_api import make_api, new_area
 from tests.test_change import D1, buildings, world  # noqa: F401 (world is a fixture)
 from tests.test_webhooks import SECRET, announce, make_alert
@@ -409,3 +417,41 @@ def test_a_second_pass_over_a_busy_area_does_nothing(cli, engine, tmp_path):
             "(SELECT oid FROM pg_database WHERE datname = current_database())"),
             {"c": queries.AREA_LOCK_CLASS, "a": area_id}).scalar()
     assert held_now == 0
+
+
+# --- 13. the test cluster: stopped after the tests, a taken port said so
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_taken_port_is_reported_as_such(tmp_path):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        cluster = Cluster(Settings(home=tmp_path / "home", pg_port=port))
+        with pytest.raises(DatabaseError, match=f"port {port} on 127.0.0.1 is taken by another program"):
+            cluster.ensure()
+    assert not (tmp_path / "home" / "pg" / "data" / "PG_VERSION").exists()
+
+
+def test_the_suite_stops_the_cluster_it_started():
+    """A test session on a private cluster of its own (another port) leaves it stopped and the port free."""
+    port = free_port()
+    home = ROOT / ".monitor" / f"test-{port}"
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"MONITOR_TEST_PG_PORT": str(port)}
+    try:
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "tests/test_db.py::test_models_and_migrations_agree"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        assert (home / "pg" / "data" / "PG_VERSION").exists()
+        assert not Cluster(Settings(home=home, pg_port=port)).running()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # the port is free again
+    finally:
+        Cluster(Settings(home=home, pg_port=port)).stop()
+        shutil.rmtree(home, ignore_errors=True)
