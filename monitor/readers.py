@@ -48,6 +48,17 @@ def _jsonable(value):
     return value
 
 
+#: How far (degrees) a feature may reach beyond its CRS's area of use (a UTM zone is used a little
+#: beyond its 6 degrees).
+AREA_OF_USE_MARGIN = 1.0
+
+
+def _within(bounds: tuple[float, float, float, float], use: tuple[float, float, float, float]) -> bool:
+    m = AREA_OF_USE_MARGIN
+    return (use[0] - m <= bounds[0] and bounds[2] <= use[2] + m and use[1] - m <= bounds[1]
+            and bounds[3] <= use[3] + m)
+
+
 def read_polygons(path: str | Path, *, what: str = "features") -> Features:
     """Read every feature of a vector file; refuse what is not usable, naming file and feature."""
     path = Path(path)
@@ -90,9 +101,14 @@ def read_polygons(path: str | Path, *, what: str = "features") -> Features:
     for n in notes:
         log.warning(n)
     out = reproject(np.array(good, dtype=object), crs, 4326)
+    use = crs.area_of_use
     for number, g in zip(numbers, out):
         if (problem := lonlat_problem(g)) is not None:
             raise BadInput(f"{problem.replace('the file claims', f'the file claims, {crs.to_string()}')}",
+                           file=path, row=f"{number} (feature)")
+        if use is not None and use.west <= use.east and not _within(g.bounds, use.bounds):
+            raise BadInput(f"lies outside the area of use of {crs.to_string()} (lon {use.west:g}..{use.east:g}, lat "
+                           f"{use.south:g}..{use.north:g}): are the coordinates in the CRS the file claims?",
                            file=path, row=f"{number} (feature)")
     return Features(path=path, crs=crs, geoms=out, rows=rows, numbers=numbers, warnings=notes)
 

@@ -16,12 +16,15 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 import rasterio
+import shapely
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
+from pyproj import Transformer
 from shapely.geometry import box, mapping
 
 from monitor import pipeline
@@ -455,3 +458,61 @@ def test_the_suite_stops_the_cluster_it_started():
     finally:
         Cluster(Settings(home=home, pg_port=port)).stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+# --- 4. a wrong CRS or a parcel elsewhere never overwrites good parcels
+
+LOTS = [box(-58.49, -34.59, -58.48, -34.58), box(-58.47, -34.59, -58.46, -34.58), box(-58.47, -34.57, -58.46, -34.56)]
+
+
+def parcel_rows(engine) -> dict:
+    with engine.connect() as conn:
+        return {r[0]: r[1:] for r in conn.execute(sa.text(
+            "SELECT external_id, ST_AsText(geom), area_m2, attributes::text FROM parcels"))}
+
+
+def test_parcels_in_a_wrong_crs_or_outside_the_area_are_refused(cli, engine, tmp_path):
+    cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local")
+    good = write(tmp_path / "lots.gpkg", LOTS, [{"id": f"L{i}"} for i in range(3)], "EPSG:4326", driver="GPKG")
+    cli("parcels", "import", good, "--area", "ba")
+    before = parcel_rows(engine)
+    utm = [shapely.transform(g, lambda xy: np.column_stack(Transformer.from_crs(4326, 32721, always_xy=True)
+                                                              .transform(xy[:, 0], xy[:, 1]))) for g in LOTS]
+    # UTM numbers in a file that claims WGS84
+    claims_wgs84 = write(tmp_path / "utm_as_wgs84.gpkg", utm, [{"id": f"L{i}"} for i in range(3)], "EPSG:4326",
+                         driver="GPKG")
+    err = cli("parcels", "import", claims_wgs84, "--area", "ba", expect=2).stderr
+    assert "row 1 (feature)" in err and "in the CRS the file claims, EPSG:4326" in err
+    # degrees in a file that claims UTM 21S
+    claims_utm = write(tmp_path / "wgs84_as_utm.gpkg", LOTS, [{"id": f"L{i}"} for i in range(3)], "EPSG:32721",
+                       driver="GPKG")
+    err = cli("parcels", "import", claims_utm, "--area", "ba", expect=2).stderr
+    assert "row 1 (feature)" in err and "outside the area of use of EPSG:32721" in err
+    assert "area of use" in cli("areas", "add", "x", "--geometry", claims_utm, expect=2).stderr
+    # a parcel elsewhere
+    far = write(tmp_path / "far.gpkg", [*LOTS[:2], box(-60.0, -35.0, -59.99, -34.99)],
+                [{"id": f"L{i}"} for i in range(3)], "EPSG:4326", driver="GPKG")
+    err = cli("parcels", "import", far, "--area", "ba", expect=2).stderr
+    assert "row 3 (feature)" in err and "lies outside area 'ba' (1 of 3 features do)" in err
+    assert parcel_rows(engine) == before
+    # let through on purpose, with a warning naming the feature
+    result = cli("parcels", "import", far, "--area", "ba", "--allow-outside")
+    assert "feature 3 lies outside area 'ba'" in result.stderr and len(parcel_rows(engine)) == 3
+
+
+def test_parcels_import_dry_run_counts_and_writes_nothing(cli, engine, tmp_path):
+    cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local")
+    first = write(tmp_path / "lots.gpkg", LOTS[:2], [{"id": "L0", "use": "res"}, {"id": "L1", "use": "res"}],
+                  "EPSG:4326", driver="GPKG")
+    out = cli("parcels", "import", first, "--area", "ba", "--dry-run").stdout
+    assert "2 new, 0 updated (0 changed, 0 unchanged)" in out and "nothing written" in out
+    assert parcel_rows(engine) == {}
+    cli("parcels", "import", first, "--area", "ba")
+    before = parcel_rows(engine)
+    second = write(tmp_path / "lots2.gpkg", LOTS, [{"id": "L0", "use": "res"}, {"id": "L1", "use": "shop"},
+                                                  {"id": "L2", "use": "res"}], "EPSG:4326", driver="GPKG")
+    out = cli("parcels", "import", second, "--area", "ba", "--dry-run").stdout
+    assert "1 new, 2 updated (1 changed, 1 unchanged)" in out
+    assert parcel_rows(engine) == before
+    out = cli("parcels", "import", second, "--area", "ba").stdout
+    assert "1 new, 2 updated (1 changed, 1 unchanged)" in out and len(parcel_rows(engine)) == 3

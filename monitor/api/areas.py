@@ -243,11 +243,17 @@ def create_parcel(request: Request, area: Name, body: ParcelIn, _: Writer) -> di
 def upload_parcels(request: Request, area: Name, _: Writer,
                    file: Annotated[UploadFile, File(description="GeoJSON, GeoPackage or zipped Shapefile, any CRS.")],
                    id_field: Annotated[str | None, Form(max_length=200, pattern=NO_NUL,
-                                                        description="Attribute with the cadastral id.")] = None) -> dict:
+                                                        description="Attribute with the cadastral id.")] = None,
+                   dry_run: Annotated[bool, Form(description="Count new, changed and unchanged parcels; write "
+                                                 "nothing.")] = False,
+                   allow_outside: Annotated[bool, Form(description="Import parcels that do not touch the area "
+                                                       "too (with a warning).")] = False) -> dict:
 
     with upload_path(file) as path, tx(request) as s:
-        result = import_parcels(s, inventory.get_area(s, area), path, id_field or None)
-    return {"inserted": result.inserted, "updated": result.updated,
+        result = import_parcels(s, inventory.get_area(s, area), path, id_field or None, dry_run=dry_run,
+                                allow_outside=allow_outside)
+    return {"inserted": result.inserted, "updated": result.updated, "changed": result.changed,
+            "unchanged": result.unchanged, "dry_run": dry_run,
             "warnings": [w.replace(str(path), file.filename or "upload") for w in result.warnings]}
 
 

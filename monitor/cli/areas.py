@@ -118,13 +118,19 @@ def parcels_import(
     area: str = typer.Option(..., "--area", help="The area the parcels belong to."),
     id_field: str = typer.Option(None, "--id-field", help="Attribute holding the cadastral id "
                                  "(default: the first of parcel_id, id, external_id, lot_id, fid)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count new, changed and unchanged parcels; write nothing."),
+    allow_outside: bool = typer.Option(False, "--allow-outside", help="Import parcels that do not touch the area "
+                                       "too (with a warning); refused otherwise."),
 ) -> None:
     """Import parcels, inserting new ones and updating known ones by their cadastral id."""
     with state(ctx).transaction() as session:
-        result = import_parcels(session, get_area(session, area), file, id_field)
+        result = import_parcels(session, get_area(session, area), file, id_field, dry_run=dry_run,
+                                allow_outside=allow_outside)
     for w in result.warnings:
         warn(w)
-    typer.echo(f"{result.total} parcels imported into {area!r}: {result.inserted} new, {result.updated} updated")
+    what = "would be imported (dry run, nothing written)" if dry_run else "imported"
+    typer.echo(f"{result.total} parcels {what} into {area!r}: {result.inserted} new, {result.updated} updated "
+               f"({result.changed} changed, {result.unchanged} unchanged)")
 
 
 @permits.command("import")
