@@ -128,6 +128,7 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # stopped, killed or cut off from the database before it finished
 
 
 class DeliveryStatus(StrEnum):

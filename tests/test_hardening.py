@@ -516,3 +516,24 @@ def test_parcels_import_dry_run_counts_and_writes_nothing(cli, engine, tmp_path)
     assert parcel_rows(engine) == before
     out = cli("parcels", "import", second, "--area", "ba").stdout
     assert "1 new, 2 updated (1 changed, 1 unchanged)" in out and len(parcel_rows(engine)) == 3
+
+
+# --- 12. runs left running by an ended process
+
+def test_runs_of_an_ended_process_are_marked_interrupted(cli, engine, tmp_path):
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local",
+        "--source", f"local={drops}")
+    with transaction(engine) as s:
+        area_id = s.scalar(sa.select(Area.id))
+        s.add(Run(area_id=area_id, status="running", steps={"fetch": {"status": "running"}}))  # killed mid-pass
+    with queries.area_lock(engine, area_id):  # a live pass: its running run is left alone
+        assert "busy" in cli("process", "--area", "ba", "--quiet").stderr
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT status FROM runs")).scalars().all() == ["running"]
+    cli("process", "--area", "ba", "--quiet")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT status, error, finished_at IS NOT NULL FROM runs ORDER BY id")).all()
+    assert rows[0][0] == "interrupted" and "interrupted: the process ended" in rows[0][1] and rows[0][2]
+    assert rows[1][0] == "succeeded" and len(rows) == 2

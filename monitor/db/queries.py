@@ -175,3 +175,16 @@ def area_lock(engine: Engine, area_id: int) -> Iterator[bool]:
             conn.invalidate()
         finally:
             conn.close()
+
+
+INTERRUPTED_REASON = ("interrupted: the process ended (stopped, killed, or cut off from the database) before "
+                      "the run finished")
+
+
+def interrupt_stale_runs(session: Session, area_id: int) -> int:
+    """Mark the area's runs still ``running`` as ``interrupted``; returns how many. Call it holding the
+    area's lock (``area_lock``): every live pass holds it, so such runs belong to no live process."""
+    result = session.execute(text(
+        "UPDATE runs SET status = 'interrupted', finished_at = now(), error = COALESCE(error, :reason) "
+        "WHERE area_id = :a AND status = 'running'"), {"a": area_id, "reason": INTERRUPTED_REASON})
+    return int(getattr(result, "rowcount", 0) or 0)
