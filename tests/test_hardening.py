@@ -22,6 +22,9 @@ import rasterio
 import shapely
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from pyproj import Transformer
@@ -537,3 +540,56 @@ def test_runs_of_an_ended_process_are_marked_interrupted(cli, engine, tmp_path):
         rows = conn.execute(sa.text("SELECT status, error, finished_at IS NOT NULL FROM runs ORDER BY id")).all()
     assert rows[0][0] == "interrupted" and "interrupted: the process ended" in rows[0][1] and rows[0][2]
     assert rows[1][0] == "succeeded" and len(rows) == 2
+
+
+# --- importers under fuzz: exit 0 or 2, never a traceback, nothing written on 2
+
+FUZZ = hsettings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+cell = st.one_of(st.text(max_size=12), st.sampled_from(["2024-01-01", "01/02/2024", "9999-12-31", "", "P0", "\x00"]))
+
+
+def rows_of(engine, table: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
+
+
+@FUZZ
+@given(header=st.lists(st.sampled_from(["parcel_id", "permit_id", "valid_from", "valid_to", "kind", "x", ""]),
+                       min_size=1, max_size=5),
+       rows=st.lists(st.lists(cell, min_size=1, max_size=5), max_size=4), encoding=st.sampled_from(["utf-8", "latin-1"]),
+       junk=st.binary(max_size=8))
+def test_permit_import_fuzz(cli, engine, tmp_path, header, rows, encoding, junk):
+    if not rows_of(engine, "areas"):
+        cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local")
+        cli("parcels", "import", write(tmp_path / "p.gpkg", LOTS[:1], [{"id": "P0"}], "EPSG:4326", driver="GPKG"),
+            "--area", "ba")
+    text = "\n".join(",".join(r) for r in [header, *rows]) + "\n"
+    f = tmp_path / "permits.csv"
+    f.write_bytes(text.encode(encoding, errors="replace") + junk)
+    before = rows_of(engine, "permits")
+    result = cli("permits", "import", f, expect=None)
+    assert result.exit_code in (0, 2), result.stderr
+    if result.exit_code == 2:
+        assert str(f) in result.stderr and rows_of(engine, "permits") == before
+
+
+coordinate = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-58.5, -58.45))
+
+
+@FUZZ
+@given(features=st.lists(st.tuples(st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=4)),
+                                   st.lists(st.tuples(coordinate, st.floats(-34.6, -34.55)), min_size=3, max_size=5)),
+                         min_size=1, max_size=3))
+def test_parcel_import_fuzz(cli, engine, tmp_path, features):
+    if not rows_of(engine, "areas"):
+        cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local")
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"id": pid},
+         "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}} for pid, ring in features]}
+    f = tmp_path / "lots.geojson"
+    f.write_text(json.dumps(doc))
+    before = parcel_rows(engine)
+    result = cli("parcels", "import", f, "--area", "ba", expect=None)
+    assert result.exit_code in (0, 2), result.stderr
+    if result.exit_code == 2:
+        assert str(f) in result.stderr and parcel_rows(engine) == before
