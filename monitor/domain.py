@@ -264,10 +264,17 @@ def check_max_cloud(value: float) -> float:
     return float(value)
 
 
+#: The pixel sizes an area may be prepared at, metres (the API's limit; finer or coarser is a typo).
+MIN_RESOLUTION_M, MAX_RESOLUTION_M = 0.01, 10000.0
+#: The largest area one area may cover, km2 (larger ones are split into several areas).
+MAX_AREA_KM2 = 100_000.0
+
+
 def check_resolution(value: float | None) -> float | None:
-    """A pixel size in metres (None: the settings' default)."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise BadInput(f"{value} is not a positive pixel size in metres", field="resolution")
+    """A pixel size in metres between ``MIN_RESOLUTION_M`` and ``MAX_RESOLUTION_M`` (None: the settings' default)."""
+    if value is not None and not (math.isfinite(value) and MIN_RESOLUTION_M <= value <= MAX_RESOLUTION_M):
+        raise BadInput(f"{value} is not a pixel size between {MIN_RESOLUTION_M:g} and {MAX_RESOLUTION_M:g} metres",
+                       field="resolution")
     return value
 
 

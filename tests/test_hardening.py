@@ -395,6 +395,30 @@ def test_detection_rasters_that_cannot_be_read_and_future_dates(world, cli, engi
         assert conn.execute(sa.text("SELECT count(*) FROM detections")).scalar() == 0
 
 
+
+# --- 5. one footprint and resolution rule for the CLI and the API
+
+@pytest.mark.parametrize("geom,needle", [
+    (box(-70, -40, -50, -20), "at most 100,000 km2"),
+    (box(-180, -90, 180, 90), "spans 360.0 degrees"),
+    (shapely.Polygon([(179.9, 0), (-179.9, 0), (-179.9, 1), (179.9, 1)]), "across the antimeridian"),
+])
+def test_areas_too_large_or_across_the_antimeridian_are_refused(cli, settings, engine, tmp_path, geom, needle):
+    assert needle in cli("areas", "add", "x", "--geometry", geojson(tmp_path / "x.geojson", [geom]), expect=2).stderr
+    r = make_api(settings, engine).post("/areas", json={"name": "x", "geometry": mapping(geom)})
+    assert r.status_code == 422 and needle in r.json()["detail"] and r.json()["field"] == "geometry"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM areas")).scalar() == 0
+
+
+def test_resolution_in_a_sane_range(cli, tmp_path):
+    f = geojson(tmp_path / "a.geojson", [AREA])
+    for value in ("1e-9", "1e9", "nan"):
+        assert "field 'resolution'" in cli("areas", "add", "ba", "--geometry", f, "--resolution", value,
+                                           expect=2).stderr
+    cli("areas", "add", "ba", "--geometry", f, "--resolution", "2.5", "--provider", "local")
+
+
 # --- 9. one pass per area at a time
 
 def test_a_second_pass_over_a_busy_area_does_nothing(cli, engine, tmp_path):
