@@ -31,12 +31,12 @@ from pyproj import Transformer
 from shapely.geometry import box, mapping
 
 from monitor import pipeline
-from monitor.alerts.webhooks import add_subscription, deliver_pending
+from monitor.alerts.webhooks import add_subscription, alert_payload, deliver_pending
 from monitor.api.app import create_app
 from monitor.db import queries
 from monitor.db.embedded import Cluster
 from monitor.db.engine import transaction
-from monitor.db.tables import Area, Delivery, Run
+from monitor.db.tables import Alert, Area, Delivery, Run, Scene
 from monitor.domain import AreaSpec
 from monitor.errors import BadInput, DatabaseError, ProviderError
 from monitor.imagery.base import AreaInfo, get_provider
@@ -617,3 +617,23 @@ def test_parcel_import_fuzz(cli, engine, tmp_path, features):
     assert result.exit_code in (0, 2), result.stderr
     if result.exit_code == 2:
         assert str(f) in result.stderr and parcel_rows(engine) == before
+
+
+# --- 2. no server paths in responses and webhook bodies
+
+def test_evidence_by_url_and_scenes_without_server_folders(settings, engine, tmp_path):
+    api = make_api(settings, engine)
+    area_id = make_webhook_area(engine, tmp_path)
+    chip = tmp_path / "secret-folder" / "after.png"
+    alert_id = make_alert(engine, area_id, evidence={"after": str(chip)})
+    with transaction(engine) as s:
+        s.add(Scene(area_id=area_id, provider="local", product_id="x", acquired_at=dt.datetime(2024, 4, 1, tzinfo=UTC),
+                    status="prepared", file_path=str(tmp_path / "secret-folder" / "x.tif")))
+    for body in (api.get("/alerts").text, api.get(f"/alerts/{alert_id}").text, api.get("/areas/ba/scenes").text):
+        assert "secret-folder" not in body
+    evidence = api.get(f"/alerts/{alert_id}").json()["properties"]["evidence"]
+    assert evidence["after"].endswith(f"/alerts/{alert_id}/evidence/after")
+    assert api.get("/areas/ba/scenes").json()[0]["file_path"] == "x.tif"
+    with transaction(engine) as s:
+        payload = alert_payload(s, s.get(Alert, alert_id), "alert.created")
+    assert payload["alert"]["evidence"] == {"after": f"/alerts/{alert_id}/evidence/after"}
