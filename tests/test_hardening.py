@@ -374,6 +374,25 @@ def test_permit_files_that_are_not_text_or_lack_valid_to(cli, engine, tmp_path, 
         assert conn.execute(sa.text("SELECT count(*) FROM permits")).scalar() == 0
 
 
+
+def test_permit_dates_are_iso_unless_a_format_is_given(cli, engine, tmp_path):
+    cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local")
+    cli("parcels", "import", write(tmp_path / "p.gpkg", LOTS[:1], [{"id": "P0"}], "EPSG:4326", driver="GPKG"),
+        "--area", "ba")
+    f = tmp_path / "permits.csv"
+    f.write_text("parcel_id,permit_id,valid_from,valid_to\nP0,B-1,01/02/2024,\n")
+    err = cli("permits", "import", f, expect=2).stderr
+    assert "row 2, field 'valid_from': '01/02/2024' is not a date (use YYYY-MM-DD, or give --date-format" in err
+    cli("permits", "import", f, "--date-format", "%d/%m/%Y")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT valid_from::text FROM permits")).scalar() == "2024-02-01"
+    cli("permits", "import", f, "--date-format", "%m/%d/%Y")  # month first, as the file's maker said
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT valid_from::text FROM permits")).scalar() == "2024-01-02"
+    assert "is not a date in the format %d.%m.%Y" in cli("permits", "import", f, "--date-format", "%d.%m.%Y",
+                                                         expect=2).stderr
+
+
 @pytest.mark.parametrize("problem", ["truncated", "complex", "future"])
 def test_detection_rasters_that_cannot_be_read_and_future_dates(world, cli, engine, problem):
     good = buildings().write(world / "good.tif")

@@ -328,10 +328,13 @@ def create_permit(request: Request, area: Name, body: PermitIn, _: Writer) -> di
 @router.post("/areas/{area}/permits/upload", tags=["permits"],
              summary="Import permits from CSV or GeoJSON (parcel_id, permit_id, valid_from, valid_to, kind)")
 def upload_permits(request: Request, area: Name, _: Writer,
-                   file: Annotated[UploadFile, File(description="CSV or GeoJSON.")]) -> dict:
+                   file: Annotated[UploadFile, File(description="CSV or GeoJSON.")],
+                   date_format: Annotated[str | None, Form(max_length=50, pattern=NO_NUL,
+                                                           description="Format of the dates when not ISO 8601, in "
+                                                           "strptime codes, e.g. %d/%m/%Y.")] = None) -> dict:
 
     with upload_path(file) as path, tx(request) as s:
-        return {"imported": import_permits(s, path, inventory.get_area(s, area))}
+        return {"imported": import_permits(s, path, inventory.get_area(s, area), date_format or None)}
 
 
 def _get_permit(s, area_id: int, permit_id: int) -> tuple[Permit, str]:

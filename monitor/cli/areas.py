@@ -139,8 +139,10 @@ def permits_import(
     file: Path = typer.Argument(..., help="CSV or GeoJSON with parcel_id, permit_id, valid_from, valid_to "
                                 "(empty valid_to: open-ended), optional kind."),
     area: str = typer.Option(None, "--area", help="Match parcel ids in this area only."),
+    date_format: str = typer.Option(None, "--date-format", help="Format of the dates when not ISO 8601 "
+                                    "(YYYY-MM-DD), in strptime codes, e.g. %d/%m/%Y."),
 ) -> None:
     """Import building permits (upserted by parcel and permit id)."""
     with state(ctx).transaction() as session:
-        count = import_permits(session, file, get_area(session, area) if area else None)
+        count = import_permits(session, file, get_area(session, area) if area else None, date_format)
     typer.echo(f"{count} permits imported")
