@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from monitor.errors import BadInput
+from monitor.urlpolicy import check_source
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -132,6 +133,7 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # stopped, killed or cut off from the database before it finished
 
 
 class DeliveryStatus(StrEnum):
@@ -240,15 +242,16 @@ def parse_providers(text: str | Sequence[str]) -> tuple[Provider, ...]:
     return tuple(Provider(n) for n in names)
 
 
-def parse_sources(items: Iterable[str] | Mapping[str, str]) -> dict[str, str]:
-    """Per-provider endpoints: 'PROVIDER=URL_OR_DIR' items (or a mapping) -> {provider: endpoint}."""
+def parse_sources(items: Iterable[str] | Mapping[str, str], *, allow_private: bool = False) -> dict[str, str]:
+    """Per-provider endpoints: 'PROVIDER=URL_OR_DIR' items (or a mapping) -> {provider: endpoint}, each
+    checked by ``urlpolicy.check_source`` (public http(s) URLs; a folder for ``local``)."""
     pairs = items.items() if isinstance(items, Mapping) else [_source_item(i) for i in items]
     known = values(AREA_PROVIDERS)
     out: dict[str, str] = {}
     for name, value in pairs:
         if name not in known:
             raise BadInput(f"unknown provider {name!r} in {name}={value}", field="source")
-        out[str(name)] = value
+        out[str(name)] = check_source(str(name), value, allow_private=allow_private)
     return out
 
 
@@ -266,10 +269,17 @@ def check_max_cloud(value: float) -> float:
     return float(value)
 
 
+#: The pixel sizes an area may be prepared at, metres (the API's limit; finer or coarser is a typo).
+MIN_RESOLUTION_M, MAX_RESOLUTION_M = 0.01, 10000.0
+#: The largest area one area may cover, km2 (larger ones are split into several areas).
+MAX_AREA_KM2 = 100_000.0
+
+
 def check_resolution(value: float | None) -> float | None:
-    """A pixel size in metres (None: the settings' default)."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise BadInput(f"{value} is not a positive pixel size in metres", field="resolution")
+    """A pixel size in metres between ``MIN_RESOLUTION_M`` and ``MAX_RESOLUTION_M`` (None: the settings' default)."""
+    if value is not None and not (math.isfinite(value) and MIN_RESOLUTION_M <= value <= MAX_RESOLUTION_M):
+        raise BadInput(f"{value} is not a pixel size between {MIN_RESOLUTION_M:g} and {MAX_RESOLUTION_M:g} metres",
+                       field="resolution")
     return value
 
 
@@ -310,10 +320,12 @@ def resolution_fits(model_m: float | None, scene_m: float | None) -> bool:
 
 
 def check_area_name(name: str) -> str:
-    """An area's name: not blank (surrounding white space is dropped)."""
+    """An area's name: not blank (surrounding white space is dropped), no NUL character."""
     name = (name or "").strip()
     if not name:
         raise BadInput("an area needs a name", field="name")
+    if "\x00" in name:
+        raise BadInput("must not contain a NUL character", field="name")
     return name
 
 
@@ -333,10 +345,11 @@ class AreaSpec:
     @classmethod
     def parse(cls, name: str, *, cadence: str, providers: str | Sequence[str], max_cloud: float,
               sources: Iterable[str] | Mapping[str, str] = (), resolution_m: float | None = None,
-              band_order: str | Sequence[str] | None = None, allow_resolution_mismatch: bool = False) -> AreaSpec:
+              band_order: str | Sequence[str] | None = None, allow_resolution_mismatch: bool = False,
+              allow_private_urls: bool = False) -> AreaSpec:
         """Check every field, raising ``BadInput`` naming the first one that is wrong."""
         return cls(name=check_area_name(name), cadence=parse_cadence(cadence), providers=parse_providers(providers),
-                   max_cloud=check_max_cloud(max_cloud), sources=parse_sources(sources),
+                   max_cloud=check_max_cloud(max_cloud), sources=parse_sources(sources, allow_private=allow_private_urls),
                    resolution_m=check_resolution(resolution_m), band_order=parse_band_order(band_order),
                    allow_resolution_mismatch=bool(allow_resolution_mismatch))
 

@@ -73,6 +73,18 @@ def as_multipolygon(geom: BaseGeometry) -> MultiPolygon:
     return MultiPolygon(parts)
 
 
+def lonlat_problem(geom: BaseGeometry) -> str | None:
+    """Why a geometry is not usable as EPSG:4326 (a coordinate that is not finite or is outside lon
+    -180..180, lat -90..90), or None: the one rule of the CLI's files and the API's GeoJSON."""
+    xy = shapely.get_coordinates(geom)
+    if not np.isfinite(xy).all():
+        return "has coordinates that are not finite numbers (NaN or infinity)"
+    if xy.size and not ((-180 <= xy[:, 0]).all() and (xy[:, 0] <= 180).all() and (-90 <= xy[:, 1]).all()
+                        and (xy[:, 1] <= 90).all()):
+        return "has coordinates outside lon -180..180, lat -90..90 (are they in the CRS the file claims?)"
+    return None
+
+
 @dataclass(frozen=True)
 class Repair:
     """The outcome of ``polygonal``: the usable geometry, whether it was repaired, or why it cannot be used."""

@@ -17,7 +17,6 @@ import datetime as dt
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +45,7 @@ from monitor.inventory.areas import get_area
 from monitor.metrics import Metrics, default_metrics
 from monitor.ml.inference import classify_tiles, count_windows, default_change_model, predict_raster, raster_threshold
 from monitor.ml.modelstore import LoadedModel, open_model
+from monitor.redact import redact
 from monitor.settings import Settings
 from monitor.vectorize import polygonize, read_probability
 
@@ -94,9 +94,9 @@ class Recorder:
         self.steps[name].update(status=RunStatus.SUCCEEDED, seconds=round(seconds, 3))
         self._save()
 
-    def finish(self, error: str | None = None) -> None:
-        """Close the run: failed with ``error``, else succeeded."""
-        status = RunStatus.FAILED if error else RunStatus.SUCCEEDED
+    def finish(self, error: str | None = None, interrupted: bool = False) -> None:
+        """Close the run: interrupted (asked to stop), failed with ``error``, else succeeded."""
+        status = RunStatus.INTERRUPTED if interrupted else RunStatus.FAILED if error else RunStatus.SUCCEEDED
         self._save(status=status, error=error, finished_at=dt.datetime.now(dt.timezone.utc))
         self.metrics.runs.labels(self.area_name, status).inc()
 
@@ -349,7 +349,7 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
             summary["alerts"] = sum(1 for _a, ev in events if ev in (AlertEvent.CREATED, AlertEvent.ESCALATED))
             summary["settlement_km2"] = inferred["settlement_km2"]
     except BaseException as e:
-        rec.finish(error=_reason(e))
+        rec.finish(error=_reason(e), interrupted=isinstance(e, (Stopped, KeyboardInterrupt, SystemExit)))
         raise
     rec.finish()
     return summary
@@ -376,11 +376,29 @@ def _check(stop: threading.Event | None) -> None:
 def _reason(e: BaseException) -> str:
     if isinstance(e, MonitorError):
         return str(e)
-    return f"{type(e).__name__}: {e}\n{''.join(traceback.format_exception(e)[-3:])}".strip()
+    return redact(f"{type(e).__name__}: {e}")  # the traceback goes to the log only
 
 
 def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics | None = None,
              stop: threading.Event | None = None, progress: bool = False) -> dict:
+    """One pass over an area (``_run_area``) under the area's advisory lock: while another pass over
+    the area runs (another process, another host) nothing is done and the summary says ``busy``.
+    Runs of the area left ``running`` by a process that ended are marked ``interrupted`` first."""
+    with queries.area_lock(engine, area_id) as held:
+        if held:
+            with transaction(engine) as s:
+                if n := queries.interrupt_stale_runs(s, area_id):
+                    log.warning("area %s: %d run(s) left running by an ended process marked interrupted", area_id, n)
+            return _run_area(engine, area_id, settings, metrics, stop, progress)
+    with transaction(engine) as s:
+        name = queries.row(s, Area, area_id).name
+    log.info("area %s is busy: another pass over it is running; nothing done", name)
+    return {"area": name, "busy": True, "found": 0, "fetched": 0, "skipped": 0, "failed": 0, "processed": 0,
+            "alerts": 0, "errors": []}
+
+
+def _run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics | None = None,
+              stop: threading.Event | None = None, progress: bool = False) -> dict:
     """One pass over an area: record new scenes, fetch pending ones, process prepared ones in date
     order, then deliver pending webhooks. Per-scene failures are recorded and the pass goes on."""
     metrics = metrics or default_metrics()
@@ -427,7 +445,7 @@ def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics 
             summary["delivered"] = deliver_pending(engine, settings, metrics)
         _gauges(engine, area_id, area.name, metrics)
     except BaseException as e:
-        rec.finish(error=_reason(e))
+        rec.finish(error=_reason(e), interrupted=isinstance(e, (Stopped, KeyboardInterrupt, SystemExit)))
         raise
     rec.finish(error="; ".join(summary["errors"])[:2000] or None)
     if not summary["errors"]:

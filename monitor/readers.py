@@ -16,7 +16,7 @@ from pyproj import CRS
 from shapely.geometry.base import BaseGeometry
 
 from monitor.errors import BadInput
-from monitor.geo import polygonal, reproject
+from monitor.geo import lonlat_problem, polygonal, reproject
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,25 @@ class Features:
 
 def _jsonable(value):
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
     if isinstance(value, (bytes, bytearray)):
         return value.hex()
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    if isinstance(value, float) and np.isnan(value):
-        return None
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # a missing number (NaN): JSON and PostgreSQL hold it as null
     return value
+
+
+#: How far (degrees) a feature may reach beyond its CRS's area of use (a UTM zone is used a little
+#: beyond its 6 degrees).
+AREA_OF_USE_MARGIN = 1.0
+
+
+def _within(bounds: tuple[float, float, float, float], use: tuple[float, float, float, float]) -> bool:
+    m = AREA_OF_USE_MARGIN
+    return (use[0] - m <= bounds[0] and bounds[2] <= use[2] + m and use[1] - m <= bounds[1]
+            and bounds[3] <= use[3] + m)
 
 
 def read_polygons(path: str | Path, *, what: str = "features") -> Features:
@@ -65,10 +76,20 @@ def read_polygons(path: str | Path, *, what: str = "features") -> Features:
         raise BadInput("has no coordinate reference system (add a .prj or a CRS to the file)", file=path)
     crs = CRS.from_user_input(meta["crs"])
     names = list(meta["fields"])
-    geoms = shapely.from_wkb(wkb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        geoms = shapely.from_wkb(wkb, on_invalid="ignore")
+    for bad in np.flatnonzero(shapely.is_missing(geoms) & np.array([w is not None for w in wkb])).tolist():
+        try:
+            shapely.from_wkb(wkb[bad])
+        except shapely.errors.GEOSException as e:  # NaN coordinates, rings that do not close
+            raise BadInput(f"unusable geometry: {e}", file=path, row=f"{bad + 1} (feature)") from None
     rows, numbers, good, notes = [], [], [], []
     for i, g in enumerate(geoms):
         number = i + 1
+        if g is not None and not np.isfinite(shapely.get_coordinates(g)).all():
+            raise BadInput("has coordinates that are not finite numbers (NaN or infinity)", file=path,
+                           row=f"{number} (feature)")
         fix = polygonal(g)
         if fix.geometry is None:
             raise BadInput(fix.problem or "unusable geometry", file=path, row=f"{number} (feature)")
@@ -80,6 +101,15 @@ def read_polygons(path: str | Path, *, what: str = "features") -> Features:
     for n in notes:
         log.warning(n)
     out = reproject(np.array(good, dtype=object), crs, 4326)
+    use = crs.area_of_use
+    for number, g in zip(numbers, out):
+        if (problem := lonlat_problem(g)) is not None:
+            raise BadInput(f"{problem.replace('the file claims', f'the file claims, {crs.to_string()}')}",
+                           file=path, row=f"{number} (feature)")
+        if use is not None and use.west <= use.east and not _within(g.bounds, use.bounds):
+            raise BadInput(f"lies outside the area of use of {crs.to_string()} (lon {use.west:g}..{use.east:g}, lat "
+                           f"{use.south:g}..{use.north:g}): are the coordinates in the CRS the file claims?",
+                           file=path, row=f"{number} (feature)")
     return Features(path=path, crs=crs, geoms=out, rows=rows, numbers=numbers, warnings=notes)
 
 

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
                           description="DHuS API URL of the `sentinelsat` provider.")
     dhus_user: str | None = Field(None, description="DHuS user name (never logged).")
     dhus_password: SecretStr | None = Field(None, description="DHuS password (never logged).")
+    allow_private_urls: bool = Field(False, description="Allow area sources and webhook URLs that point to "
+                                     "loopback, link-local or private addresses (on-premises hubs and receivers). "
+                                     "Off: such URLs are refused when registered and when connected to.")
     local_dir: Path | None = Field(None, description="Default drop folder of the `local` provider.")
     http_timeout_s: float = Field(60.0, description="Timeout of one HTTP request to a provider, seconds.")
     download_retries: int = Field(5, description="Download attempts before a scene is marked failed.")
@@ -124,6 +127,8 @@ class Settings(BaseSettings):
     # --- daemon, API, metrics, webhooks
     api_host: str = Field("127.0.0.1", description="Address the API and /metrics listen on.")
     api_port: int = Field(8000, description="Port of the API and /metrics.")
+    max_body_mb: float = Field(64.0, gt=0, description="Largest request body the API accepts (uploads "
+                               "included), MB; a larger one is answered 413.")
     scheduler_jitter_s: int = Field(300, description="Random delay added to each scheduled area run, s.")
     webhook_timeout_s: float = Field(10.0, description="Timeout of one webhook POST, seconds.")
     webhook_max_attempts: int = Field(12, description="Delivery attempts before a webhook is given up.")

@@ -142,6 +142,9 @@ def read_probability(path: str | Path, *, region: BaseGeometry | None = None, cr
     with src:
         if src.crs is None:
             raise BadInput("has no CRS (georeference the raster)", file=path)
+        kind = np.dtype(src.dtypes[0])
+        if not (np.issubdtype(kind, np.floating) or np.issubdtype(kind, np.integer) or kind == np.bool_):
+            raise BadInput(f"has {kind} pixels: expected probabilities 0..1 or a 0/1 mask", file=path)
         win = Window(0, 0, src.width, src.height)
         if region is not None:
             bounds = transform_bounds("EPSG:4326", src.crs, *region.bounds, densify_pts=21)
@@ -153,8 +156,11 @@ def read_probability(path: str | Path, *, region: BaseGeometry | None = None, cr
                 win = box.intersection(win)
             except WindowError:
                 raise BadInput(f"does not overlap {region_name}", file=path) from None
-        data = src.read(1, window=win)
-        valid = src.read_masks(1, window=win) > 0
+        try:
+            data = src.read(1, window=win)
+            valid = src.read_masks(1, window=win) > 0
+        except RasterioIOError as e:
+            raise BadInput(f"is truncated or corrupt: {e}", file=path) from e
         transform = src.window_transform(win)
         src_crs = CRS.from_user_input(src.crs)
     if clear_path is not None and Path(clear_path).exists():

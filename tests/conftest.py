@@ -33,19 +33,23 @@ def shared_data() -> Path:
     return SHARED
 
 
-def _admin_url() -> sa.URL:
+def _admin_url():
+    """The admin URL of the tests' server, and the private cluster this session started (None when it
+    was running already or DATABASE_URL names the server)."""
     url = os.environ.get("DATABASE_URL")
     if url:
         from monitor.db.engine import database_url
 
-        return make_url(database_url(Settings(database_url=url))).set(database="postgres")
+        return make_url(database_url(Settings(database_url=url))).set(database="postgres"), None
     from monitor.db.embedded import Cluster
 
-    # a cluster of the tests' own, beside (not inside) the one `monitor` commands use in this checkout
+    # a cluster of the tests' own (one per port), beside (not inside) the one `monitor` commands use in
+    # this checkout
     port = int(os.environ.get("MONITOR_TEST_PG_PORT", "55433"))
-    cluster = Cluster(Settings(home=ROOT / ".monitor" / "test", pg_port=port))
+    cluster = Cluster(Settings(home=ROOT / ".monitor" / f"test-{port}", pg_port=port))
+    started = not cluster.running()
     cluster.ensure()
-    return make_url(cluster.admin_url())
+    return make_url(cluster.admin_url()), cluster if started else None
 
 
 def _exec(url: sa.URL, sql: str) -> None:
@@ -56,8 +60,13 @@ def _exec(url: sa.URL, sql: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url() -> sa.URL:
-    return _admin_url()
+def pg_admin_url():
+    """The tests' server; a private cluster this session started is stopped when the session ends, so
+    that it does not hold its port after the tests."""
+    url, started = _admin_url()
+    yield url
+    if started is not None:
+        started.stop()
 
 
 @pytest.fixture(scope="session")

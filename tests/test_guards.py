@@ -133,7 +133,8 @@ def test_a_date_where_much_of_the_area_changes_is_suspect(world, cli, engine):  
 def test_a_field_that_comes_and_goes_is_never_confirmed(world, cli, engine):  # noqa: F811
     """A field green, brown, green (detected as built when green) beside a building that appears and stays."""
     subscribe(engine)  # a subscriber to probable alerts
-    cli("subscriptions", "add", "http://127.0.0.1:9/confirmed-only", "--secret", "s")  # the default: confirmed
+    cli("subscriptions", "add", "http://127.0.0.1:9/confirmed-only", "--secret", "s",  # the default: confirmed
+        env={"MONITOR_ALLOW_PRIVATE_URLS": "true"})
     field = (10, 30, 30, 15)  # 450 m2 of parcel B
     days = ["2024-01-10", "2024-02-10", "2024-02-20", "2024-03-15", "2024-04-10"]
     frames = [buildings(),
@@ -222,8 +223,9 @@ def test_a_change_model_field_that_comes_and_goes_is_never_confirmed(cli, engine
         "--resolution", "10")
     cli("parcels", "import", parcels, "--area", "ba")
     cli("areas", "configure", "ba", "--change-model", _rule_change_model(tmp_path / "rule"))
-    cli("subscriptions", "add", "http://127.0.0.1:9/confirmed-only", "--secret", "s")
-    cli("subscriptions", "add", "http://127.0.0.1:9/hook", "--secret", "s", "--min-confidence", "probable")
+    private = {"MONITOR_ALLOW_PRIVATE_URLS": "true"}  # the receivers are on this machine
+    cli("subscriptions", "add", "http://127.0.0.1:9/confirmed-only", "--secret", "s", env=private)
+    cli("subscriptions", "add", "http://127.0.0.1:9/hook", "--secret", "s", "--min-confidence", "probable", env=private)
 
     def scene(day: str, field: bool, house: bool) -> None:
         # 600 m x 600 m at 10 m from (x0 - 200, y0 + 400); a little texture (a constant scene is no imagery)

@@ -253,9 +253,9 @@ def test_area_configure_and_models(cli, engine, area, tmp_path):
         "kind": "change", "version": "change-test-1", "bands": ["B04"], "tile": 64, "threshold": 0.5,
         "normalization": {"mean": [0.0, 0.0], "std": [1.0, 1.0]}}))
     info = json.loads(cli("areas", "configure", area, "--cadence", "1w", "--max-cloud", "10", "--inactive",
-                          "--source", "stac=http://127.0.0.1:9/v1", "--change-model", model_dir).stdout)
+                          "--source", "stac=https://stac.example.org/v1", "--change-model", model_dir).stdout)
     assert info["cadence"] == "1w" and info["max_cloud"] == 10 and info["active"] is False
-    assert info["sources"] == {"local": "/tmp/drops", "stac": "http://127.0.0.1:9/v1"}
+    assert info["sources"] == {"local": "/tmp/drops", "stac": "https://stac.example.org/v1"}
     assert info["models"]["change"] is not None
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT kind, version FROM models")).one() == ("change", "change-test-1")

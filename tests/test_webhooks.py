@@ -99,6 +99,13 @@ class Receiver:
 
 
 @pytest.fixture
+def settings(settings):
+    """The receivers here listen on 127.0.0.1: private addresses allowed (refusing them is tested in
+    test_hardening.py)."""
+    return settings.model_copy(update={"allow_private_urls": True})
+
+
+@pytest.fixture
 def receiver():
     made = []
 
@@ -133,7 +140,7 @@ def test_fails_twice_then_accepts(engine, settings, tmp_path, receiver):
     rx = receiver(script=[500, 503])
     area_id = make_area(engine, tmp_path)
     with transaction(engine) as s:
-        add_subscription(s, rx.url, SECRET, min_confidence="probable")
+        add_subscription(s, rx.url, SECRET, min_confidence="probable", allow_private_urls=True)
     alert_id = make_alert(engine, area_id)
     assert announce(engine, alert_id) == 1
     metrics = Metrics(CollectorRegistry())
@@ -172,7 +179,7 @@ def test_a_receiver_down_for_an_hour_misses_nothing(engine, settings, tmp_path, 
     port = free_port()
     area_id = make_area(engine, tmp_path)
     with transaction(engine) as s:
-        add_subscription(s, f"http://127.0.0.1:{port}/hook", SECRET, min_confidence="probable")
+        add_subscription(s, f"http://127.0.0.1:{port}/hook", SECRET, min_confidence="probable", allow_private_urls=True)
     alert_id = make_alert(engine, area_id)
     announce(engine, alert_id)
     announce(engine, alert_id, "alert.escalated")
@@ -202,7 +209,7 @@ def test_gives_up_after_max_attempts(engine, settings, tmp_path, receiver):
     settings = settings.model_copy(update={"webhook_max_attempts": 3, "webhook_backoff_s": 1.0})
     area_id = make_area(engine, tmp_path)
     with transaction(engine) as s:
-        add_subscription(s, rx.url, SECRET, min_confidence="probable")
+        add_subscription(s, rx.url, SECRET, min_confidence="probable", allow_private_urls=True)
     announce(engine, make_alert(engine, area_id))
     metrics = Metrics(CollectorRegistry())
     for minute in range(10):
@@ -217,7 +224,7 @@ def test_concurrent_senders_post_each_delivery_once(engine, settings, tmp_path, 
     rx = receiver(delay=0.1)
     area_id = make_area(engine, tmp_path)
     with transaction(engine) as s:
-        add_subscription(s, rx.url, SECRET, min_confidence="probable")
+        add_subscription(s, rx.url, SECRET, min_confidence="probable", allow_private_urls=True)
     for i in range(6):
         announce(engine, make_alert(engine, area_id, external_id=f"p{i}", x0=-58.49 + i * 0.002))
     counts = []
@@ -237,8 +244,8 @@ def test_subscription_filters_by_area_and_confidence(engine, settings, tmp_path,
     a = make_area(engine, tmp_path, "a", bounds=(-58.50, -34.60, -58.45, -34.55))
     b = make_area(engine, tmp_path, "b", bounds=(-58.40, -34.60, -58.35, -34.55))
     with transaction(engine) as s:
-        add_subscription(s, rx.url, SECRET, area="a", min_confidence="confirmed")
-        add_subscription(s, rx.url, SECRET, min_confidence="probable")
+        add_subscription(s, rx.url, SECRET, area="a", min_confidence="confirmed", allow_private_urls=True)
+        add_subscription(s, rx.url, SECRET, min_confidence="probable", allow_private_urls=True)
     assert announce(engine, make_alert(engine, a, "pa1")) == 1  # probable: only the catch-all
     assert announce(engine, make_alert(engine, a, "pa2", confidence="confirmed", x0=-58.47)) == 2
     assert announce(engine, make_alert(engine, b, "pb1", confidence="confirmed", x0=-58.39)) == 1

@@ -11,7 +11,6 @@ import hmac
 import json
 import logging
 import time
-from urllib.parse import urlsplit
 
 import requests
 from geoalchemy2.shape import to_shape
@@ -26,7 +25,9 @@ from monitor.domain import AlertEvent, Confidence, DeliveryStatus, values
 from monitor.errors import BadInput, NotFound
 from monitor.inventory.areas import get_area
 from monitor.metrics import Metrics
+from monitor.redact import redact
 from monitor.settings import Settings
+from monitor.urlpolicy import UnsafeURL, check_url, guard_session
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def alert_payload(session: Session, alert: Alert, event: str) -> dict:
     area = session.get(Area, alert.area_id)
     parcel = session.get(Parcel, alert.parcel_id)
     props = alert_properties(alert, area.name if area else None, parcel.external_id if parcel else None)
+    # evidence by its path on the API, not on the server's disk
+    props["evidence"] = {name: f"/alerts/{alert.id}/evidence/{name}" for name in sorted(props["evidence"])}
     return {"event": event, "alert": {**props, "geometry": mapping(to_shape(alert.geom))}}
 
 
@@ -68,11 +71,10 @@ def enqueue(session: Session, alert: Alert, event: str) -> int:
 # --- subscriptions
 
 def add_subscription(session: Session, url: str, secret: str, *, area: str | None = None,
-                     min_confidence: str = Confidence.CONFIRMED) -> Subscription:
-    """Subscribe ``url`` to new and escalated alerts (of one area, or of every area)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadInput(f"{url!r} is not an http(s) URL", field="url")
+                     min_confidence: str = Confidence.CONFIRMED, allow_private_urls: bool = False) -> Subscription:
+    """Subscribe ``url`` to new and escalated alerts (of one area, or of every area). The URL must be
+    http(s) and public (``urlpolicy.check_url``) unless ``allow_private_urls``."""
+    check_url(url, allow_private=allow_private_urls, field="url")
     if not secret:
         raise BadInput("a subscription needs a secret to sign its deliveries", field="secret")
     if min_confidence not in values(Confidence):
@@ -85,7 +87,8 @@ def add_subscription(session: Session, url: str, secret: str, *, area: str | Non
 
 
 def list_subscriptions(session: Session) -> list[dict]:
-    """Every subscription with its area name and delivery counts by status (secrets left out)."""
+    """Every subscription with its area name and delivery counts by status (secrets left out, passwords
+    in URLs masked)."""
     counts: dict[int, dict[str, int]] = {}
     for sub_id, status, n in session.execute(
             select(Delivery.subscription_id, Delivery.status, func.count()).group_by(
@@ -93,7 +96,7 @@ def list_subscriptions(session: Session) -> list[dict]:
         counts.setdefault(sub_id, {})[status] = n
     rows = session.execute(select(Subscription, Area.name).outerjoin(Area, Area.id == Subscription.area_id)
                            .order_by(Subscription.id))
-    return [{"id": s.id, "url": s.url, "area": name, "min_confidence": s.min_confidence, "active": s.active,
+    return [{"id": s.id, "url": redact(s.url), "area": name, "min_confidence": s.min_confidence, "active": s.active,
              "deliveries": {k: counts.get(s.id, {}).get(k, 0) for k in values(DeliveryStatus)}}
             for s, name in rows]
 
@@ -138,8 +141,8 @@ def _post(http: requests.Session, sub: Subscription, delivery: Delivery, timeout
                EVENT_HEADER: delivery.event}
     try:
         resp = http.post(sub.url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
-    except requests.RequestException as e:
-        return None, f"{type(e).__name__}: {e}"[:500]
+    except (requests.RequestException, UnsafeURL) as e:
+        return None, redact(f"{type(e).__name__}: {e}")[:500]
     if 200 <= resp.status_code < 300:
         return resp.status_code, None
     return resp.status_code, f"HTTP {resp.status_code}: {resp.text[:200]}"
@@ -155,7 +158,7 @@ def deliver_pending(engine: Engine, settings: Settings, metrics: Metrics | None 
     clock = (lambda: now) if now is not None else (lambda: dt.datetime.now(dt.timezone.utc))
     cutoff = clock()
     done = 0
-    with requests.Session() as http:
+    with guard_session(requests.Session(), guard=not settings.allow_private_urls) as http:
         while True:
             with transaction(engine) as session:
                 row = session.execute(
@@ -186,7 +189,7 @@ def deliver_pending(engine: Engine, settings: Settings, metrics: Metrics | None 
                 if delivery.status == DeliveryStatus.FAILED:
                     metrics.webhook_failures.inc()
             if error is None:
-                log.info("webhook %s delivered to %s", delivery.delivery_id, sub.url)
+                log.info("webhook %s delivered to %s", delivery.delivery_id, redact(sub.url))
             else:
-                log.warning("webhook %s to %s failed (attempt %d, %s): %s", delivery.delivery_id, sub.url,
+                log.warning("webhook %s to %s failed (attempt %d, %s): %s", delivery.delivery_id, redact(sub.url),
                             delivery.attempt_count, delivery.status, error)

@@ -6,10 +6,11 @@ import logging
 from collections.abc import Callable
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monitor import __version__
 from monitor.api import areas, results, review, web
@@ -17,6 +18,7 @@ from monitor.db import migrate, queries
 from monitor.db.engine import make_engine, transaction
 from monitor.errors import MonitorError
 from monitor.metrics import Metrics, default_metrics
+from monitor.redact import redact
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,42 @@ def _body(message: str, **extra) -> dict:
     return {"detail": message, **{k: v for k, v in extra.items() if v is not None}}
 
 
+class BodyLimit:
+    """ASGI middleware that answers 413 to a request whose body is larger than ``limit`` bytes: at
+    once when its Content-Length says so, else as soon as that much has been received."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, its body counted."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await self._too_large()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"the request body is larger than {self.limit / 1e6:g} MB (MONITOR_MAX_BODY_MB)"
+
+    def _too_large(self) -> JSONResponse:
+        return JSONResponse(_body(self._message()), status_code=413, headers={"Connection": "close"})
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MonitorError)
     async def monitor_error(request: Request, e: MonitorError) -> JSONResponse:
@@ -48,7 +86,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             log.error("%s %s: %s", request.method, request.url.path, e)
         extra = {k: (str(v) if k == "file" and v is not None else v) for k, v in e.data.items()
                  if k in ("file", "row", "field")}
-        return JSONResponse(_body(e.message, **extra), status_code=status)
+        return JSONResponse(_body(redact(e.message), **extra), status_code=status)
 
     @app.exception_handler(sa.exc.IntegrityError)
     async def integrity(request: Request, e: sa.exc.IntegrityError) -> JSONResponse:
@@ -101,6 +139,7 @@ def create_app(settings: Settings, engine: Engine | None = None, metrics: Metric
     app.state.engine = engine
     app.state.metrics = metrics
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=int(settings.max_body_mb * 1e6))
     app.include_router(review.router)  # first: /alerts/counts before /alerts/{alert_id}
     app.include_router(areas.router)
     app.include_router(results.router)
@@ -119,7 +158,9 @@ def create_app(settings: Settings, engine: Engine | None = None, metrics: Metric
         try:
             out["schema"]["current"] = migrate.current(engine)
         except sa.exc.SQLAlchemyError as e:
-            out["database"] = f"unreachable: {(str(getattr(e, 'orig', None) or e).splitlines() or [''])[0]}"
+            # the reason (with the server's address) goes to the log only: /readyz needs no token
+            log.warning("readyz: database unreachable: %s", (str(getattr(e, "orig", None) or e).splitlines() or [""])[0])
+            out["database"] = "unreachable"
             ready = False
         if ready and out["schema"]["current"] != head:
             out["schema"]["problem"] = "not at head: run `monitor db upgrade`"

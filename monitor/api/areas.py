@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -14,11 +13,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shapely.geometry import shape
 from sqlalchemy import func, select
 
-from monitor.api.deps import NO_NUL, BboxQuery, BigId, ExternalId, Limit, Name, Offset, Reader, Writer, tx, upload_path
+from monitor.api.deps import (
+    NAME_PATTERN,
+    NO_NUL,
+    BboxQuery,
+    BigId,
+    ExternalId,
+    Limit,
+    Name,
+    Offset,
+    Reader,
+    Writer,
+    tx,
+    upload_path,
+)
 from monitor.db.tables import Parcel, Permit
 from monitor.domain import AREA_PROVIDERS, AreaSpec, parse_bbox, parse_cadence, values
 from monitor.errors import BadInput, Conflict, NotFound
-from monitor.geo import area_m2, polygonal
+from monitor.geo import area_m2, lonlat_problem, polygonal
 from monitor.inventory import areas as inventory
 from monitor.inventory.parcels import import_parcels
 from monitor.inventory.permits import import_permits
@@ -52,9 +64,8 @@ def lonlat_geometry(obj: Any, field: str = "geometry"):
         raise BadInput(f"is not a valid GeoJSON {obj.get('type')}: {e}", field=field) from e
     if geom.is_empty:
         raise BadInput("is empty", field=field)
-    x0, y0, x1, y1 = geom.bounds
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90):
-        raise BadInput("has coordinates outside lon -180..180, lat -90..90 (EPSG:4326)", field=field)
+    if (problem := lonlat_problem(geom)) is not None:
+        raise BadInput(problem.replace("the file claims", "EPSG:4326"), field=field)
     fix = polygonal(geom)
     if fix.geometry is None:
         raise BadInput(fix.problem or "unusable geometry", field=field)
@@ -76,7 +87,7 @@ class AreaIn(BaseModel):
         "geometry": {"type": "Polygon", "coordinates": [[[-58.5, -34.6], [-58.45, -34.6], [-58.45, -34.55],
                                                           [-58.5, -34.55], [-58.5, -34.6]]]}}]})
 
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*\S[^\x00]*$")
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
     geometry: dict[str, Any] = Field(description="GeoJSON Polygon or MultiPolygon, EPSG:4326.")
     cadence: str | None = Field(None, max_length=20, description="How often to look for imagery: 30m, 12h, 5d, 2w.")
     providers: list[Provider] | None = Field(None, min_length=1, max_length=3, description="Provider order.")
@@ -134,7 +145,7 @@ def create_area(request: Request, body: AreaIn, _: Writer) -> dict:
              summary="Create an area from a vector file (GeoJSON, GeoPackage, zipped Shapefile; any CRS)")
 def upload_area(request: Request, _: Writer,
                 file: Annotated[UploadFile, File(description="The area's polygon(s); several are united.")],
-                name: Annotated[str, Form(min_length=1, max_length=200, pattern=r"^[^\x00]*\S[^\x00]*$")],
+                name: Annotated[str, Form(min_length=1, max_length=200, pattern=NAME_PATTERN)],
                 cadence: Annotated[str | None, Form(max_length=20)] = None,
                 providers: Annotated[str | None, Form(max_length=100, pattern=NO_NUL,
                                                       description="Comma-separated, e.g. local,stac")] = None,
@@ -167,7 +178,8 @@ def patch_area(request: Request, area: Name, body: AreaPatch, _: Writer) -> dict
                            providers=",".join(body.providers) if body.providers else None,
                            max_cloud=body.max_cloud, sources=dict(body.sources or {}),
                            resolution_m=body.resolution_m, active=body.active, band_order=body.band_order,
-                           allow_resolution_mismatch=body.allow_resolution_mismatch)
+                           allow_resolution_mismatch=body.allow_resolution_mismatch,
+                           allow_private_urls=request.app.state.settings.allow_private_urls)
         return inventory.describe(s, a)
 
 
@@ -244,11 +256,17 @@ def create_parcel(request: Request, area: Name, body: ParcelIn, _: Writer) -> di
 def upload_parcels(request: Request, area: Name, _: Writer,
                    file: Annotated[UploadFile, File(description="GeoJSON, GeoPackage or zipped Shapefile, any CRS.")],
                    id_field: Annotated[str | None, Form(max_length=200, pattern=NO_NUL,
-                                                        description="Attribute with the cadastral id.")] = None) -> dict:
+                                                        description="Attribute with the cadastral id.")] = None,
+                   dry_run: Annotated[bool, Form(description="Count new, changed and unchanged parcels; write "
+                                                 "nothing.")] = False,
+                   allow_outside: Annotated[bool, Form(description="Import parcels that do not touch the area "
+                                                       "too (with a warning).")] = False) -> dict:
 
     with upload_path(file) as path, tx(request) as s:
-        result = import_parcels(s, inventory.get_area(s, area), path, id_field or None)
-    return {"inserted": result.inserted, "updated": result.updated,
+        result = import_parcels(s, inventory.get_area(s, area), path, id_field or None, dry_run=dry_run,
+                                allow_outside=allow_outside)
+    return {"inserted": result.inserted, "updated": result.updated, "changed": result.changed,
+            "unchanged": result.unchanged, "dry_run": dry_run,
             "warnings": [w.replace(str(path), file.filename or "upload") for w in result.warnings]}
 
 
@@ -323,10 +341,13 @@ def create_permit(request: Request, area: Name, body: PermitIn, _: Writer) -> di
 @router.post("/areas/{area}/permits/upload", tags=["permits"],
              summary="Import permits from CSV or GeoJSON (parcel_id, permit_id, valid_from, valid_to, kind)")
 def upload_permits(request: Request, area: Name, _: Writer,
-                   file: Annotated[UploadFile, File(description="CSV or GeoJSON.")]) -> dict:
+                   file: Annotated[UploadFile, File(description="CSV or GeoJSON.")],
+                   date_format: Annotated[str | None, Form(max_length=50, pattern=NO_NUL,
+                                                           description="Format of the dates when not ISO 8601, in "
+                                                           "strptime codes, e.g. %d/%m/%Y.")] = None) -> dict:
 
     with upload_path(file) as path, tx(request) as s:
-        return {"imported": import_permits(s, path, inventory.get_area(s, area))}
+        return {"imported": import_permits(s, path, inventory.get_area(s, area), date_format or None)}
 
 
 def _get_permit(s, area_id: int, permit_id: int) -> tuple[Permit, str]:

@@ -23,6 +23,8 @@ from monitor.errors import BadInput
 
 # PostgreSQL text cannot hold NUL; refusing it here turns a database error into a precise 422.
 NO_NUL = r"^[^\x00]*$"
+# A name: no NUL anywhere and not blank (``\S`` alone would match a NUL).
+NAME_PATTERN = r"^[^\x00]*[^\x00\s][^\x00]*$"
 Name = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL, description="Area name.")]
 ExternalId = Annotated[str, Path(min_length=1, max_length=500, pattern=NO_NUL, description="Cadastral parcel id.")]
 BigId = Annotated[int, Path(ge=1, le=2**63 - 1)]

@@ -18,6 +18,7 @@ from monitor.db.tables import Alert, Area, Run, Scene
 from monitor.domain import AlertStatus, RunStatus, SceneStatus, parse_bbox, values
 from monitor.errors import BadInput, NotFound
 from monitor.inventory.areas import get_area
+from monitor.redact import redact
 
 router = APIRouter()
 
@@ -46,6 +47,15 @@ def _alert(s, alert_id: int) -> Alert:
 
 # --- alerts
 
+def _addressed(request: Request, collection: dict) -> dict:
+    """Alerts whose evidence images are given by URL, not by their path on the server."""
+    for feature in collection["features"]:
+        props = feature["properties"]
+        props["evidence"] = {name: str(request.url_for("get_evidence", alert_id=props["id"], name=name))
+                             for name in sorted(props.get("evidence") or {})}
+    return collection
+
+
 @router.get("/alerts", tags=["alerts"], summary="Alerts as a GeoJSON FeatureCollection")
 def list_alerts(request: Request, _: Reader, area: AreaQuery = None,
                 status: Annotated[AlertStatusQuery | None, Query(description="open: new, acknowledged or confirmed")] = None,
@@ -55,13 +65,14 @@ def list_alerts(request: Request, _: Reader, area: AreaQuery = None,
     with tx(request) as s:
         if area is not None:
             get_area(s, area)  # a 404 for an unknown area rather than an empty list
-        return lifecycle.to_geojson(s, lifecycle.list_alerts(s, area=area, status=status, since=since, until=until, bbox=box))
+        return _addressed(request, lifecycle.to_geojson(s, lifecycle.list_alerts(s, area=area, status=status, since=since,
+                                                                              until=until, bbox=box)))
 
 
 @router.get("/alerts/{alert_id}", tags=["alerts"], summary="One alert as a GeoJSON Feature")
 def get_alert(request: Request, alert_id: BigId, _: Reader) -> dict:
     with tx(request) as s:
-        return lifecycle.to_geojson(s, [_alert(s, alert_id)])["features"][0]
+        return _addressed(request, lifecycle.to_geojson(s, [_alert(s, alert_id)]))["features"][0]
 
 
 class Review(BaseModel):
@@ -80,7 +91,7 @@ class Review(BaseModel):
 def review_alert(request: Request, alert_id: BigId, body: Review, who: Writer) -> dict:
     with tx(request) as s:
         alert = lifecycle.review(s, alert_id, body.action, body.note, who.name)
-        return lifecycle.to_geojson(s, [alert])["features"][0]
+        return _addressed(request, lifecycle.to_geojson(s, [alert]))["features"][0]
 
 
 
@@ -129,7 +140,7 @@ def _scene(sc: Scene) -> dict:
             "acquired_at": sc.acquired_at.isoformat(), "cloud_cover": sc.cloud_cover, "status": sc.status,
             "status_reason": sc.status_reason, "attempts": sc.attempts,
             "next_attempt_at": sc.next_attempt_at.isoformat() if sc.next_attempt_at else None,
-            "file_path": sc.file_path, "checksum": sc.checksum, "size_bytes": sc.size_bytes}
+            "file_path": FsPath(sc.file_path).name if sc.file_path else None, "checksum": sc.checksum, "size_bytes": sc.size_bytes}
 
 
 @router.get("/areas/{area}/scenes", tags=["scenes"], summary="An area's scenes, newest first")
@@ -156,9 +167,15 @@ def get_scene(request: Request, scene_id: BigId, _: Reader) -> dict:
         return _scene(sc)
 
 
+def _error(text: str | None) -> str | None:
+    """A run's error as readers see it: no traceback (runs recorded before tracebacks went to the
+    log only kept its last lines after the first line), secrets masked."""
+    return redact(text.split("\n", 1)[0]) if text else text
+
+
 def _run(r: Run, area: str) -> dict:
     return {"id": r.id, "area": area, "scene_id": r.scene_id, "status": r.status, "steps": r.steps,
-            "model_versions": r.model_versions, "error": r.error, "started_at": r.started_at.isoformat(),
+            "model_versions": r.model_versions, "error": _error(r.error), "started_at": r.started_at.isoformat(),
             "finished_at": r.finished_at.isoformat() if r.finished_at else None}
 
 

@@ -7,6 +7,7 @@ import typer
 from monitor.alerts.webhooks import add_subscription, list_subscriptions, remove_subscription
 from monitor.auth import create_token, list_tokens, revoke_token
 from monitor.cli.common import echo_json, new_app, state, table
+from monitor.redact import redact
 
 tokens = new_app("Create, list and revoke the HTTP API's bearer tokens.")
 subscriptions = new_app("Webhook subscriptions: where new and escalated alerts are POSTed.")
@@ -65,10 +66,12 @@ def subscriptions_add(
                                             "alert, and its withdrawal when the place reverts)."),
 ) -> None:
     """Subscribe a URL to new and escalated alerts."""
-    with state(ctx).transaction() as session:
-        sub = add_subscription(session, url, secret, area=area, min_confidence=min_confidence)
+    st = state(ctx)
+    with st.transaction() as session:
+        sub = add_subscription(session, url, secret, area=area, min_confidence=min_confidence,
+                               allow_private_urls=st.settings.allow_private_urls)
         sub_id = sub.id
-    typer.echo(f"subscription {sub_id}: {url} ({area or 'every area'}, {min_confidence} and up)")
+    typer.echo(f"subscription {sub_id}: {redact(url)} ({area or 'every area'}, {min_confidence} and up)")
 
 
 @subscriptions.command("list")

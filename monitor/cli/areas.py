@@ -84,10 +84,13 @@ def areas_configure(
     """Change an area's cadence, providers, sources, resolution, models or activity."""
     models = {str(k): v for k, v in ((ModelKind.SEGMENTER, segmenter_model), (ModelKind.CLASSIFIER, classifier_model),
                                      (ModelKind.CHANGE, change_model)) if v is not None}
-    with state(ctx).transaction() as session:
+    st = state(ctx)
+    with st.transaction() as session:
         area = configure_area(session, name, cadence=cadence, providers=provider, max_cloud=max_cloud,
-                              sources=parse_sources(source), resolution_m=resolution, active=active, models=models,
-                              band_order=band_order, allow_resolution_mismatch=allow_resolution_mismatch)
+                              sources=parse_sources(source, allow_private=st.settings.allow_private_urls),
+                              resolution_m=resolution, active=active, models=models, band_order=band_order,
+                              allow_resolution_mismatch=allow_resolution_mismatch,
+                              allow_private_urls=st.settings.allow_private_urls)
         echo_json(describe(session, area))
 
 
@@ -131,13 +134,19 @@ def parcels_import(
     area: str = typer.Option(..., "--area", help="The area the parcels belong to."),
     id_field: str = typer.Option(None, "--id-field", help="Attribute holding the cadastral id "
                                  "(default: the first of parcel_id, id, external_id, lot_id, fid)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count new, changed and unchanged parcels; write nothing."),
+    allow_outside: bool = typer.Option(False, "--allow-outside", help="Import parcels that do not touch the area "
+                                       "too (with a warning); refused otherwise."),
 ) -> None:
     """Import parcels, inserting new ones and updating known ones by their cadastral id."""
     with state(ctx).transaction() as session:
-        result = import_parcels(session, get_area(session, area), file, id_field)
+        result = import_parcels(session, get_area(session, area), file, id_field, dry_run=dry_run,
+                                allow_outside=allow_outside)
     for w in result.warnings:
         warn(w)
-    typer.echo(f"{result.total} parcels imported into {area!r}: {result.inserted} new, {result.updated} updated")
+    what = "would be imported (dry run, nothing written)" if dry_run else "imported"
+    typer.echo(f"{result.total} parcels {what} into {area!r}: {result.inserted} new, {result.updated} updated "
+               f"({result.changed} changed, {result.unchanged} unchanged)")
 
 
 @permits.command("import")
@@ -146,8 +155,10 @@ def permits_import(
     file: Path = typer.Argument(..., help="CSV or GeoJSON with parcel_id, permit_id, valid_from, valid_to "
                                 "(empty valid_to: open-ended), optional kind."),
     area: str = typer.Option(None, "--area", help="Match parcel ids in this area only."),
+    date_format: str = typer.Option(None, "--date-format", help="Format of the dates when not ISO 8601 "
+                                    "(YYYY-MM-DD), in strptime codes, e.g. %d/%m/%Y."),
 ) -> None:
     """Import building permits (upserted by parcel and permit id)."""
     with state(ctx).transaction() as session:
-        count = import_permits(session, file, get_area(session, area) if area else None)
+        count = import_permits(session, file, get_area(session, area) if area else None, date_format)
     typer.echo(f"{count} permits imported")

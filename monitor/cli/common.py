@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from monitor.db.engine import make_engine
 from monitor.errors import MonitorError
+from monitor.redact import RedactingFilter, redact
 from monitor.settings import Settings
 from monitor.text import table
 
@@ -58,7 +59,7 @@ class MonitorGroup(TyperGroup):
         try:
             return super().invoke(ctx)  # type: ignore[arg-type]
         except MonitorError as e:
-            click.secho(f"error: {e}", err=True, fg="red")
+            click.secho(f"error: {redact(e)}", err=True, fg="red")
             ctx.exit(e.exit_code)
 
 
@@ -79,8 +80,11 @@ def echo_json(obj) -> None:
 
 
 def setup_logging(level: str) -> None:
-    """Log to stderr at ``level``, keeping chatty libraries at WARNING."""
+    """Log to stderr at ``level``, keeping chatty libraries at WARNING, secrets masked (``redact``)."""
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     for noisy in ("alembic", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

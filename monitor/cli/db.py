@@ -7,6 +7,7 @@ import typer
 from monitor.cli.common import new_app, state
 from monitor.db import migrate
 from monitor.db.embedded import Cluster
+from monitor.redact import redact
 
 app = new_app("Create, migrate and inspect the database.")
 
@@ -38,9 +39,13 @@ def current(ctx: typer.Context) -> None:
 
 
 @app.command()
-def url(ctx: typer.Context) -> None:
+def url(ctx: typer.Context,
+        show_password: bool = typer.Option(False, "--show-password",
+                                           help="Print the password too (for psql); masked otherwise.")) -> None:
     """Print the database URL in use (starting the private cluster if needed), for psql/QGIS."""
-    typer.echo(state(ctx).engine.url.render_as_string(hide_password=True))
+    engine_url = state(ctx).engine.url
+    typer.echo(engine_url.render_as_string(hide_password=False) if show_password
+               else redact(engine_url.render_as_string(hide_password=True)))
 
 
 @app.command()

@@ -18,11 +18,15 @@ from monitor.pipeline import run_area
 def process(ctx: typer.Context,
             area: str = typer.Option(..., "--area", help="The area to run."),
             quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
-    """Run one pipeline pass over an area: search, fetch, infer, vectorize, diff, judge, notify."""
+    """Run one pipeline pass over an area: search, fetch, infer, vectorize, diff, judge, notify.
+    While another pass over the area runs, says the area is busy and exits 0."""
     st = state(ctx)
     with st.transaction() as session:
         area_id = get_area(session, area).id
     summary = run_area(st.engine, area_id, st.settings, progress=not quiet)
+    if summary.get("busy"):
+        typer.echo(f"area {area!r} is busy: another pass over it is running; nothing done", err=True)
+        return
     echo_json(summary)
     if summary["errors"]:
         raise typer.Exit(1)

@@ -41,6 +41,8 @@ def detections_import(
     """Vectorize a raster as the area's detections of DATE, diff it against the previous date,
     judge the changes against parcels and permits, and record the indicators (one transaction)."""
     day = _parse_date(date, "date")
+    if day > dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=1):
+        raise BadInput(f"{day} is in the future: give the acquisition date of the imagery", field="date")
     st = state(ctx)
     summary = import_detections(st.engine, area, day, raster, threshold, st.settings)
     if as_json:

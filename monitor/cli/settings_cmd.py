@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import typer
-from sqlalchemy.engine import make_url
 
 from monitor.cli.common import echo_json, state
+from monitor.redact import MASK, redact
 
 
 def show_settings(ctx: typer.Context) -> None:
@@ -14,14 +14,9 @@ def show_settings(ctx: typer.Context) -> None:
     out = {}
     for name in type(s).model_fields:
         value = getattr(s, name)
-        if value is not None and ("password" in name or "secret" in name or name == "database_url"):
-            value = "***" if name != "database_url" else _mask_url(str(value))
+        if value is not None and ("password" in name or "secret" in name or "token" in name):
+            value = MASK
+        elif isinstance(value, str):
+            value = redact(value)
         out[name] = value
     echo_json(out)
-
-
-def _mask_url(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "***"

@@ -11,6 +11,7 @@ import fcntl
 import glob
 import os
 import shutil
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,11 +117,28 @@ class Cluster:
         bindir = find_bindir(self.settings)
         return self._cmd([str(bindir / "pg_ctl"), "-D", str(self.data), "status"], check=False).returncode == 0
 
+    def port_taken(self) -> bool:
+        """Whether another program listens on the cluster's port on 127.0.0.1."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closing connection does not count
+            try:
+                s.bind(("127.0.0.1", self.port))
+            except OSError:
+                return True
+        return False
+
+    def _port_conflict(self) -> DatabaseError:
+        return DatabaseError(f"cannot start the private PostGIS cluster of {self.root}: port {self.port} on 127.0.0.1 "
+                             "is taken by another program (another checkout's cluster?); stop it or set "
+                             "MONITOR_PG_PORT (MONITOR_TEST_PG_PORT for the tests) to a free port")
+
     def ensure(self) -> str:
         """Make sure the cluster exists, runs and has the ``monitor`` database; return its URL."""
         with self._lock():
             bindir = find_bindir(self.settings)
             _check_postgis(bindir)
+            if not self.running() and self.port_taken():
+                raise self._port_conflict()
             self._prepare_dirs()
             if not (self.data / "PG_VERSION").exists():
                 if self.data.exists():
@@ -132,8 +150,13 @@ class Cluster:
                     shutil.chown(self.log, "postgres", "postgres")
                 opts = (f"-p {self.port} -k {self.run_dir} -c listen_addresses=127.0.0.1 "
                         "-c fsync=off -c max_connections=200")
-                self._cmd([str(bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
-                           "-o", opts, "-w", "-t", "60", "start"])
+                try:
+                    self._cmd([str(bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                               "-o", opts, "-w", "-t", "60", "start"])
+                except DatabaseError:
+                    if self.port_taken():  # taken between the check and the start
+                        raise self._port_conflict() from None
+                    raise
             self._create_database(DBNAME)
         return self.url
 

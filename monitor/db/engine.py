@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from monitor.db.embedded import Cluster
 from monitor.errors import DatabaseError
+from monitor.redact import redact
 from monitor.settings import Settings
 
 
@@ -34,8 +35,8 @@ def make_engine(settings: Settings | None = None, url: str | None = None) -> Eng
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except OperationalError as e:
-        raise DatabaseError(f"cannot connect to the database {engine.url.render_as_string(hide_password=True)}: "
-                            f"{e.orig}".strip()) from e
+        raise DatabaseError(redact(f"cannot connect to the database {engine.url.render_as_string(hide_password=True)}: "
+                                   f"{e.orig}".strip())) from e
     return engine
 
 

@@ -4,13 +4,15 @@ long SQL statements, kept as files in ``monitor/db/sql/`` (read with importlib.r
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from importlib import resources
 from typing import Any, TypeVar, cast
 
 from psycopg2.extras import execute_values
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from monitor.db.tables import Alert, Area, Scene
@@ -18,7 +20,10 @@ from monitor.domain import OPEN_ALERT_STATUSES, ChangeSource, Provider, SceneSta
 from monitor.errors import NotFound
 from monitor.settings import Settings
 
+log = logging.getLogger(__name__)
 UTC = dt.timezone.utc
+#: First key of the per-area advisory locks (the second is the area's id): "mona" in ASCII.
+AREA_LOCK_CLASS = 0x6D6F6E61
 #: Earlier dates searched, newest first, for a clear view of each place a date sees.
 LOOKBACK_SCENES = 8
 
@@ -171,3 +176,37 @@ def alert_baselines(session: Session, scene: Scene) -> dict[int, list[int]]:
             out.setdefault(found[0].id, []).append(alert_id)
     return out
 
+@contextmanager
+def area_lock(engine: Engine, area_id: int) -> Iterator[bool]:
+    """Try to take the area's PostgreSQL advisory lock for the block; yields whether it was taken
+    (False: another pass over the area, in any process or on any host, holds it). The lock lives on a
+    connection of its own, so it goes when the block ends or that connection dies (kill -9)."""
+    conn = engine.connect()
+    held = False
+    try:
+        held = bool(conn.scalar(text("SELECT pg_try_advisory_lock(:c, :a)"), {"c": AREA_LOCK_CLASS, "a": area_id}))
+        conn.commit()
+        yield held
+    finally:
+        try:
+            if held:
+                conn.execute(text("SELECT pg_advisory_unlock(:c, :a)"), {"c": AREA_LOCK_CLASS, "a": area_id})
+                conn.commit()
+        except Exception:  # the connection broke: dropping it releases the lock as well
+            log.warning("area %s: could not release the area lock; dropping its connection", area_id)
+            conn.invalidate()
+        finally:
+            conn.close()
+
+
+INTERRUPTED_REASON = ("interrupted: the process ended (stopped, killed, or cut off from the database) before "
+                      "the run finished")
+
+
+def interrupt_stale_runs(session: Session, area_id: int) -> int:
+    """Mark the area's runs still ``running`` as ``interrupted``; returns how many. Call it holding the
+    area's lock (``area_lock``): every live pass holds it, so such runs belong to no live process."""
+    result = session.execute(text(
+        "UPDATE runs SET status = 'interrupted', finished_at = now(), error = COALESCE(error, :reason) "
+        "WHERE area_id = :a AND status = 'running'"), {"a": area_id, "reason": INTERRUPTED_REASON})
+    return int(getattr(result, "rowcount", 0) or 0)

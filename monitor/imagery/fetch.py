@@ -26,6 +26,7 @@ from tqdm import tqdm
 from monitor import __version__
 from monitor.errors import ChecksumMismatch, DownloadError, ProductOffline, SizeMismatch
 from monitor.settings import Settings
+from monitor.urlpolicy import guard_session
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,12 @@ class Downloaded:
     verified_by: str = "size"
 
 
-def new_session() -> requests.Session:
-    """A requests session with the project's User-Agent."""
+def new_session(guard: bool = False) -> requests.Session:
+    """A requests session with the project's User-Agent; ``guard``: connecting only to public addresses
+    (``urlpolicy.GuardedAdapter``)."""
     s = requests.Session()
     s.headers["User-Agent"] = USER_AGENT
-    return s
+    return guard_session(s, guard=guard)
 
 
 def file_hashes(path: Path, algorithms: set[str]) -> dict[str, str]:

@@ -16,7 +16,6 @@ from typing import ClassVar
 
 import requests
 import shapely
-from requests.adapters import HTTPAdapter
 from sentinelsat import SentinelAPI, geojson_to_wkt
 from sentinelsat.exceptions import InvalidKeyError, LTAError, SentinelAPIError, UnauthorizedError
 from shapely.geometry import mapping
@@ -28,16 +27,18 @@ from monitor.imagery.fetch import USER_AGENT, Downloaded, RetryPolicy, download
 from monitor.imagery.prepare import safe_product
 from monitor.metrics import Metrics
 from monitor.settings import Settings
+from monitor.urlpolicy import GuardedAdapter, UnsafeURL, same_origin
 
 log = logging.getLogger(__name__)
 MAX_WKT = 1500  # DHuS refuses long query strings; larger footprints are sent as their convex hull
 
 
-class _TimeoutAdapter(HTTPAdapter):
-    """Gives every request of a session a timeout (requests has no session-wide one)."""
+class _TimeoutAdapter(GuardedAdapter):
+    """Gives every request of a session a timeout (requests has no session-wide one); ``guard``:
+    connects only to public addresses."""
 
-    def __init__(self, timeout: float) -> None:
-        super().__init__()
+    def __init__(self, timeout: float, guard: bool = False) -> None:
+        super().__init__(guard=guard)
         self.timeout = timeout
 
     def send(self, request, **kwargs):
@@ -62,17 +63,21 @@ def _number(x: float):
 
 
 class SentinelsatProvider:
-    """A DHuS API: the area's ``sentinelsat`` source, else ``MONITOR_DHUS_URL``."""
+    """A DHuS API: the area's ``sentinelsat`` source, else ``MONITOR_DHUS_URL``. The DHuS user and
+    password go only to the configured server: an area's source on another host is asked without
+    them, and (unless MONITOR_ALLOW_PRIVATE_URLS) only at public addresses."""
 
     name: ClassVar[str] = Provider.SENTINELSAT
     windowed: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, source: str | None = None, metrics: Metrics | None = None) -> None:
-        password = settings.dhus_password.get_secret_value() if settings.dhus_password else None
-        self.api = SentinelAPI(settings.dhus_user, password, source or settings.dhus_url,
+        url = source or settings.dhus_url
+        configured = same_origin(url, settings.dhus_url)
+        password = settings.dhus_password.get_secret_value() if settings.dhus_password and configured else None
+        self.api = SentinelAPI(settings.dhus_user if configured else None, password, url,
                                show_progressbars=False, timeout=settings.http_timeout_s)
         self.api.session.headers["User-Agent"] = f"{USER_AGENT} {self.api.user_agent}"
-        adapter = _TimeoutAdapter(settings.http_timeout_s)
+        adapter = _TimeoutAdapter(settings.http_timeout_s, guard=not configured and not settings.allow_private_urls)
         self.api.session.mount("http://", adapter)
         self.api.session.mount("https://", adapter)
         self.platform = settings.dhus_platform
@@ -86,6 +91,8 @@ class SentinelsatProvider:
         return self.api.api_url
 
     def _error(self, e: Exception, what: str) -> ProviderError:
+        if isinstance(e, UnsafeURL):
+            return ProviderError(f"{what}: {e}", provider=self.name)
         if isinstance(e, requests.Timeout):
             return ProviderError(f"{what} at {self.url} timed out", provider=self.name, retryable=True)
         if isinstance(e, requests.RequestException):
@@ -119,7 +126,7 @@ class SentinelsatProvider:
         try:
             products = self.api.query(area=footprint_wkt(area.footprint),
                                       date=(since.astimezone(utc), until.astimezone(utc)), **keywords)
-        except (SentinelAPIError, requests.RequestException) as e:
+        except (SentinelAPIError, requests.RequestException, UnsafeURL) as e:
             raise self._error(e, "search") from e
         out = []
         for uuid, p in products.items():
@@ -145,7 +152,7 @@ class SentinelsatProvider:
             if not info.get("Online", True) and self.api.trigger_offline_retrieval(uuid):
                 raise ProductOffline(f"{product_id} is in the long-term archive; retrieval was requested",
                                      provider=self.name, status=202, retryable=True)
-        except (SentinelAPIError, requests.RequestException) as e:
+        except (SentinelAPIError, requests.RequestException, UnsafeURL) as e:
             raise self._error(e, "product info") from e
         checksum = next(((a, info[a]) for a in ("sha3-256", "md5") if info.get(a)), None)
         url = f"{self.url}odata/v1/Products('{uuid}')/$value"

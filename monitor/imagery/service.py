@@ -123,9 +123,10 @@ def search_scenes(session: Session, area: Area, settings: Settings, metrics: Met
             lower = since_ if since is not None or provider.windowed else EPOCH
             candidates = provider.search(info, lower, until_)
         except Exception as e:  # one provider's failure, whatever it is, must not stop the others
-            if not isinstance(e, ProviderError):
+            if not isinstance(e, MonitorError):
                 log.exception("area %s: provider %s failed", area.name, name)
-                e = ProviderError(f"{type(e).__name__}: {e}", provider=name)
+            if not isinstance(e, ProviderError):
+                e = ProviderError(str(e) if isinstance(e, MonitorError) else f"{type(e).__name__}: {e}", provider=name)
             metrics.provider_errors.labels(name, "search").inc()
             log.warning("area %s: search failed: %s", area.name, e)
             error = e

@@ -23,6 +23,7 @@ import requests
 from pystac import STACError
 from pystac_client import Client
 from pystac_client.exceptions import APIError
+from pystac_client.stac_api_io import StacApiIO
 from shapely.geometry import shape
 
 from monitor.domain import Provider
@@ -31,6 +32,7 @@ from monitor.imagery.base import S2_BANDS, AreaInfo, Band, Candidate, Product
 from monitor.imagery.fetch import USER_AGENT, RetryPolicy, download, new_session
 from monitor.metrics import Metrics
 from monitor.settings import Settings
+from monitor.urlpolicy import guard_session, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,8 @@ class StacProvider:
 
     def __init__(self, settings: Settings, source: str | None = None, metrics: Metrics | None = None) -> None:
         self.url = source or settings.stac_url
+        # an area's own catalogue (not the operator's) is connected to only at public addresses
+        self.guard = bool(source) and not same_origin(self.url, settings.stac_url) and not settings.allow_private_urls
         self.collection = settings.stac_collection
         self.timeout = settings.http_timeout_s
         self.policy = RetryPolicy.from_settings(settings)
@@ -131,7 +135,9 @@ class StacProvider:
             params = {"filter": {"op": "<=", "args": [{"property": "eo:cloud_cover"}, area.max_cloud]},
                       "filter_lang": "cql2-json"}
         try:
-            client = Client.open(self.url, headers={"User-Agent": USER_AGENT}, timeout=self.timeout)
+            io = StacApiIO(headers={"User-Agent": USER_AGENT}, timeout=self.timeout)
+            guard_session(io.session, guard=self.guard)
+            client = Client.open(self.url, headers={"User-Agent": USER_AGENT}, timeout=self.timeout, stac_io=io)
             search = client.search(collections=[self.collection], bbox=list(area.footprint.bounds),
                                    datetime=f"{_iso(since)}/{_iso(until)}", query=query or None, **params)
             items = [item.to_dict(transform_hrefs=False) for item in search.items()]
@@ -166,7 +172,7 @@ class StacProvider:
         missing = [b for b in bands if b not in assets]
         if missing:
             raise ImageryError(f"item {product_id} has no downloadable asset for band {', '.join(missing)}")
-        session = new_session()
+        session = new_session(guard=self.guard)
         files, paths = {}, {}
         for band in [*bands, *(["SCL"] if "SCL" in assets else [])]:
             a = assets[band]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from monitor.db.queries import open_statuses
 from monitor.db.tables import Alert, Area, Parcel, Scene
 from monitor.domain import (
+    MAX_AREA_KM2,
     AreaSpec,
     ModelKind,
     check_max_cloud,
@@ -23,10 +25,11 @@ from monitor.domain import (
     parse_band_order,
     parse_cadence,
     parse_providers,
+    parse_sources,
     values,
 )
 from monitor.errors import BadInput, Conflict, NotFound
-from monitor.geo import as_multipolygon, utm_epsg_for
+from monitor.geo import area_m2, as_multipolygon, utm_epsg_for
 from monitor.inventory.models import register_model
 from monitor.readers import read_polygons
 from monitor.settings import Settings
@@ -42,7 +45,8 @@ def area_spec(settings: Settings, name: str, *, cadence: str | None = None,
                           providers=providers or settings.default_providers,
                           max_cloud=settings.default_max_cloud if max_cloud is None else max_cloud,
                           sources=sources, resolution_m=resolution_m, band_order=band_order,
-                          allow_resolution_mismatch=allow_resolution_mismatch)
+                          allow_resolution_mismatch=allow_resolution_mismatch,
+                          allow_private_urls=settings.allow_private_urls)
 
 
 def add_area(session: Session, spec: AreaSpec, geometry: str | Path | BaseGeometry) -> Area:
@@ -54,7 +58,8 @@ def add_area(session: Session, spec: AreaSpec, geometry: str | Path | BaseGeomet
         footprint = as_multipolygon(shapely.union_all(read_polygons(geometry, what="polygons").geoms))
     if session.scalar(select(Area.id).where(Area.name == spec.name)) is not None:
         raise Conflict(f"an area named {spec.name!r} exists already", field="name")
-    area = Area(name=spec.name, footprint=from_shape(footprint, srid=4326), utm_epsg=utm_epsg_for(footprint),
+    utm = check_footprint(footprint)
+    area = Area(name=spec.name, footprint=from_shape(footprint, srid=4326), utm_epsg=utm,
                 cadence=spec.cadence, providers=values(spec.providers), sources=dict(spec.sources),
                 max_cloud=spec.max_cloud, resolution_m=spec.resolution_m,
                 band_order=list(spec.band_order) if spec.band_order else None,
@@ -62,6 +67,22 @@ def add_area(session: Session, spec: AreaSpec, geometry: str | Path | BaseGeomet
     session.add(area)
     session.flush()
     return area
+
+
+def check_footprint(footprint: BaseGeometry) -> int:
+    """An area's footprint (EPSG:4326) that one UTM zone can measure: not wider than 180 degrees (a
+    polygon across the antimeridian is read as a band around the globe: give one area per side), with
+    an area above zero and at most ``MAX_AREA_KM2``; returns its UTM zone's EPSG code."""
+    x0, _y0, x1, _y1 = footprint.bounds
+    if x1 - x0 > 180:
+        raise BadInput(f"spans {x1 - x0:.1f} degrees of longitude: an area across the antimeridian must be "
+                       "given as one area per side", field="geometry")
+    epsg = utm_epsg_for(footprint)
+    km2 = float(area_m2(footprint, epsg)) / 1e6
+    if not math.isfinite(km2) or km2 <= 0 or km2 > MAX_AREA_KM2:
+        raise BadInput(f"covers {km2:,.1f} km2: an area covers more than 0 and at most {MAX_AREA_KM2:,.0f} km2",
+                       field="geometry")
+    return epsg
 
 
 def get_area(session: Session, name: str) -> Area:
@@ -118,10 +139,11 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
                    sources: dict[str, str] | None = None, resolution_m: float | None = None,
                    active: bool | None = None, models: dict[str, str] | None = None,
                    band_order: str | Sequence[str] | None = None,
-                   allow_resolution_mismatch: bool | None = None) -> Area:
+                   allow_resolution_mismatch: bool | None = None, allow_private_urls: bool = False) -> Area:
     """Change an area's settings; ``models`` maps a kind (segmenter, classifier, change) to a model
     directory, registered on the way, or to '' to unset it. ``band_order`` '' (or an empty list)
-    forgets the area's band order."""
+    forgets the area's band order. Sources are checked as ``areas add`` checks them
+    (``allow_private_urls``: MONITOR_ALLOW_PRIVATE_URLS)."""
     area = get_area(session, name)
     if cadence is not None:
         area.cadence = parse_cadence(cadence)
@@ -130,7 +152,7 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
     if max_cloud is not None:
         area.max_cloud = check_max_cloud(max_cloud)
     if sources:
-        area.sources = {**(area.sources or {}), **sources}
+        area.sources = {**(area.sources or {}), **parse_sources(sources, allow_private=allow_private_urls)}
     if resolution_m is not None:
         area.resolution_m = check_resolution(resolution_m)
     if active is not None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import shapely
+from geoalchemy2.shape import to_shape
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from monitor.db.queries import bulk_insert
-from monitor.db.tables import Area
+from monitor.db.tables import Area, Parcel
 from monitor.errors import BadInput
 from monitor.geo import area_m2
 from monitor.readers import read_polygons
@@ -21,11 +25,14 @@ ID_FIELD_GUESSES = ("parcel_id", "id", "external_id", "lot_id", "fid")
 
 @dataclass
 class ImportResult:
-    """What a parcel import did."""
+    """What a parcel import did (or, a dry run, would do): ``inserted`` new parcels, ``updated`` known
+    ones, of which ``changed`` differ in geometry or attributes and ``unchanged`` do not."""
 
     inserted: int
     updated: int
     warnings: list[str]
+    changed: int = 0
+    unchanged: int = 0
 
     @property
     def total(self) -> int:
@@ -46,10 +53,20 @@ def _pick_id_field(path: Path, fields: list[str], id_field: str | None) -> str:
     raise BadInput(f"has no id field: pass --id-field (fields: {', '.join(fields) or 'none'})", file=path)
 
 
-def import_parcels(session: Session, area: Area, path: str | Path, id_field: str | None = None) -> ImportResult:
-    """Upsert every feature of a vector file as a parcel of the area, in the session's transaction."""
+def import_parcels(session: Session, area: Area, path: str | Path, id_field: str | None = None,
+                   dry_run: bool = False, allow_outside: bool = False) -> ImportResult:
+    """Upsert every feature of a vector file as a parcel of the area, in the session's transaction
+    (``dry_run``: count what would be new, changed and unchanged, writing nothing). A feature that
+    does not touch the area is refused, naming it, unless ``allow_outside`` (then it is a warning)."""
     feats = read_polygons(path, what="parcels")
     path = feats.path
+    outside = np.flatnonzero(~shapely.intersects(feats.geoms, to_shape(area.footprint)))
+    if outside.size:
+        where = f"lies outside area {area.name!r} ({outside.size} of {len(feats)} features do)"
+        if not allow_outside:
+            raise BadInput(f"{where}; pass --allow-outside to import them anyway", file=path,
+                           row=f"{feats.numbers[outside[0]]} (feature)", field="geometry")
+        feats.warnings.append(f"{path}: feature {feats.numbers[outside[0]]} {where}")
     fields = list(feats.rows[0].keys())
     key = _pick_id_field(path, fields, id_field)
     ids: list[str] = []
@@ -68,6 +85,18 @@ def import_parcels(session: Session, area: Area, path: str | Path, id_field: str
                        f"{feats.numbers[again]}; {len(dupes)} duplicated ids in all)", file=path, field=key)
     areas = area_m2(feats.geoms, area.utm_epsg)
     wkb = shapely.to_wkb(feats.geoms, hex=True, include_srid=False)
+    for number, a in zip(feats.numbers, areas):
+        if not math.isfinite(a):
+            raise BadInput("has no finite area (are the coordinates in the CRS the file claims?)", file=path,
+                           row=number, field="geometry")
+    stored = {ext: (geom, attributes) for ext, geom, attributes in session.execute(
+        select(Parcel.external_id, func.encode(func.ST_AsBinary(Parcel.geom), "hex"), Parcel.attributes)
+        .where(Parcel.area_id == area.id, Parcel.external_id.in_(ids)))}
+    unchanged = sum(1 for i, w, r in zip(ids, wkb, feats.rows)
+                    if i in stored and stored[i][0] == w.lower() and stored[i][1] == json.loads(json.dumps(r)))
+    counts = {"changed": len(stored) - unchanged, "unchanged": unchanged}
+    if dry_run:
+        return ImportResult(inserted=len(ids) - len(stored), updated=len(stored), warnings=feats.warnings, **counts)
     records = [(i, w, float(a), json.dumps(r)) for i, w, a, r in zip(ids, wkb, areas, feats.rows)]
     rows = bulk_insert(session, f"""
             INSERT INTO parcels (area_id, external_id, geom, area_m2, attributes)
@@ -80,4 +109,4 @@ def import_parcels(session: Session, area: Area, path: str | Path, id_field: str
             RETURNING (xmax = 0)
         """, records, fetch=True)
     inserted = sum(1 for (new,) in rows if new)
-    return ImportResult(inserted=inserted, updated=len(rows) - inserted, warnings=feats.warnings)
+    return ImportResult(inserted=inserted, updated=len(rows) - inserted, warnings=feats.warnings, **counts)

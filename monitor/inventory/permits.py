@@ -23,7 +23,7 @@ ALIASES = {
     "valid_to": ("valid_to", "to", "expires", "end"),
     "kind": ("kind", "type"),
 }
-REQUIRED = ("parcel_id", "permit_id", "valid_from")
+REQUIRED = ("parcel_id", "permit_id", "valid_from", "valid_to")  # an empty valid_to is open-ended
 
 
 @dataclass
@@ -38,26 +38,37 @@ class PermitRow:
     kind: str | None
 
 
-def _parse_date(value, path: Path, number: int, field: str) -> dt.date | None:
+def _parse_date(value, path: Path, number: int, field: str, date_format: str | None = None) -> dt.date | None:
+    """An ISO 8601 date (YYYY-MM-DD, a time after it ignored), or one in ``date_format`` (strptime codes,
+    e.g. %d/%m/%Y) when given: never a guess between day first and month first."""
     if value is None or str(value).strip() == "":
         return None
     text = str(value).strip()
-    for fmt in ("%Y-%m-%d", "%Y/%m/%d", "%d/%m/%Y", "%Y%m%d"):
-        try:
-            return dt.datetime.strptime(text[:10] if fmt == "%Y-%m-%d" else text, fmt).date()
-        except ValueError:
-            continue
-    raise BadInput(f"{text!r} is not a date (use YYYY-MM-DD)", file=path, row=number, field=field)
+    try:
+        if date_format:
+            return dt.datetime.strptime(text, date_format).date()
+        return dt.date.fromisoformat(text[:10]) if len(text) == 10 or text[10:11] in ("T", " ") else \
+            dt.date.fromisoformat(text)
+    except ValueError:
+        want = f"a date in the format {date_format}" if date_format else \
+            "a date (use YYYY-MM-DD, or give --date-format, e.g. %d/%m/%Y)"
+        raise BadInput(f"{text!r} is not {want}", file=path, row=number, field=field) from None
 
 
 def _records(path: Path) -> list[tuple[int, dict]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames:
-                raise BadInput("is empty", file=path)
-            return [(i + 2, {k.strip().lower(): v for k, v in row.items() if k}) for i, row in enumerate(reader)]
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                if not reader.fieldnames:
+                    raise BadInput("is empty", file=path)
+                return [(i + 2, {k.strip().lower(): v for k, v in row.items() if k}) for i, row in enumerate(reader)]
+        except UnicodeDecodeError as e:
+            raise BadInput(f"is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): save it as "
+                           "UTF-8", file=path) from None
+        except csv.Error as e:
+            raise BadInput(f"is not a readable CSV file: {e}", file=path) from None
     if suffix in (".geojson", ".json"):
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -71,8 +82,9 @@ def _records(path: Path) -> list[tuple[int, dict]]:
     raise BadInput("is not a CSV or GeoJSON file", file=path)
 
 
-def read_permits(path: str | Path) -> list[PermitRow]:
-    """The permits of a CSV or GeoJSON file, checked row by row (nothing is written)."""
+def read_permits(path: str | Path, date_format: str | None = None) -> list[PermitRow]:
+    """The permits of a CSV or GeoJSON file, checked row by row (nothing is written); dates are ISO
+    8601 unless ``date_format`` is given."""
     path = Path(path)
     if not path.exists():
         raise BadInput("file does not exist", file=path)
@@ -89,16 +101,19 @@ def read_permits(path: str | Path) -> list[PermitRow]:
                            field=canon)
     out = []
     for number, rec in records:
+        for key, value in rec.items():
+            if "\x00" in str(key) + str(value):
+                raise BadInput("holds a NUL character", file=path, row=number, field=str(key).replace("\x00", ""))
         parcel = str(rec.get(names["parcel_id"]) or "").strip()
         permit = str(rec.get(names["permit_id"]) or "").strip()
         if not parcel:
             raise BadInput("has no parcel id", file=path, row=number, field="parcel_id")
         if not permit:
             raise BadInput("has no permit id", file=path, row=number, field="permit_id")
-        start = _parse_date(rec.get(names["valid_from"]), path, number, "valid_from")
+        start = _parse_date(rec.get(names["valid_from"]), path, number, "valid_from", date_format)
         if start is None:
             raise BadInput("has no valid_from date", file=path, row=number, field="valid_from")
-        end = _parse_date(rec.get(names["valid_to"]), path, number, "valid_to") if names["valid_to"] else None
+        end = _parse_date(rec.get(names["valid_to"]), path, number, "valid_to", date_format)
         if end is not None and end < start:
             raise BadInput(f"valid_to {end} is before valid_from {start}", file=path, row=number, field="valid_to")
         kind = rec.get(names["kind"]) if names["kind"] else None
@@ -111,10 +126,11 @@ def read_permits(path: str | Path) -> list[PermitRow]:
     return out
 
 
-def import_permits(session: Session, path: str | Path, area: Area | None = None) -> int:
+def import_permits(session: Session, path: str | Path, area: Area | None = None,
+                   date_format: str | None = None) -> int:
     """Upsert permits; every parcel id must name an existing parcel (of ``area`` when given)."""
     path = Path(path)
-    rows = read_permits(path)
+    rows = read_permits(path, date_format)
     query = select(Parcel.external_id, Parcel.id, Parcel.area_id)
     if area is not None:
         query = query.where(Parcel.area_id == area.id)
