@@ -24,6 +24,7 @@ from monitor.ml.inference import NODATA, classify_tiles, predict_raster
 from monitor.ml.modelstore import LoadedModel, new_version, open_model
 from monitor.ml.oscd import convert_oscd
 from monitor.ml.runtime import INFERENCE_PRECISIONS
+from monitor.ml.spacenet7 import convert_spacenet7
 from monitor.settings import Settings
 
 dataset = new_app("Build training datasets from scenes and labels.")
@@ -87,6 +88,31 @@ def dataset_oscd(
     typer.echo(table([(c, e["width"], e["height"], " / ".join(e["dates"] or []), e.get("change_fraction", ""))
                       for c, e in s["cities"].items()], ["city", "width", "height", "dates", "change_fraction"]))
     typer.echo(f"{len(s['cities'])} cities, {len(s['bands'])} bands, written to {out}")
+
+
+@dataset.command("spacenet7")
+def dataset_spacenet7(
+    src: Path = typer.Argument(..., help="SpaceNet 7 tile folder: images/global_monthly_YYYY_MM_mosaic_*.tif and "
+                               "labels/*_Buildings.geojson."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to write."),
+    tile: int = typer.Option(128, "--tile", help="Tile side, pixels (a multiple of 16)."),
+    resolution: float = typer.Option(4.0, "--resolution", help="Pixel size of the UTM grid, metres."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of the columns, in the east, held out "
+                                       "for validation."),
+    before: str = typer.Option(None, "--before", help="First month (YYYY-MM) of the change layout. Default: the "
+                               "first month."),
+    after: str = typer.Option(None, "--after", help="Second month (YYYY-MM) of the change layout. Default: the "
+                              "last month."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Convert a SpaceNet 7 tile: segmenter tiles per month on its UTM grid, a change layout, a building table."""
+    s = convert_spacenet7(src, out, resolution_m=resolution, tile=tile, val_fraction=val_fraction, before=before,
+                          after=after, overwrite=overwrite, progress=True)
+    typer.echo(table([(split, n, s["positive_pixel_fraction"][split]) for split, n in s["tiles"].items()],
+                     ["split", "tiles", "building_fraction"]))
+    c = s["change"]
+    typer.echo(f"{len(s['months'])} months on {s['crs']} at {s['resolution_m']:g} m, {s['buildings']['total']} "
+               f"buildings, {c['new_buildings']} new between {c['before']} and {c['after']}; written to {out}")
 
 
 # ---------------------------------------------------------------- train
