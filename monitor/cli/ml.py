@@ -48,6 +48,10 @@ def _report(model_dir: Path) -> None:
                f"threshold {meta['threshold']:.2f}; validation precision {v['precision']:.3f} recall {v['recall']:.3f} "
                f"F1 {v['f1']:.3f} IoU {v['iou']:.3f}; {meta['training']['epochs_run']} epochs "
                f"({meta['training']['stopped']}), {meta['training']['seconds']} s")
+    if v.get("building_recall"):
+        r = v["building_recall"]
+        typer.echo(f"building recall {r['recall']:.3f} of {r['buildings']} building-months; by size: " + ", ".join(
+            f"{c} m2 {r[c]['recall']:.3f} ({r[c]['buildings']})" for c in ("<100", "100-300", ">300")))
 
 
 # ---------------------------------------------------------------- dataset
@@ -132,12 +136,17 @@ def train_segmenter(
     base_filters: int = typer.Option(16, "--base-filters", help="Filters of the first level, doubled per level."),
     batch: int = typer.Option(8, "--batch"), lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
     patience: int = typer.Option(10, "--patience", help="Early-stopping patience, epochs."),
+    min_steps: int = typer.Option(200, "--min-steps", help="Training steps before epochs are compared and early "
+                                  "stopping may stop."),
+    per_image: bool = typer.Option(True, "--per-image/--global", help="Standardize each tile by the band statistics "
+                                   "of its scene (default), or all by the training data's."),
     time_limit: float = _LIMIT,
 ) -> None:
     """U-Net on image/mask tiles; loss BCE + Dice; IoU and F1 metrics."""
     out, version = _out_dir(ctx, out, "segmenter")
     _report(training.train_segmenter(data, out, epochs=epochs, seed=seed, bands=_bands(bands), depth=depth,
-                                     base_filters=base_filters, batch=batch, lr=lr, patience=patience, progress=True,
+                                     base_filters=base_filters, batch=batch, lr=lr, patience=patience,
+                                     min_steps=min_steps, per_image=per_image, progress=True,
                                      time_limit_s=time_limit * 60 or None, version=version))
 
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from monitor.domain import ModelKind
 from monitor.errors import BadInput
 from monitor.geo import reproject
+from monitor.ml.modelstore import image_stats
 from monitor.ml.rasters import band_indexes, band_names, open_raster, pixel_size_m, valid_mask
 from monitor.readers import read_polygons
 
@@ -223,3 +224,21 @@ def load_segmenter_split(data_dir: str | Path, split: str, bands: list[str]) -> 
     if not xs:
         raise BadInput(f"has no tiles in {split}/images", file=data_dir)
     return np.stack(xs), np.stack(ys)
+
+
+def segmenter_scenes(data_dir: str | Path, split: str) -> np.ndarray:
+    """The scene each image tile of ``split`` was cut from (its ``scene`` tag; "" when untagged), in the
+    order ``load_segmenter_split`` loads them."""
+    out = []
+    for f in sorted((Path(data_dir) / split / "images").glob("*.tif")):
+        with rasterio.open(f) as src:
+            out.append(src.tags().get("scene", ""))
+    return np.asarray(out, dtype=object)
+
+
+def scene_stats(x: np.ndarray, scenes: np.ndarray):
+    """For each scene: the indexes of its tiles in ``x`` (N, H, W, C; NaN where no data) and its
+    per-band statistics over them, as per-image normalization computes them over a whole scene."""
+    for scene in sorted(set(scenes.tolist())):
+        idx = np.nonzero(scenes == scene)[0]
+        yield idx, image_stats(x[idx], np.all(np.isfinite(x[idx]), axis=-1))

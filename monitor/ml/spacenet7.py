@@ -322,3 +322,28 @@ def read_buildings(data_dir: str | Path) -> dict[int, dict]:
         return {}
     with open(f, newline="") as fh:
         return {int(r["id"]): {**r, "area_m2": float(r["area_m2"])} for r in csv.DictReader(fh)}
+
+
+def building_recall(data_dir: str | Path, split: str, predicted: np.ndarray) -> dict | None:
+    """Share of the labelled buildings of ``split`` whose footprint the predicted masks touch, pooled over
+    months (a building counts once per month it is labelled) and by size class; None without ``buildings/``.
+
+    ``predicted`` (N, H, W) bool is in the order ``load_segmenter_split`` loads the image tiles.
+    """
+    root = Path(data_dir) / split
+    if not (root / "buildings").is_dir():
+        return None
+    areas = {i: r["area_m2"] for i, r in read_buildings(data_dir).items()}
+    seen: dict[tuple[str, int], bool] = {}
+    for f, pred in zip(sorted((root / "images").glob("*.tif")), predicted):
+        with rasterio.open(root / "buildings" / f.name) as src:
+            ids, month = src.read(1), src.tags().get("month", "")
+        for i in np.unique(ids[ids > 0]).tolist():
+            seen.setdefault((month, i - 1), False)
+        for i in np.unique(ids[(ids > 0) & pred]).tolist():
+            seen[(month, i - 1)] = True
+    out: dict = {"buildings": len(seen), "recall": round(sum(seen.values()) / len(seen), 4) if seen else 0.0}
+    for _, _, name in SIZE_CLASSES:
+        hits = [v for (_, i), v in seen.items() if size_class(areas.get(i, 0.0)) == name]
+        out[name] = {"buildings": len(hits), "recall": round(sum(hits) / len(hits), 4) if hits else 0.0}
+    return out
