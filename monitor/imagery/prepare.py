@@ -99,16 +99,24 @@ def safe_product(zip_path: Path, bands: list[str]) -> Product:
                    zero_is_nodata=True)
 
 
+_COLOUR_NAMES = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
+
+
 def raster_bands(path: Path, wanted: list[str]) -> list[Band]:
     """The bands of one multi-band raster: the wanted ones where its band descriptions name them
-    all, else every band that is not an alpha band, with the raster's own descriptions."""
+    all, or where they are ``red``, ``green`` and ``blue`` found by colour interpretation (RGB models
+    on a mosaic without descriptions), else every band that is not an alpha band, with the raster's
+    own descriptions."""
     try:
         with rasterio.open(path) as src:
             descs, interp, count = src.descriptions, src.colorinterp, src.count
     except RasterioError as e:
         raise ImageryError(f"{Path(path).name} is not a readable raster: {e}") from e
+    colours = tuple(d or _COLOUR_NAMES.get(ci) for d, ci in zip(descs, interp))
     if wanted and all(b in descs for b in wanted):
         idx = [descs.index(b) + 1 for b in wanted]
+    elif wanted and all(b in colours for b in wanted):
+        return [Band(b, [str(path)], colours.index(b) + 1) for b in wanted]
     else:
         idx = [i for i in range(1, count + 1) if interp[i - 1] != ColorInterp.alpha] or list(range(1, count + 1))
     return [Band(descs[i - 1], [str(path)], i) for i in idx]

@@ -70,6 +70,11 @@ class UtmGrid:
     height: int
 
 
+def split_column(width: int, val_fraction: float) -> int:
+    """The first column of the validation part: the east ``val_fraction`` of ``width`` columns."""
+    return width - max(1, int(round(width * val_fraction)))
+
+
 def size_class(area: float) -> str:
     """The size class (<100, 100-300, >300 m²) of a footprint area."""
     return next(name for lo, hi, name in SIZE_CLASSES if lo <= area < hi)
@@ -234,7 +239,7 @@ def convert_spacenet7(src: str | Path, out: str | Path, *, resolution_m: float =
     if before >= after:
         raise BadInput(f"the before month {before} is not earlier than the after month {after}", field="before")
     grid = utm_grid(months[0].image, resolution_m)
-    c_val = grid.width - max(1, int(round(grid.width * val_fraction)))
+    c_val = split_column(grid.width, val_fraction)
     parts = {"train": (0, c_val), "validation": (c_val, grid.width)}
     tmp = prepare_out(out, overwrite)
     try:
