@@ -69,11 +69,13 @@ def dataset_build(
                                     "fraction of it."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of tiles (per class) for validation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/validation split."),
+    split: str = typer.Option("random", "--split", help="random (stratified by class) or east (the easternmost "
+                              "columns of tiles: validation on a place training never saw)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Cut a scene into tiles labelled by polygons, split into train and validation."""
     s = build_tiles(scene, labels, out, kind=kind, tile=tile, min_cover=min_cover, val_fraction=val_fraction,
-                    seed=seed, overwrite=overwrite, progress=True)
+                    seed=seed, split=split, overwrite=overwrite, progress=True)
     t = s["tiles"]
     typer.echo(table([(split, c["true"], c["false"]) for split, c in t.items()], ["split", "true", "false"]))
     typer.echo(f"{kind} dataset written to {out} ({s['polygons']} polygons, {s['skipped_without_data']} tiles "
