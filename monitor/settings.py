@@ -71,6 +71,11 @@ class Settings(BaseSettings):
                                      "loopback, link-local or private addresses (on-premises hubs and receivers). "
                                      "Off: such URLs are refused when registered and when connected to.")
     local_dir: Path | None = Field(None, description="Default drop folder of the `local` provider.")
+    local_date_pattern: str | None = Field(
+        None, description="Regular expression that finds the acquisition date in a `local` file name, with named "
+        "groups `year`, `month` and optionally `day` (the 1st when absent), e.g. "
+        "`global_monthly_(?P<year>\\d{4})_(?P<month>\\d{2})`. Tried before the built-in YYYYMMDD, "
+        "YYYY-MM-DD and YYYY_MM (the 1st of the month) forms.")
     http_timeout_s: float = Field(60.0, description="Timeout of one HTTP request to a provider, seconds.")
     download_retries: int = Field(5, description="Download attempts before a scene is marked failed.")
     download_backoff_s: float = Field(2.0, description="First retry delay; doubles each attempt.")

@@ -18,9 +18,10 @@ from shapely.geometry import box
 
 from monitor.db.engine import transaction
 from monitor.db.tables import Area, Model, Scene
+from monitor.errors import ProviderError
 from monitor.geo import as_multipolygon, reproject
 from monitor.imagery.base import AreaInfo, get_provider
-from monitor.imagery.local import LocalProvider, acquisition_date, date_from_name
+from monitor.imagery.local import LocalProvider, acquisition_date, date_from_name, date_pattern
 from monitor.imagery.service import fetch_scene, grid_for, model_bands, pending_scenes, search_scenes
 from monitor.metrics import Metrics
 
@@ -83,9 +84,23 @@ def drops(tmp_path) -> Path:
 @pytest.mark.parametrize("name, expected", [
     ("ba_20180115.tif", dt.datetime(2018, 1, 15)), ("2018-01-15_worldview.tif", dt.datetime(2018, 1, 15)),
     ("S2A_OPER_MSI_L1C_TL_MPS__20161130T130757_A007527_T31UDQ_B01.tif", dt.datetime(2016, 11, 30)),
-    ("drone_mosaic.tif", None), ("ba_20181345.tif", None)])
+    ("drone_mosaic.tif", None), ("ba_20181345.tif", None),
+    ("global_monthly_2018_01_mosaic_L15-0357E-1223N_1429_3296_13.tif", dt.datetime(2018, 1, 1)),
+    ("mosaic_2019-10.tif", dt.datetime(2019, 10, 1)), ("tile_3296_13.tif", None)])
 def test_date_from_file_name(name, expected):
     assert date_from_name(name) == expected
+
+
+def test_a_configured_date_pattern_comes_first():
+    pattern = date_pattern(r"acq(?P<day>\d{2})(?P<month>\d{2})(?P<year>\d{4})")
+    assert date_from_name("site_2020_05_acq17032021.tif", pattern) == dt.datetime(2021, 3, 17)
+    assert date_from_name("site_2020_05.tif", pattern) == dt.datetime(2020, 5, 1)  # the built-in forms after it
+    assert date_from_name("q_2021-07.tif", date_pattern(r"q_(?P<year>\d{4})-(?P<month>\d{2})")) == \
+        dt.datetime(2021, 7, 1)
+    with pytest.raises(ProviderError, match="named groups"):
+        date_pattern(r"(\d{4})_(\d{2})")
+    with pytest.raises(ProviderError, match="not a regular expression"):
+        date_pattern(r"(?P<year>\d{4}")
 
 
 def test_dates_from_tags_win_over_the_name(tmp_path):
@@ -246,8 +261,6 @@ def test_failover_to_the_next_provider(engine, settings, drops):
     assert v("monitor_provider_failovers_total", {"area": "ba", "from_provider": "stac", "to_provider": "local"}) == 1
     # every provider failing is an error naming the last one
     shutil.rmtree(drops)
-    from monitor.errors import ProviderError
-
     with transaction(engine) as s, pytest.raises(ProviderError, match="local: drop folder .* does not exist"):
         search_scenes(s, s.get(Area, area_id), bad, metrics, since=dt.date(2018, 1, 1))
     assert v("monitor_provider_errors_total", {"provider": "local", "operation": "search"}) == 1

@@ -12,6 +12,7 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
+from rasterio.enums import ColorInterp
 from rasterio.warp import reproject as warp
 from rasterio.warp import transform_bounds
 from shapely.geometry import box, shape
@@ -259,3 +260,15 @@ def test_raster_without_crs(tmp_path):
         prepare(Product([Band(None, [str(f)])], zero_is_nodata=False), area_grid(area, 32721, 10, 0), area,
                 tmp_path / "out.tif")
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_rgb_bands_found_by_colour_interpretation(tmp_path):
+    path = tmp_path / "rgba.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=4, dtype="uint8", crs="EPSG:3857",
+                       transform=Affine(4.78, 0, 0, 0, -4.78, 0)) as d:
+        d.write(np.arange(1, 5, dtype="uint8")[:, None, None] * np.ones((4, 8, 8), "uint8"))
+        d.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    rgb = raster_bands(path, ["blue", "green", "red"])
+    assert [(b.name, b.index) for b in rgb] == [("blue", 3), ("green", 2), ("red", 1)]
+    # a model asking for bands the file cannot name gets every band but alpha, by position, as before
+    assert [(b.name, b.index) for b in raster_bands(path, ["B02", "B03", "B04"])] == [(None, 1), (None, 2), (None, 3)]

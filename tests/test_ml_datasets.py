@@ -127,3 +127,15 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path):
                     crs="urn:ogc:def:crs:EPSG::32616")
     with pytest.raises(BadInput, match="lines.geojson"):
         build_tiles(scene, lines, tmp_path / "x", tile=32)
+
+
+@pytest.mark.realdata
+def test_east_split_holds_out_the_easternmost_tiles(tmp_path, spacenet):
+    scene, labels, _ = spacenet
+    s = build_tiles(scene, labels, tmp_path / "ds", kind="segmenter", tile=128, val_fraction=0.3, split="east")
+    cols = {split: {int(f.stem.split("_c")[1]) for f in (tmp_path / "ds" / split / "images").glob("*.tif")}
+            for split in ("train", "validation")}
+    assert cols == {"train": {0, 1, 2, 3, 4}, "validation": {5, 6}}  # 7 columns of tiles, 30 % of them east
+    assert s["split"] == "east" and sum(s["tiles"]["validation"].values()) == 14
+    with pytest.raises(BadInput, match="split must be"):
+        build_tiles(scene, labels, tmp_path / "ds2", kind="segmenter", tile=128, split="north")

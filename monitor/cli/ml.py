@@ -27,6 +27,7 @@ from monitor.ml.inference import NODATA, classify_tiles, predict_raster, raster_
 from monitor.ml.modelstore import LoadedModel, new_version, open_model
 from monitor.ml.oscd import convert_oscd
 from monitor.ml.runtime import INFERENCE_PRECISIONS
+from monitor.ml.spacenet7 import convert_spacenet7
 from monitor.settings import Settings
 
 dataset = new_app("Build training datasets from scenes and labels.")
@@ -50,6 +51,10 @@ def _report(model_dir: Path) -> None:
                f"threshold {meta['threshold']:.2f}; validation precision {v['precision']:.3f} recall {v['recall']:.3f} "
                f"F1 {v['f1']:.3f} IoU {v['iou']:.3f}; {meta['training']['epochs_run']} epochs "
                f"({meta['training']['stopped']}), {meta['training']['seconds']} s")
+    if v.get("building_recall"):
+        r = v["building_recall"]
+        typer.echo(f"building recall {r['recall']:.3f} of {r['buildings']} building-months; by size: " + ", ".join(
+            f"{c} m2 {r[c]['recall']:.3f} ({r[c]['buildings']})" for c in ("<100", "100-300", ">300")))
 
 
 # ---------------------------------------------------------------- dataset
@@ -67,11 +72,13 @@ def dataset_build(
                                     "fraction of it."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of tiles (per class) for validation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/validation split."),
+    split: str = typer.Option("random", "--split", help="random (stratified by class) or east (the easternmost "
+                              "columns of tiles: validation on a place training never saw)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Cut a scene into tiles labelled by polygons, split into train and validation."""
     s = build_tiles(scene, labels, out, kind=kind, tile=tile, min_cover=min_cover, val_fraction=val_fraction,
-                    seed=seed, overwrite=overwrite, progress=True)
+                    seed=seed, split=split, overwrite=overwrite, progress=True)
     t = s["tiles"]
     typer.echo(table([(split, c["true"], c["false"]) for split, c in t.items()], ["split", "true", "false"]))
     typer.echo(f"{kind} dataset written to {out} ({s['polygons']} polygons, {s['skipped_without_data']} tiles "
@@ -92,6 +99,31 @@ def dataset_oscd(
     typer.echo(f"{len(s['cities'])} cities, {len(s['bands'])} bands, written to {out}")
 
 
+@dataset.command("spacenet7")
+def dataset_spacenet7(
+    src: Path = typer.Argument(..., help="SpaceNet 7 tile folder: images/global_monthly_YYYY_MM_mosaic_*.tif and "
+                               "labels/*_Buildings.geojson."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to write."),
+    tile: int = typer.Option(128, "--tile", help="Tile side, pixels (a multiple of 16)."),
+    resolution: float = typer.Option(4.0, "--resolution", help="Pixel size of the UTM grid, metres."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of the columns, in the east, held out "
+                                       "for validation."),
+    before: str = typer.Option(None, "--before", help="First month (YYYY-MM) of the change layout. Default: the "
+                               "first month."),
+    after: str = typer.Option(None, "--after", help="Second month (YYYY-MM) of the change layout. Default: the "
+                              "last month."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Convert a SpaceNet 7 tile: segmenter tiles per month on its UTM grid, a change layout, a building table."""
+    s = convert_spacenet7(src, out, resolution_m=resolution, tile=tile, val_fraction=val_fraction, before=before,
+                          after=after, overwrite=overwrite, progress=True)
+    typer.echo(table([(split, n, s["positive_pixel_fraction"][split]) for split, n in s["tiles"].items()],
+                     ["split", "tiles", "building_fraction"]))
+    c = s["change"]
+    typer.echo(f"{len(s['months'])} months on {s['crs']} at {s['resolution_m']:g} m, {s['buildings']['total']} "
+               f"buildings, {c['new_buildings']} new between {c['before']} and {c['after']}; written to {out}")
+
+
 # ---------------------------------------------------------------- train
 
 _DATA = typer.Option(..., "--data", help="Dataset folder (from `monitor dataset ...`).")
@@ -109,12 +141,17 @@ def train_segmenter(
     base_filters: int = typer.Option(16, "--base-filters", help="Filters of the first level, doubled per level."),
     batch: int = typer.Option(8, "--batch"), lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
     patience: int = typer.Option(10, "--patience", help="Early-stopping patience, epochs."),
+    min_steps: int = typer.Option(200, "--min-steps", help="Training steps before epochs are compared and early "
+                                  "stopping may stop."),
+    per_image: bool = typer.Option(True, "--per-image/--global", help="Standardize each tile by the band statistics "
+                                   "of its scene (default), or all by the training data's."),
     time_limit: float = _LIMIT,
 ) -> None:
     """U-Net on image/mask tiles; loss BCE + Dice; IoU and F1 metrics."""
     out, version = _out_dir(ctx, out, "segmenter")
     _report(training.train_segmenter(data, out, epochs=epochs, seed=seed, bands=_bands(bands), depth=depth,
-                                     base_filters=base_filters, batch=batch, lr=lr, patience=patience, progress=True,
+                                     base_filters=base_filters, batch=batch, lr=lr, patience=patience,
+                                     min_steps=min_steps, per_image=per_image, progress=True,
                                      time_limit_s=time_limit * 60 or None, version=version))
 
 

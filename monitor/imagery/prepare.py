@@ -34,6 +34,7 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import MultiPolygon, shape
 from shapely.geometry.base import BaseGeometry
 
+from monitor.builtins import BAND_ALIASES
 from monitor.domain import SKIP_BAND
 from monitor.errors import ImageryError, NoCRS, UnnamedBands
 from monitor.geo import as_multipolygon, reproject
@@ -103,8 +104,6 @@ def safe_product(zip_path: Path, bands: list[str]) -> Product:
                    zero_is_nodata=True)
 
 
-#: Names a band description or colour interpretation may give instead of the Sentinel-2 name.
-BAND_ALIASES = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08"}
 _S2_NAME = re.compile(r"^B\d[\dA]$")
 
 
@@ -115,7 +114,7 @@ def canonical_band(name: str | None) -> str | None:
     name = name.strip()
     if _S2_NAME.match(name.upper()):
         return name.upper()
-    return BAND_ALIASES.get(name.lower())
+    return {common: s2 for s2, common in BAND_ALIASES.items()}.get(name.lower())
 
 
 def raster_bands(path: Path, wanted: list[str]) -> list[Band]:
@@ -130,6 +129,7 @@ def raster_bands(path: Path, wanted: list[str]) -> list[Band]:
     names = [canonical_band(d) for d in descs]
     if not any(names) and {ColorInterp.red, ColorInterp.green, ColorInterp.blue} <= set(interp):
         names = [canonical_band(ci.name) for ci in interp]
+    wanted = [canonical_band(b) or b for b in wanted]
     if wanted and all(b in names for b in wanted):
         idx = [names.index(b) + 1 for b in wanted]
     else:
@@ -163,6 +163,7 @@ def name_bands(product: Product, band_order: Sequence[str] | None, wanted: Seque
             raise ImageryError(f"{', '.join(files)} has {count} bands ({len(bands)} besides alpha) but the area's "
                                f"band order names {len(band_order)} ({','.join(band_order)})")
     by_name = {b.name: b for b in bands}
+    wanted = [canonical_band(w) or w for w in wanted]
     chosen = [by_name[w] for w in wanted if w in by_name] or bands
     return dataclasses.replace(product, bands=chosen)
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from monitor.domain import ModelKind
 from monitor.errors import BadInput
 from monitor.geo import reproject
+from monitor.ml.modelstore import image_stats
 from monitor.ml.rasters import band_indexes, band_names, open_raster, pixel_size_m, valid_mask
 from monitor.readers import read_polygons
 
@@ -70,12 +71,14 @@ def commit_out(tmp: Path, out: Path) -> None:
 
 def build_tiles(scene: str | Path, labels: str | Path, out: str | Path, *, kind: str = "classifier",
                 tile: int = 256, min_cover: float = 0.0, val_fraction: float = 0.2, seed: int = 0,
-                overwrite: bool = False, progress: bool = False) -> dict:
+                split: str = "random", overwrite: bool = False, progress: bool = False) -> dict:
     """Partition ``scene`` into whole ``tile`` x ``tile`` tiles, label them from ``labels``, write ``out``.
 
     The right and bottom remainders narrower than a tile are left out (their widths are in the
-    summary); tiles without any data are skipped. The split is stratified by class (tiles with and
-    without polygons) and fixed by ``seed``. Returns the summary.
+    summary); tiles without any data are skipped. The ``random`` split is stratified by class (tiles
+    with and without polygons) and fixed by ``seed``; the ``east`` split holds out the easternmost
+    columns of tiles, ``val_fraction`` of them (at least one), so that validation is a place the
+    training never saw. Returns the summary.
     """
     if kind not in KINDS:
         raise BadInput(f"kind must be one of {', '.join(KINDS)}", field="kind")
@@ -83,6 +86,8 @@ def build_tiles(scene: str | Path, labels: str | Path, out: str | Path, *, kind:
         raise BadInput("tile must be at least 8 pixels", field="tile")
     if not 0 <= val_fraction < 1:
         raise BadInput("validation fraction must be in [0, 1)", field="val_fraction")
+    if split not in ("random", "east"):
+        raise BadInput("split must be random or east", field="split")
     scene, labels, out = Path(scene), Path(labels), Path(out)
     feats = read_polygons(labels, what="label polygons")
     with open_raster(scene) as src:
@@ -135,30 +140,34 @@ def build_tiles(scene: str | Path, labels: str | Path, out: str | Path, *, kind:
             rng = np.random.default_rng(seed)
             pos = [n for n, i in tiles.items() if i["positive"]]
             neg = [n for n, i in tiles.items() if not i["positive"]]
-            val = _split(pos, val_fraction, rng) | _split(neg, val_fraction, rng)
+            if split == "east":
+                first = nx - min(max(1, int(round(nx * val_fraction))), nx - 1) if val_fraction > 0 else nx
+                val = {n for n in tiles if int(n.split("_c")[1]) >= first}
+            else:
+                val = _split(pos, val_fraction, rng) | _split(neg, val_fraction, rng)
             counts = {s: {"true": 0, "false": 0} for s in SPLITS}
             mask_px = {s: [0, 0] for s in SPLITS}
             for name, info in tiles.items():
-                split = "validation" if name in val else "train"
+                part = "validation" if name in val else "train"
                 label = "true" if info["positive"] else "false"
-                counts[split][label] += 1
+                counts[part][label] += 1
                 if kind == "classifier":
-                    dest = tmp / split / label
+                    dest = tmp / part / label
                     dest.mkdir(parents=True, exist_ok=True)
                     (staged / f"{name}.tif").rename(dest / f"{name}.tif")
                 else:
                     for sub, f in (("images", f"{name}.tif"), ("masks", f"{name}.mask.tif")):
-                        dest = tmp / split / sub
+                        dest = tmp / part / sub
                         dest.mkdir(parents=True, exist_ok=True)
                         (staged / f).rename(dest / f"{name}.tif")
-                    mask_px[split][0] += info["mask_pixels"]
-                    mask_px[split][1] += tile * tile
+                    mask_px[part][0] += info["mask_pixels"]
+                    mask_px[part][1] += tile * tile
             staged.rmdir()
             summary = {
                 "kind": kind, "scene": str(scene.resolve()), "labels": str(labels.resolve()),
                 "polygons": len(polys), "tile": tile, "bands": names, "dtype": src.dtypes[0],
                 "crs": src.crs.to_string(), "resolution_m": pixel_size_m(src), "min_cover": min_cover,
-                "val_fraction": val_fraction, "seed": seed, "tiles": counts,
+                "val_fraction": val_fraction, "split": split, "seed": seed, "tiles": counts,
                 "skipped_without_data": skipped,
                 "left_out_px": {"right": src.width - nx * tile, "bottom": src.height - ny * tile},
                 "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -223,3 +232,21 @@ def load_segmenter_split(data_dir: str | Path, split: str, bands: list[str]) -> 
     if not xs:
         raise BadInput(f"has no tiles in {split}/images", file=data_dir)
     return np.stack(xs), np.stack(ys)
+
+
+def segmenter_scenes(data_dir: str | Path, split: str) -> np.ndarray:
+    """The scene each image tile of ``split`` was cut from (its ``scene`` tag; "" when untagged), in the
+    order ``load_segmenter_split`` loads them."""
+    out = []
+    for f in sorted((Path(data_dir) / split / "images").glob("*.tif")):
+        with rasterio.open(f) as src:
+            out.append(src.tags().get("scene", ""))
+    return np.asarray(out, dtype=object)
+
+
+def scene_stats(x: np.ndarray, scenes: np.ndarray):
+    """For each scene: the indexes of its tiles in ``x`` (N, H, W, C; NaN where no data) and its
+    per-band statistics over them, as per-image normalization computes them over a whole scene."""
+    for scene in sorted(set(scenes.tolist())):
+        idx = np.nonzero(scenes == scene)[0]
+        yield idx, image_stats(x[idx], np.all(np.isfinite(x[idx]), axis=-1))

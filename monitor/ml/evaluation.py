@@ -10,7 +10,7 @@ from tqdm import tqdm
 from monitor.domain import ModelKind, values
 from monitor.errors import BadInput
 from monitor.ml import scores
-from monitor.ml.datasets import load_classifier_split, load_segmenter_split, read_summary
+from monitor.ml.datasets import load_classifier_split, load_segmenter_split, read_summary, scene_stats, segmenter_scenes
 from monitor.ml.inference import DEFAULT_WINDOW, predict_array
 from monitor.ml.modelstore import LoadedModel
 from monitor.ml.oscd import load_city
@@ -43,7 +43,12 @@ def evaluate(model: LoadedModel, data_dir: str | Path, *, split: str = "validati
     else:
         x, y = load_segmenter_split(data_dir, split, model.bands)
         valid = np.all(np.isfinite(x), axis=-1)
-    xn = model.normalize(x)
+    if kind == ModelKind.SEGMENTER and model.per_image:  # each tile by the statistics of its whole scene
+        xn = np.empty(x.shape, np.float32)
+        for idx, stats in scene_stats(x, segmenter_scenes(data_dir, split)):
+            xn[idx] = model.normalize(x[idx], stats)
+    else:
+        xn = model.normalize(x)
     prob = np.concatenate([model(xn[i:i + batch]) for i in tqdm(range(0, len(xn), batch), desc="evaluate",
                                                                 disable=not progress)])
     cm = scores.confusion(prob > model.threshold, y > 0.5, valid)

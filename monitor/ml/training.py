@@ -18,11 +18,12 @@ from tqdm import tqdm
 from monitor.errors import BadInput
 from monitor.ml import scores
 from monitor.ml.classifier import IMAGENET_BGR_MEAN, build_classifier
-from monitor.ml.datasets import load_classifier_split, load_segmenter_split, read_summary
+from monitor.ml.datasets import load_classifier_split, load_segmenter_split, read_summary, scene_stats, segmenter_scenes
 from monitor.ml.inference import predict_array
 from monitor.ml.modelstore import LoadedModel, image_stats, normalize, save_model
 from monitor.ml.oscd import load_city, read_change_summary
 from monitor.ml.runtime import keras, precision_policy, seed_everything, tf
+from monitor.ml.spacenet7 import building_recall
 from monitor.ml.unet import build_unet
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _f1_metric(threshold: float = 0.5):
 
 
 def _callbacks(*, monitor: str, patience: int, epochs: int, progress: bool, time_limit_s: float | None,
-               first: list | None = None) -> list:
+               first: list | None = None, start_from_epoch: int = 0) -> list:
     k = keras()
 
     class Progress(k.callbacks.Callback):  # type: ignore[name-defined]
@@ -99,7 +100,8 @@ def _callbacks(*, monitor: str, patience: int, epochs: int, progress: bool, time
                 self.hit = True
                 self.model.stop_training = True
 
-    stop = k.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience, restore_best_weights=True)
+    stop = k.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience, restore_best_weights=True,
+                                     start_from_epoch=start_from_epoch)
     return [*(first or []), stop, TimeLimit(), Progress()]
 
 
@@ -171,9 +173,19 @@ def _bands_of(summary: dict, bands: list[str] | None, data_dir) -> list[str]:
 def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 50, seed: int = 0,
                     bands: list[str] | None = None, depth: int = 4, base_filters: int = 16, dropout: float = 0.1,
                     batch: int = 8, lr: float = 1e-3, pos_weight: float = 1.0, patience: int = 10,
-                    progress: bool = False, precision: str = "auto", time_limit_s: float | None = None,
-                    version: str | None = None) -> Path:
-    """U-Net on ``dataset build --kind segmenter`` tiles; loss BCE + Dice; returns the model directory."""
+                    min_steps: int = 200, per_image: bool = True, progress: bool = False, precision: str = "auto",
+                    time_limit_s: float | None = None, version: str | None = None) -> Path:
+    """U-Net on ``dataset build --kind segmenter`` (or ``dataset spacenet7``) tiles; loss BCE + Dice; returns
+    the model directory.
+
+    With ``per_image`` every tile is first standardized by the band statistics of the scene it was cut
+    from (its ``scene`` tag), as inference standardizes a whole scene: this takes out the brightness
+    of a date or a sensor, and makes 8-bit RGB and 16-bit panchromatic tiles alike. Epochs are
+    compared on the best F1 over thresholds on the validation tiles' valid pixels, and not before
+    ``min_steps`` training steps: the first epochs of a small dataset are noise. When the dataset has
+    ``buildings/`` rasters (``dataset spacenet7``), ``model.json`` also reports building-level recall
+    on validation by size class.
+    """
     t0 = time.perf_counter()
     summary = read_summary(data_dir)
     if summary.get("kind") != "segmenter":
@@ -184,6 +196,11 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
         raise BadInput(f"tile {tile} is not a multiple of 2**depth = {2 ** depth}", field="depth")
     x_tr, y_tr = load_segmenter_split(data_dir, "train", bands)
     x_va, y_va = load_segmenter_split(data_dir, "validation", bands)
+    valid = np.all(np.isfinite(x_va), axis=-1)
+    if per_image:
+        for x, split in ((x_tr, "train"), (x_va, "validation")):
+            for idx, (m, sd) in scene_stats(x, segmenter_scenes(data_dir, split)):
+                x[idx] = (x[idx] - m) / sd
     mean, std = _stats(x_tr, len(bands), seed=seed)
     x_tr, x_va = normalize(x_tr, mean, std), normalize(x_va, mean, std)
     seed_everything(seed)
@@ -203,20 +220,27 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
                 pairs = [_augment(x_tr[j], y_tr[j], rng) for j in idx]
                 yield (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])[..., None])
 
-    valid = np.ones_like(y_va, bool)
+    start = max(0, math.ceil(min_steps / steps) - 1)  # the first epoch whose end is at least min_steps in
     cbs = _callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress, time_limit_s=time_limit_s,
-                     first=[_val_f1_callback(lambda: _batched_call(model, x_va, batch), y_va > 0.5, valid)])
+                     first=[_val_f1_callback(lambda: _batched_call(model, x_va, batch), y_va > 0.5, valid)],
+                     start_from_epoch=start)
     history = model.fit(batches(), steps_per_epoch=steps, epochs=epochs, callbacks=cbs, verbose=0, shuffle=False)
     prob = _batched_call(model, x_va, batch)
-    threshold, val = scores.best_threshold(prob, y_va > 0.5)
+    threshold, pixel_scores = scores.best_threshold(prob, y_va > 0.5, valid)
+    val: dict = dict(pixel_scores)
+    recall = building_recall(data_dir, "validation", (prob > threshold) & valid)
+    if recall is not None:
+        val["building_recall"] = recall
+    normalization = {"mean": mean, "std": std, **({"per_image": True} if per_image else {})}
     meta = {
-        "version": version, "kind": "segmenter", "bands": bands, "normalization": {"mean": mean, "std": std},
+        "version": version, "kind": "segmenter", "bands": bands, "normalization": normalization,
         "tile": tile,
         "resolution_m": summary.get("resolution_m"), "threshold": threshold,
         "architecture": {"type": "unet", "depth": depth, "base_filters": base_filters, "dropout": dropout},
         "training": {"data": str(Path(data_dir).resolve()), "train_tiles": len(x_tr), "validation_tiles": len(x_va),
                      "positive_pixel_fraction": round(float(y_tr.mean()), 6), "batch": batch, "lr": lr,
-                     "pos_weight": pos_weight, "seed": seed, **_summary_of_run(cbs, history, t0)},
+                     "pos_weight": pos_weight, "min_steps": min_steps, "per_image": per_image, "seed": seed,
+                     "steps_per_epoch": steps, **_summary_of_run(cbs, history, t0)},
         "metrics": {"validation": val},
     }
     return save_model(model, out_dir, meta)

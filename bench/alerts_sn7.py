@@ -1,0 +1,237 @@
+"""Parcel alerts on a SpaceNet 7 tile, against its labelled new buildings, beside an untrained reference.
+
+    .venv/bin/python -m bench alerts_sn7 --data TILE_DIR [--model SPEC] [--grid-m 25] [--part validation|train|all]
+        [--months 2018-01,2018-07,2020-01] [--out DIR]
+
+A fresh database; the area is the tile's footprint, watched through the ``local`` provider with the
+tile's ``images/`` as drop folder (each mosaic a scene dated the 1st of its month), prepared on the
+tile's UTM grid at 4 m; parcels are a regular ``--grid-m`` grid over the tile; the pipeline runs over
+every month with the model (a segmenter, or a change model). The truth: the buildings labelled in the
+last month whose Id no label of the first month has, burnt into the 4 m grid; a parcel changed when
+at least ``--min-px`` (3) of those pixels fall in it, alerted when it has an alert first seen by the
+last month. Scored on the parcels whose centre is in ``--part`` (validation: the east fifth, the part
+``monitor dataset spacenet7`` holds out). Prints a table and, on its last line, JSON:
+
+- parcel precision and recall, changed and alerted parcel counts, false alerts per km²;
+- building recall: share of the new buildings (centre in the part) that touch an alerted parcel;
+- median delay: months from a building's first label to the first alert on a parcel it touches
+  (negative when the alert came before the label, which lags construction);
+- the same for the reference: change-vector magnitude between the first and the last month (each
+  date standardized per band), the top 1 % of the tile's pixels, a 3-pixel median filter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.features import rasterize
+from rasterio.warp import transform_bounds
+from scipy import ndimage
+from sqlalchemy import func, select
+
+from bench.common import print_table, scratch_database
+from monitor.db.engine import transaction
+from monitor.db.tables import Alert, Parcel, Scene
+from monitor.domain import ModelMeta
+from monitor.geo import reproject
+from monitor.inventory.areas import add_area, area_spec, configure_area
+from monitor.inventory.parcels import import_parcels
+from monitor.ml.modelstore import image_stats
+from monitor.ml.spacenet7 import (
+    find_months,
+    footprint_mask,
+    new_buildings,
+    read_footprints,
+    read_mosaic,
+    split_column,
+    utm_grid,
+)
+from monitor.pipeline import run_area
+from monitor.settings import Settings
+
+RESOLUTION_M = 4.0
+VAL_FRACTION = 0.2
+
+
+def months_between(a: str, b: str) -> int:
+    """Whole months from YYYY-MM ``a`` to ``b``."""
+    return (int(b[:4]) - int(a[:4])) * 12 + int(b[5:7]) - int(a[5:7])
+
+
+def score(parcels: dict[str, dict], buildings: list[dict], alerts: dict[str, str], *, min_px: int,
+          area_km2: float) -> dict:
+    """Parcel and building scores.
+
+    ``parcels``: id -> {"new_px": labelled new-building pixels in it}, the scored parcels only;
+    ``buildings``: the scored new buildings, each {"first_month": YYYY-MM, "parcels": ids it touches};
+    ``alerts``: parcel id -> YYYY-MM of its first alert (parcels without an alert absent).
+    """
+    changed = {p for p, v in parcels.items() if v["new_px"] >= min_px}
+    alerted = {p for p in alerts if p in parcels}
+    tp = len(changed & alerted)
+    delays, hit = [], 0
+    for b in buildings:
+        when = sorted(alerts[p] for p in b["parcels"] if p in alerts)
+        if when:
+            hit += 1
+            delays.append(months_between(b["first_month"], when[0]))
+    return {
+        "parcels": len(parcels), "changed": len(changed), "alerted": len(alerted), "true_alerts": tp,
+        "precision": round(tp / len(alerted), 4) if alerted else 0.0,
+        "recall": round(tp / len(changed), 4) if changed else 0.0,
+        "false_alerts_per_km2": round((len(alerted) - tp) / area_km2, 3) if area_km2 else 0.0,
+        "new_buildings": len(buildings), "building_recall": round(hit / len(buildings), 4) if buildings else 0.0,
+        "median_delay_months": statistics.median(delays) if delays else None,
+    }
+
+
+class Truth:
+    """The tile's grid, parcels and new buildings (first month to last), and the scored part."""
+
+    def __init__(self, tile_dir: Path, grid_m: float, part: str, months: list[str] | None = None) -> None:
+        self.months = [m for m in find_months(tile_dir) if not months or m.month in months]
+        if len(self.months) < 2:
+            raise SystemExit(f"{tile_dir}: needs at least two months, has {[m.month for m in self.months]}")
+        first, last = self.months[0], self.months[-1]
+        self.grid = g = utm_grid(first.image, RESOLUTION_M)
+        with rasterio.open(first.image) as src:
+            self.footprint_4326 = shapely.box(*transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21))
+        per_month = {m.month: read_footprints(m.labels, g.epsg) for m in self.months}
+        ids, geoms = new_buildings(per_month, first.month, last.month)
+        first_seen: dict[int, str] = {}
+        for month in sorted(per_month):
+            for i in per_month[month][0].tolist():
+                first_seen.setdefault(i, month)
+        new_px = footprint_mask(geoms, g)
+        x0, y1 = g.transform.c, g.transform.f
+        x1, y0 = x0 + g.width * RESOLUTION_M, y1 - g.height * RESOLUTION_M
+        x_split = x0 + split_column(g.width, VAL_FRACTION) * RESOLUTION_M
+        nx, ny = math.ceil((x1 - x0) / grid_m), math.ceil((y1 - y0) / grid_m)
+        cells = {f"p{r:04d}_{c:04d}": shapely.box(x0 + c * grid_m, y1 - (r + 1) * grid_m, x0 + (c + 1) * grid_m,
+                                                   y1 - r * grid_m) for r in range(ny) for c in range(nx)}
+        self.cells = cells
+        names = list(cells)
+        index = rasterize(((box, k + 1) for k, box in enumerate(cells.values())), out_shape=(g.height, g.width),
+                          transform=g.transform, fill=0, dtype="uint32")
+        counts = np.bincount(index[new_px > 0].ravel(), minlength=len(names) + 1)
+
+        def inside(x: float) -> bool:
+            return part == "all" or (x >= x_split) == (part == "validation")
+
+        self.parcels = {n: {"new_px": int(counts[k + 1])} for k, n in enumerate(names)
+                        if inside(cells[n].centroid.x)}
+        self.area_km2 = sum(cells[n].area for n in self.parcels) / 1e6
+        tree = shapely.STRtree(list(cells.values()))
+        self.buildings = []
+        for i, geom in zip(ids.tolist(), geoms):
+            if not inside(geom.centroid.x):
+                continue
+            touched = [names[k] for k in tree.query(geom, predicate="intersects")]
+            self.buildings.append({"id": i, "first_month": first_seen[i], "parcels": touched})
+        self.index = index
+
+    def parcels_geojson(self, path: Path) -> Path:
+        """The parcel grid as a GeoJSON file (EPSG:4326) with a ``parcel_id`` field."""
+        feats = [{"type": "Feature", "properties": {"parcel_id": n},
+                  "geometry": reproject(box, f"EPSG:{self.grid.epsg}", 4326).__geo_interface__}
+                 for n, box in self.cells.items()]
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+        return path
+
+
+def reference_alerts(truth: Truth, *, top: float = 0.01, median_px: int = 3, min_px: int = 3) -> dict[str, str]:
+    """Parcels alerted by change-vector magnitude between the first and the last month."""
+    first, last = truth.months[0], truth.months[-1]
+    stack, valid = [], None
+    for m in (first, last):
+        img, ok = read_mosaic(m.image, truth.grid)
+        x = np.moveaxis(img, 0, -1).astype(np.float32)
+        mean, std = image_stats(x, ok)
+        stack.append((x - mean) / std)
+        valid = ok if valid is None else valid & ok
+    assert valid is not None
+    mag = np.linalg.norm(stack[1] - stack[0], axis=-1)
+    cut = np.quantile(mag[valid], 1 - top)
+    mask = ndimage.median_filter(((mag > cut) & valid).astype(np.uint8), size=median_px) > 0
+    counts = np.bincount(truth.index[mask].ravel(), minlength=len(truth.cells) + 1)
+    names = list(truth.cells)
+    return {n: last.month for k, n in enumerate(names) if counts[k + 1] >= min_px}
+
+
+def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path) -> tuple[dict[str, str], dict]:
+    """Parcels alerted by the whole pipeline over the months, on ``engine`` (a migrated database):
+    parcel id -> month of its first alert, and what the pass did."""
+    drops = work / "drops"
+    drops.mkdir(parents=True, exist_ok=True)
+    for m in truth.months:
+        target = drops / m.image.name
+        if not target.exists():
+            os.symlink(m.image.resolve(), target)
+    kind = ModelMeta.read(Path(model)).kind if Path(model).is_dir() else "change"
+    with transaction(engine) as s:
+        spec = area_spec(settings, "sn7", cadence="30d", providers="local", max_cloud=100.0,
+                         sources={"local": str(drops)}, resolution_m=RESOLUTION_M)
+        area = add_area(s, spec, truth.footprint_4326)
+        import_parcels(s, area, truth.parcels_geojson(work / "parcels.geojson"), "parcel_id")
+        configure_area(s, "sn7", models={kind: model})
+        area_id = area.id
+    run = run_area(engine, area_id, settings, progress=True)
+    with transaction(engine) as s:
+        rows = s.execute(select(Parcel.external_id, func.min(Alert.first_seen))
+                         .join(Alert, Alert.parcel_id == Parcel.id).where(Alert.area_id == area_id)
+                         .group_by(Parcel.external_id)).all()
+        scenes = s.scalar(select(func.count()).select_from(Scene).where(Scene.area_id == area_id))
+    last = truth.months[-1].month
+    alerts = {pid: f"{d:%Y-%m}" for pid, d in rows if f"{d:%Y-%m}" <= last}
+    return alerts, {"scenes": scenes, "processed": run["processed"], "errors": run["errors"][:5]}
+
+
+def bench_settings(home: Path, min_px: int):
+    """The monitor's settings with the database of the environment, a private home, and alerts raised
+    at ``min_px`` pixels of 4 m."""
+    return Settings(home=home, alert_min_m2=min_px * RESOLUTION_M ** 2 - 1e-6)
+
+
+def main(args: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="bench.alerts_sn7", description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="SpaceNet 7 tile folder (images/, labels/)")
+    p.add_argument("--model", default=None, help="model directory (segmenter or change); none: the reference only")
+    p.add_argument("--grid-m", type=float, default=25.0, help="parcel grid cell, metres")
+    p.add_argument("--part", choices=("validation", "train", "all"), default="validation",
+                   help="parcels scored: the east fifth (validation), the rest (train) or all")
+    p.add_argument("--months", default=None, help="comma-separated YYYY-MM months to use (default: all)")
+    p.add_argument("--min-px", type=int, default=3, help="4 m pixels that make a parcel changed or alerted")
+    p.add_argument("--out", type=Path, default=None, help="keep the work folder here")
+    a = p.parse_args(args or [])
+    truth = Truth(a.data, a.grid_m, a.part, a.months.split(",") if a.months else None)
+    common = {"min_px": a.min_px, "area_km2": truth.area_km2}
+    result: dict = {"tile": a.data.name, "part": a.part, "grid_m": a.grid_m,
+                    "months": [m.month for m in truth.months], "area_km2": round(truth.area_km2, 3)}
+    result["reference"] = score(truth.parcels, truth.buildings, reference_alerts(truth, min_px=a.min_px), **common)
+    if a.model:
+        with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
+            work = a.out or Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            alerts, run = pipeline_alerts(engine, bench_settings(work / "home", a.min_px), truth, a.model, work)
+        result["model"] = {"spec": a.model, **score(truth.parcels, truth.buildings, alerts, **common), "run": run}
+    rows = [[name, r["precision"], r["recall"], r["building_recall"], r["false_alerts_per_km2"],
+             r["median_delay_months"], r["alerted"], r["changed"]]
+            for name, r in (("reference", result["reference"]), ("model", result.get("model"))) if r]
+    print_table(rows, ["", "precision", "recall", "building recall", "false/km2", "median delay", "alerted",
+                       "changed"])
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+
+    main(sys.argv[1:])

@@ -1,0 +1,86 @@
+"""The SpaceNet 7 alert bench: its scoring against a hand-computed case, and the whole pipeline over
+three months of a crop of the real tile (dates from the file names, EPSG:3857 onto UTM, alpha as the
+clear mask, an RGB model fed red, green and blue by colour interpretation)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+from sqlalchemy import select
+
+from bench.alerts_sn7 import Truth, bench_settings, months_between, pipeline_alerts, reference_alerts, score
+from monitor.db.engine import transaction
+from monitor.db.tables import Scene
+from monitor.ml.modelstore import save_model
+from monitor.ml.runtime import keras
+from tests.sn7 import TILE, crop_tile
+
+
+def test_scoring_of_a_hand_computed_case():
+    # six parcels: a, b, c changed (3+ new-building pixels), d has 2 (not changed), e and f none
+    parcels = {"a": {"new_px": 10}, "b": {"new_px": 3}, "c": {"new_px": 7}, "d": {"new_px": 2},
+               "e": {"new_px": 0}, "f": {"new_px": 0}}
+    # alerts on a (right), c (right), d and e (wrong); "z" is outside the scored part and ignored
+    alerts = {"a": "2018-10", "c": "2019-07", "d": "2019-01", "e": "2018-04", "z": "2018-04"}
+    buildings = [
+        {"first_month": "2018-07", "parcels": ["a"]},       # alerted 2018-10: 3 months
+        {"first_month": "2019-01", "parcels": ["b", "c"]},  # c alerted 2019-07: 6 months
+        {"first_month": "2019-04", "parcels": ["b"]},       # missed
+        {"first_month": "2019-01", "parcels": ["d", "a"]},  # first alert on its parcels 2018-10: -3 months
+    ]
+    r = score(parcels, buildings, alerts, min_px=3, area_km2=0.5)
+    assert r == {"parcels": 6, "changed": 3, "alerted": 4, "true_alerts": 2, "precision": 0.5, "recall": 0.6667,
+                 "false_alerts_per_km2": 4.0, "new_buildings": 4, "building_recall": 0.75,
+                 "median_delay_months": 3}
+    assert months_between("2018-10", "2020-01") == 15
+    assert score(parcels, [], {}, min_px=3, area_km2=0.5)["precision"] == 0.0
+
+
+@pytest.fixture
+def rgb_rule_model(tmp_path):
+    """A real Keras segmenter with a fixed rule: bright pixels (roofs, bare ground) are built."""
+    k = keras()
+    inputs = k.Input((None, None, 3))
+    outputs = k.layers.Conv2D(1, 1, activation="sigmoid")(inputs)
+    model = k.Model(inputs, outputs)
+    model.layers[-1].set_weights([np.full((1, 1, 3, 1), 3.0, "float32"), np.full(1, -4.0, "float32")])
+    meta = {"kind": "segmenter", "version": "segmenter-rgb-rule", "bands": ["red", "green", "blue"],
+            "normalization": {"mean": [71.0, 67.0, 46.0], "std": [32.0, 25.0, 21.0]}, "tile": 64,
+            "threshold": 0.5, "resolution_m": 4.0, "architecture": {"depth": 0}}
+    return save_model(model, tmp_path / "rule", meta)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_pipeline_over_three_months_of_a_crop(shared_data, engine, db_url, tmp_path, rgb_rule_model):
+    months = ["2018-01", "2018-07", "2020-01"]
+    src = crop_tile(shared_data / "spacenet7" / TILE, tmp_path / "tile", col=640, row=336, size=192, months=months,
+                    alpha_zero={"2018-07": Window(0, 0, 96, 192)})  # no data over the west half in July
+    truth = Truth(src, 25.0, "all")
+    assert [m.month for m in truth.months] == months
+    assert truth.grid.epsg == 32611 and truth.parcels and truth.buildings
+    settings = bench_settings(tmp_path / "home", 3).model_copy(update={"database_url": db_url})
+    alerts, run = pipeline_alerts(engine, settings, truth, str(rgb_rule_model), tmp_path / "work")
+    assert run == {"scenes": 3, "processed": 3, "errors": []}
+    with transaction(engine) as s:
+        scenes = s.scalars(select(Scene).order_by(Scene.acquired_at)).all()
+        dates = [sc.acquired_at.date() for sc in scenes]
+        files = [str(sc.file_path) for sc in scenes]
+        clouds = [sc.cloud_cover for sc in scenes]
+    assert dates == [dt.date(2018, 1, 1), dt.date(2018, 7, 1), dt.date(2020, 1, 1)]
+    assert clouds[0] < 5 and clouds[2] < 5 and 40 < clouds[1] < 60  # alpha 0 over half of July's crop
+    with rasterio.open(files[0]) as p:
+        assert p.crs.to_epsg() == 32611 and p.res == (4.0, 4.0)
+        assert p.descriptions == ("blue", "green", "red")
+        bands = p.read(masked=True)
+    means = [float(b.mean()) for b in bands]
+    assert means[2] > means[0] + 15  # red is brighter than blue on this tile: the bands were not swapped
+    r = score(truth.parcels, truth.buildings, alerts, min_px=3, area_km2=truth.area_km2)
+    assert r["alerted"] == len(alerts) > 0 and 0 <= r["precision"] <= 1 and r["changed"] > 0
+    assert set(alerts.values()) <= {"2018-07", "2020-01"}  # the first month is the baseline
+    ref = score(truth.parcels, truth.buildings, reference_alerts(truth), min_px=3, area_km2=truth.area_km2)
+    assert ref["alerted"] > 0 and ref["parcels"] == len(truth.cells)
