@@ -99,7 +99,8 @@ def test_nan_and_constant_dates_are_skipped_never_baseline(engine, settings, sha
         "ba_20180301.tif": "prepared"}
     assert done["ba_20180201.tif"].status_reason == ("unusable: no valid pixel over the area "
                                                      "(all nodata, NaN or masked)")
-    assert "has the one value 1200 everywhere" in done["ba_20180215.tif"].status_reason
+    assert done["ba_20180215.tif"].status_reason == ("unusable: every band has one value everywhere over the "
+                                                     "area (B02=1200, B03=1200, B04=1200)")
     assert metrics.registry.get_sample_value("monitor_scenes_skipped_total",
                                              {"area": "ba", "provider": "local", "reason": "unusable"}) == 2
     assert not any(p.name.startswith("20180201") for p in (settings.data_dir / "scenes" / str(area_id)).iterdir())

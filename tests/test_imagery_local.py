@@ -328,9 +328,10 @@ def test_buenos_aires_drop_folder(engine, settings, drops, shared_data):
         s.get(Area, area_id).band_order = ["B04", "B03", "B02", "B08"]  # the alpha band (5) needs no name
         s.execute(sa.update(Scene).values(status="found"))
     done = [fetch_scene(engine, x.id, settings, Metrics()) for x in new]
-    # band 4 of before.tif is all zeros: a band with one value everywhere is no imagery
-    assert [d.status for d in done] == ["skipped", "prepared"], [d.status_reason for d in done]
-    assert done[0].status_reason.startswith("unusable: band B08 has the one value")
+    # band 4 of before.tif is all zeros: kept (the models read an empty band as no change), named B08
+    assert [d.status for d in done] == ["prepared", "prepared"], [d.status_reason for d in done]
+    with rasterio.open(done[0].file_path) as a:
+        assert a.descriptions == ("B02", "B03", "B04", "B08")
     with transaction(engine) as s:
         s.get(Area, area_id).band_order = ["B04", "B03", "B02", "-", "-"]
         s.execute(sa.update(Scene).values(status="found"))

@@ -351,12 +351,13 @@ def prepare(product: Product, grid: Grid, area_4326: BaseGeometry, out: Path) ->
 
 
 def unusable_reason(stack: np.ndarray, clear: np.ndarray, names: Sequence[str | None]) -> str | None:
-    """Why a prepared scene holds no usable imagery over the area, or None: no valid pixel there, or a
-    band with one value everywhere (a fill, a failed export)."""
+    """Why a prepared scene holds no usable imagery over the area, or None: no valid pixel there, or one
+    value everywhere in every band (a fill, a failed export). A single empty band (a missing NIR) is
+    left to the models, which read a band constant on either date as no change."""
     if not clear.any():
         return "no valid pixel over the area (all nodata, NaN or masked)"
-    for i, band in enumerate(stack):
-        seen = band[clear]
-        if seen.min() == seen.max():
-            return f"band {names[i] or i + 1} has the one value {seen.min():g} everywhere over the area"
+    flat = [(band[clear].min(), band[clear].max()) for band in stack]
+    if all(lo == hi for lo, hi in flat):
+        values = ", ".join(f"{names[i] or i + 1}={lo:g}" for i, (lo, _hi) in enumerate(flat))
+        return f"every band has one value everywhere over the area ({values})"
     return None

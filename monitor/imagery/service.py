@@ -17,10 +17,11 @@ from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from monitor import builtins
 from monitor.db.engine import transaction
 from monitor.db.queries import row
 from monitor.db.tables import Area, Model, Scene
-from monitor.domain import ACQUIRED_STATUSES, SceneStatus
+from monitor.domain import ACQUIRED_STATUSES, ModelKind, ModelMeta, SceneStatus
 from monitor.errors import MonitorError, ProductOffline, ProviderError
 from monitor.geo import as_multipolygon
 from monitor.imagery.base import DEFAULT_BANDS, AreaInfo, Candidate, band_sort_key, get_provider, safe_name
@@ -62,13 +63,27 @@ def area_info(area: Area, provider: str) -> AreaInfo:
     return AreaInfo(area.id, area.name, to_shape(area.footprint), area.max_cloud, (area.sources or {}).get(provider))
 
 
-def model_bands(session: Session, area: Area) -> list[str]:
-    """The union of the ``bands`` of the area's models (model.json), in Sentinel-2 order;
-    B02, B03, B04, B08 when the area has no model."""
+def model_bands(session: Session, area: Area, settings: Settings | None = None) -> list[str]:
+    """The union of the ``bands`` of the models that will read the area's scenes (model.json), in
+    Sentinel-2 order: the area's own, and with ``settings`` the settings' models of the kinds the area
+    names none of (``MONITOR_*_MODEL``, ``MONITOR_DEFAULT_CHANGE_MODEL``); B02, B03, B04, B08 when there
+    is none."""
     ids = [i for i in (area.segmenter_model_id, area.classifier_model_id, area.change_model_id) if i]
     bands: set[str] = set()
     for meta in session.scalars(select(Model.meta).where(Model.id.in_(ids))) if ids else []:
         bands.update((meta or {}).get("bands") or [])
+    if settings is not None:
+        fallback: dict[str, list[str | Path | None]] = {
+            ModelKind.SEGMENTER: [settings.segmenter_model], ModelKind.CLASSIFIER: [settings.classifier_model],
+            ModelKind.CHANGE: [settings.change_model, settings.default_change_model]}
+        for kind, refs in fallback.items():
+            if getattr(area, f"{kind}_model_id") is None:
+                for ref in (r for r in refs if r):
+                    try:
+                        bands.update(ModelMeta.read(builtins.resolve(ref)).bands)
+                    except MonitorError:  # a bad setting is reported when the pipeline loads the model
+                        pass
+                    break
     return sorted(bands, key=band_sort_key) or list(DEFAULT_BANDS)
 
 
@@ -211,7 +226,7 @@ def fetch_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
         scene.attempts = (scene.attempts or 0) + 1
         area = {"id": area_row.id, "name": area_row.name, "max_cloud": area_row.max_cloud,
                 "band_order": list(area_row.band_order or []),
-                "info": area_info(area_row, scene.provider), "bands": model_bands(session, area_row),
+                "info": area_info(area_row, scene.provider), "bands": model_bands(session, area_row, settings),
                 "grid": grid_for(area_row, settings)}
         snapshot = {"provider": scene.provider, "product_id": scene.product_id,
                     "acquired_at": scene.acquired_at, "remote": dict(scene.remote or {})}
