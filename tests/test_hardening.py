@@ -500,7 +500,9 @@ def test_the_suite_stops_the_cluster_it_started():
         assert (home / "pg" / "data" / "PG_VERSION").exists()
         assert not Cluster(Settings(home=home, pg_port=port)).running()
         with socket.socket() as s:
-            s.bind(("127.0.0.1", port))  # the port is free again
+            # the port is free again (closed connections may linger in TIME_WAIT, which a server may reuse)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
     finally:
         Cluster(Settings(home=home, pg_port=port)).stop()
         shutil.rmtree(home, ignore_errors=True)

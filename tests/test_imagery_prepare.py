@@ -269,6 +269,8 @@ def test_rgb_bands_found_by_colour_interpretation(tmp_path):
         d.write(np.arange(1, 5, dtype="uint8")[:, None, None] * np.ones((4, 8, 8), "uint8"))
         d.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
     rgb = raster_bands(path, ["blue", "green", "red"])
-    assert [(b.name, b.index) for b in rgb] == [("blue", 3), ("green", 2), ("red", 1)]
-    # a model asking for bands the file cannot name gets every band but alpha, by position, as before
-    assert [(b.name, b.index) for b in raster_bands(path, ["B02", "B03", "B04"])] == [(None, 1), (None, 2), (None, 3)]
+    # named by their Sentinel-2 names, whether a model asks for common names or Sentinel-2 ones
+    assert [(b.name, b.index) for b in rgb] == [("B02", 3), ("B03", 2), ("B04", 1)]
+    assert [(b.name, b.index) for b in raster_bands(path, ["B02", "B03", "B04"])] == [(b.name, b.index) for b in rgb]
+    # a model asking for a band the file does not have gets every band but alpha, with the names found
+    assert [(b.name, b.index) for b in raster_bands(path, ["B08"])] == [("B04", 1), ("B03", 2), ("B02", 3)]
