@@ -656,3 +656,20 @@ def test_evidence_by_url_and_scenes_without_server_folders(settings, engine, tmp
     with transaction(engine) as s:
         payload = alert_payload(s, s.get(Alert, alert_id), "alert.created")
     assert payload["alert"]["evidence"] == {"after": f"/alerts/{alert_id}/evidence/after"}
+
+
+def test_a_pass_asked_to_stop_records_its_run_interrupted(cli, engine, tmp_path):
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local",
+        "--source", f"local={drops}")
+    with transaction(engine) as s:
+        area_id = s.scalar(sa.select(Area.id))
+        s.add(Scene(area_id=area_id, provider="local", product_id="waiting.tif", status="found",
+                    acquired_at=dt.datetime(2024, 4, 1, tzinfo=UTC)))
+    stop = threading.Event()
+    stop.set()  # SIGTERM arrived: the pass stops before it fetches the waiting scene
+    with pytest.raises(pipeline.Stopped):
+        pipeline.run_area(engine, area_id, Settings(home=tmp_path / "home"), Metrics(CollectorRegistry()), stop=stop)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status, error FROM runs")).one() == ("interrupted", "Stopped: stop requested")
