@@ -382,7 +382,7 @@ def test_permit_dates_are_iso_unless_a_format_is_given(cli, engine, tmp_path):
     f = tmp_path / "permits.csv"
     f.write_text("parcel_id,permit_id,valid_from,valid_to\nP0,B-1,01/02/2024,\n")
     err = cli("permits", "import", f, expect=2).stderr
-    assert "row 2, field 'valid_from': '01/02/2024' is not a date (use YYYY-MM-DD, or give --date-format" in err
+    assert "row 2, field 'valid_from': '01/02/2024' is not a date (use YYYY-MM-DD)" in err
     cli("permits", "import", f, "--date-format", "%d/%m/%Y")
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT valid_from::text FROM permits")).scalar() == "2024-02-01"
@@ -658,3 +658,20 @@ def test_evidence_by_url_and_scenes_without_server_folders(settings, engine, tmp
     with transaction(engine) as s:
         payload = alert_payload(s, s.get(Alert, alert_id), "alert.created")
     assert payload["alert"]["evidence"] == {"after": f"/alerts/{alert_id}/evidence/after"}
+
+
+def test_a_pass_asked_to_stop_records_its_run_interrupted(cli, engine, tmp_path):
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local",
+        "--source", f"local={drops}")
+    with transaction(engine) as s:
+        area_id = s.scalar(sa.select(Area.id))
+        s.add(Scene(area_id=area_id, provider="local", product_id="waiting.tif", status="found",
+                    acquired_at=dt.datetime(2024, 4, 1, tzinfo=UTC)))
+    stop = threading.Event()
+    stop.set()  # SIGTERM arrived: the pass stops before it fetches the waiting scene
+    with pytest.raises(pipeline.Stopped):
+        pipeline.run_area(engine, area_id, Settings(home=tmp_path / "home"), Metrics(CollectorRegistry()), stop=stop)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status, error FROM runs")).one() == ("interrupted", "Stopped: stop requested")

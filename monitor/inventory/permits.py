@@ -50,8 +50,7 @@ def _parse_date(value, path: Path, number: int, field: str, date_format: str | N
         return dt.date.fromisoformat(text[:10]) if len(text) == 10 or text[10:11] in ("T", " ") else \
             dt.date.fromisoformat(text)
     except ValueError:
-        want = f"a date in the format {date_format}" if date_format else \
-            "a date (use YYYY-MM-DD, or give --date-format, e.g. %d/%m/%Y)"
+        want = f"a date in the format {date_format}" if date_format else "a date (use YYYY-MM-DD)"
         raise BadInput(f"{text!r} is not {want}", file=path, row=number, field=field) from None
 
 
