@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from monitor.alerts.evidence import CAPTION_PX, NODATA_COLOURS, Caption, render_chips
+from monitor.alerts.evidence import CAPTION_LINE_PX, NODATA_COLOURS, Caption, render_chips
 from monitor.api.evidence import _link
 from monitor.auth import revoke_token
 from monitor.db.engine import transaction
@@ -36,6 +36,7 @@ from tests.test_change import (  # noqa: F401  (world is a fixture)
 )
 
 RED = (255, 0, 0)
+CAPTION_PX = 6 + 3 * CAPTION_LINE_PX  # the parcel and two dates
 
 
 def _rgb_scenes(world, engine, nodata_cols=(60, 76)) -> dict:
@@ -95,14 +96,14 @@ def test_chips_rendered_on_request_can_be_judged_and_are_kept(two_alerts, world,
         got[name] = _png(resp.content)
         (tmp_path / f"{name}.png").write_bytes(resp.content)
     before, after = got["before"], got["after"]
-    assert min(after.shape[:2]) >= 256 + CAPTION_PX
+    assert max(after.shape[0] - CAPTION_PX, after.shape[1]) >= 256
 
     # caption: a black strip with white text, different on the two chips (the date shown is in capitals)
     strip = after[:CAPTION_PX]
     assert _count(strip, (0, 0, 0)) > 0.7 * strip.shape[0] * strip.shape[1] and _count(strip, (255, 255, 255)) > 50
     assert (before[:CAPTION_PX] != after[:CAPTION_PX]).any()
-    assert Caption(pid(*A), "after", {"before": dt.date.fromisoformat(D1), "after": dt.date.fromisoformat(D2)}).lines() == (
-        f"parcel {pid(*A)}", f"before {D1}   AFTER {D2}")
+    dates = {"after": dt.date.fromisoformat(D2), "before": dt.date.fromisoformat(D1)}
+    assert Caption(pid(*A), "after", dates).lines() == [f"parcel {pid(*A)}", f"before {D1}", f"AFTER {D2}"]
     # true colour: the new roof is red after; red outline of the construction, yellow of the parcel
     picture = after[CAPTION_PX:]
     assert _count(picture, RED) > 100 and _count(picture, (255, 221, 0)) > 100
@@ -172,7 +173,8 @@ def test_chips_of_imported_detections_say_so(two_alerts, engine, settings):
     with Session(engine) as s, s.begin():
         paths = render_chips(s, s.get(Alert, a), settings)
     assert set(paths) == {"before", "after"}
-    assert "imported detections" in Caption("P", "after", {}, imagery=False).lines()[0]
+    assert Caption("P", "after", {"after": dt.date(2024, 1, 2)}, imagery=False).lines()[1] == \
+        "AFTER 2024-01-02 (detections, no imagery)"
     after = np.asarray(Image.open(paths["after"]).convert("RGB")).astype(int)
     plain = after[CAPTION_PX:]
     plain = plain[~(plain == np.array(RED)).all(-1) & ~(plain == np.array((255, 221, 0))).all(-1)]

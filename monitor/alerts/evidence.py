@@ -6,9 +6,10 @@ request for a chip renders it under ``data_dir/evidence/<alert id>/<name>-<key>.
 hashes everything the picture shows (the scene, its file, the dates, the parcel and the construction),
 so a chip is drawn again only after the alert has changed, and the older picture is removed then.
 
-A chip is true colour from the bands named B04, B03 and B02 (the prepared scenes' band descriptions),
-each band stretched between its 2nd and 98th percentiles over the chip; a file without those names is
-drawn from its first band in grey. A strip above the picture names the parcel and both dates (the one
+A chip is drawn as the map's tiles are (``monitor.tiles.scene_style``): true colour from the bands
+named B04, B03 and B02 (the prepared scenes' band descriptions), stretched between the scene's 2nd
+and 98th percentiles with one stretch shared by the three bands, so that colours keep their balance;
+a file without those names is drawn from its first band in grey (0..1 probabilities as they are). A strip above the picture names the parcel and both dates (the one
 shown in capitals), a scale bar sits in its lower left corner, and pixels without data are hatched.
 """
 
@@ -28,7 +29,6 @@ import numpy as np
 import rasterio
 from geoalchemy2.shape import to_shape
 from PIL import Image, ImageDraw, ImageFont
-from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window, from_bounds
 from sqlalchemy import select
@@ -39,6 +39,7 @@ from monitor.domain import Provider, SceneStatus
 from monitor.errors import ImageryError, NoCRS, NotFound
 from monitor.geo import reproject
 from monitor.settings import Settings
+from monitor.tiles import scene_style
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,10 @@ RENDERING = "2"  # part of every chip's key: bump it when chips are drawn differ
 CHIP_MIN_PX = 256  # chips are enlarged (nearest neighbour) to at least this many pixels a side
 MARGIN = 0.25  # context around the parcel, as a fraction of its larger side
 MARGIN_MIN_PX = 3
-RGB_BANDS = ("B04", "B03", "B02")
 PARCEL_COLOUR = (255, 221, 0)
 CONSTRUCTION_COLOUR = (255, 0, 0)
 NODATA_COLOURS = ((70, 70, 70), (170, 170, 170))  # hatching: background, stripes
-CAPTION_PX = 40
+CAPTION_LINE_PX = 17
 
 
 @dataclass(frozen=True)
@@ -63,39 +63,18 @@ class Caption:
     dates: dict[str, dt.date]  # before and after, where known
     imagery: bool = True  # False: the file is an imported detections raster, not imagery
 
-    def lines(self) -> tuple[str, str]:
-        """The two lines: the parcel, then both dates."""
-        dates = "   ".join(f"{n.upper() if n == self.name else n} {d.isoformat()}"
-                           for n, d in sorted(self.dates.items(), key=lambda kv: NAMES.index(kv[0])))
-        kind = "" if self.imagery else "  (imported detections, no imagery)"
-        return f"parcel {self.parcel}{kind}", dates
+    def lines(self) -> list[str]:
+        """The parcel, then one line per date (the one shown in capitals)."""
+        kind = "" if self.imagery else " (detections, no imagery)"
+        return [f"parcel {self.parcel}"] + [
+            f"{n.upper()} {d.isoformat()}{kind}" if n == self.name else f"{n} {d.isoformat()}"
+            for n, d in sorted(self.dates.items(), key=lambda kv: NAMES.index(kv[0]))]
 
 
-def _band_indexes(src) -> list[int]:
-    """Band indexes to render: red, green, blue when the file has them, else the first band."""
-    names = [(d or "").upper() for d in src.descriptions]
-    if all(b in names for b in RGB_BANDS):
-        return [names.index(b) + 1 for b in RGB_BANDS]
-    if src.count >= 3 and tuple(src.colorinterp[:3]) == (ColorInterp.red, ColorInterp.green, ColorInterp.blue):
-        return [1, 2, 3]
-    return [1]
-
-
-def _to_uint8(data: np.ma.MaskedArray) -> np.ndarray:
-    """Stretch each band to 0-255: probabilities as they are, anything else between its 2nd and 98th
-    percentiles."""
+def _to_uint8(data: np.ma.MaskedArray, stretch) -> np.ndarray:
+    """Each band from its (low, high) to 0-255."""
     out = np.zeros(data.shape, dtype=np.uint8)
-    for i, band in enumerate(data):
-        values = band.compressed().astype("float64")
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            continue
-        if np.issubdtype(band.dtype, np.floating) and values.min() >= 0 and values.max() <= 1:
-            lo, hi = 0.0, 1.0
-        else:
-            lo, hi = np.percentile(values, (2, 98))
-            if hi <= lo:
-                lo, hi = values.min(), max(values.max(), values.min() + 1)
+    for i, (band, (lo, hi)) in enumerate(zip(data, stretch)):
         scaled = (band.filled(lo).astype("float64") - lo) / (hi - lo)
         out[i] = np.clip(np.nan_to_num(scaled) * 255, 0, 255).astype(np.uint8)
     return out
@@ -146,6 +125,7 @@ def render_chip(path: str | Path, parcel_4326, construction_4326, out: Path, cap
     except RasterioIOError as e:
         raise ImageryError(f"{Path(path).name}: cannot read the scene file for evidence: {e}") from e
     with src:
+        style = scene_style(path)
         if src.crs is None:
             raise NoCRS(f"{Path(path).name}: has no CRS")
         parcel = reproject(parcel_4326, 4326, src.crs)
@@ -157,11 +137,11 @@ def render_chip(path: str | Path, parcel_4326, construction_4326, out: Path, cap
         col, row = math.floor(win.col_off), math.floor(win.row_off)
         win = Window(col, row, max(1, math.ceil(win.col_off + win.width) - col),
                      max(1, math.ceil(win.row_off + win.height) - row))
-        data = src.read(_band_indexes(src), window=win, boundless=True, masked=True)
+        data = src.read(list(style.indexes), window=win, boundless=True, masked=True)
         transform = src.window_transform(win)
         metres_per_px = px * _metres_per_unit(src.crs, (miny + maxy) / 2)
     data.mask = np.ma.getmaskarray(data) | ~np.isfinite(data.filled(0))
-    img = _to_uint8(data)
+    img = _to_uint8(data, style.stretch)
     rgb = np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img
     rgb = np.ascontiguousarray(np.moveaxis(rgb, 0, -1))
     scale = max(1, math.ceil(CHIP_MIN_PX / max(rgb.shape[:2])))
@@ -181,11 +161,13 @@ def render_chip(path: str | Path, parcel_4326, construction_4326, out: Path, cap
     _outline(draw, construction, to_px, CONSTRUCTION_COLOUR, width)
     _scale_bar(draw, image.width, image.height, metres_per_px / scale)
     if caption is not None:
-        framed = Image.new("RGB", (image.width, image.height + CAPTION_PX), (0, 0, 0))
-        framed.paste(image, (0, CAPTION_PX))
+        lines = caption.lines()
+        top = 6 + CAPTION_LINE_PX * len(lines)
+        framed = Image.new("RGB", (image.width, image.height + top), (0, 0, 0))
+        framed.paste(image, (0, top))
         text = ImageDraw.Draw(framed)
-        for i, line in enumerate(caption.lines()):
-            text.text((6, 3 + 18 * i), line, fill=(255, 255, 255), font=_font(14))
+        for i, line in enumerate(lines):
+            text.text((6, 3 + CAPTION_LINE_PX * i), line, fill=(255, 255, 255), font=_font(14))
         image = framed
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.stem}-", suffix=".png", delete=False) as tmp:
@@ -225,7 +207,12 @@ def available(session: Session, alerts: Sequence[Alert]) -> dict[int, tuple[str,
 
 
 def _key(alert: Alert, scene: Scene, parcel: str, dates: dict[str, dt.date]) -> str:
-    parts = [RENDERING, scene.id, scene.file_path, parcel, alert.first_seen, alert.last_seen,
+    try:
+        stat = os.stat(scene.file_path or "")
+        version: tuple = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        version = ()
+    parts = [RENDERING, scene.id, scene.file_path, version, parcel, alert.first_seen, alert.last_seen,
              to_shape(alert.geom).wkb_hex, sorted(dates.items())]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
