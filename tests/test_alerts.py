@@ -52,7 +52,7 @@ def test_list_filters_and_formats(two_alerts, cli):
     f = fc["features"][0]
     assert f["geometry"]["type"] == "MultiPolygon"
     assert f["properties"]["parcel"] == pid(*A) and f["properties"]["area"] == "ba"
-    assert set(f["properties"]["evidence"]) == {"before", "after"}
+    assert f["properties"]["evidence_before"] == f"/alerts/{a}/evidence/before.png"
     # A's parcel spans x 50..100, y 0..50 m from the area's corner: a bbox around it finds only A
     from shapely.geometry import box
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from monitor import history
 from monitor.alerts import lifecycle
+from monitor.alerts.export import FORMATS, alerts_file
 from monitor.api.deps import NO_NUL, BboxQuery, BigId, ExternalId, Limit, Name, Offset, Reader, Writer, tx
 from monitor.api.evidence import sign_evidence
 from monitor.db.tables import Alert, Area, Run, Scene
@@ -22,9 +23,11 @@ router = APIRouter()
 
 if TYPE_CHECKING:
     AlertStatusQuery = str
+    FileFormat = str
     SceneStatusQuery = str
 else:
     AlertStatusQuery = Literal[("open", *values(AlertStatus))]
+    FileFormat = Literal[tuple(FORMATS)]
     SceneStatusQuery = Literal[tuple(values(SceneStatus))]
 AreaQuery = Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="Area name.")]
 Since = Annotated[dt.date | None, Query(description="On or after this date (YYYY-MM-DD).")]
@@ -45,17 +48,30 @@ def _alert(s, alert_id: int) -> Alert:
 
 # --- alerts
 
-@router.get("/alerts", tags=["alerts"], summary="Alerts as a GeoJSON FeatureCollection")
+@router.get("/alerts", tags=["alerts"], summary="Alerts as a GeoJSON FeatureCollection, or a GIS file",
+            responses={200: {"content": {spec.media_type: {} for spec in FORMATS.values()}}})
 def list_alerts(request: Request, who: Reader, area: AreaQuery = None,
                 status: Annotated[AlertStatusQuery | None, Query(description="open: new, acknowledged or confirmed")] = None,
-                since: Since = None, until: Until = None, bbox: BboxQuery = None) -> dict:
+                since: Since = None, until: Until = None, bbox: BboxQuery = None,
+                f: Annotated[FileFormat | None, Query(description="A file instead of JSON, written with GDAL: geojson, "
+                                                      "gpkg, csv (WKT geometry) or fgb (FlatGeobuf).")] = None,
+                parcel_geometry: Annotated[bool, Query(description="With f: add the parcel's outline as WKT "
+                                                       "(column parcel_wkt).")] = False) -> Any:
+    """Alerts oldest first, their ``evidence`` links signed for the caller. With ``f``, the same alerts
+    as a file (EPSG:4326, coordinates at 7 decimals), with the parcel's permit numbers."""
     _dates(since, until)
     box = parse_bbox(bbox)
     with tx(request) as s:
         if area is not None:
             get_area(s, area)  # a 404 for an unknown area rather than an empty list
-        doc = lifecycle.to_geojson(s, lifecycle.list_alerts(s, area=area, status=status, since=since, until=until,
-                                                             bbox=box))
+        alerts = lifecycle.list_alerts(s, area=area, status=status, since=since, until=until, bbox=box)
+        if f is not None:
+            spec = FORMATS[f]
+            content = alerts_file(s, alerts, f, parcel_geometry=parcel_geometry,
+                                  links=lambda features: sign_evidence(request, who, features))
+            return Response(content, media_type=spec.media_type,
+                            headers={"Content-Disposition": f'attachment; filename="alerts{spec.suffix}"'})
+        doc = lifecycle.to_geojson(s, alerts)
     sign_evidence(request, who, doc["features"])
     return doc
 
