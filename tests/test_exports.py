@@ -110,6 +110,10 @@ def test_cli_prints_text_formats_and_refuses_bad_options(alerted, cli, tmp_path)
     assert "parcel_wkt" not in fc["features"][0]["properties"]
     csv = cli("alerts", "list", "--format", "csv").stdout.splitlines()
     assert csv[0].startswith("WKT,id,") and len(csv) == 3
+    empty = tmp_path / "none.gpkg"
+    cli("alerts", "list", "--since", "2030-01-01", "--format", "gpkg", "--out", empty)
+    meta, _geoms, rows = _read(empty)
+    assert rows == [] and COLUMNS <= set(meta["fields"])  # the same columns with nothing to write
     for args, words in ((("--format", "gpkg"), "give --out"), (("--format", "shp"), "not one of"),
                         (("--out", tmp_path / "x.txt"), "need a file --format")):
         r = cli("alerts", "list", *args, expect=2)

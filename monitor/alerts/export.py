@@ -51,6 +51,11 @@ FORMATS = {
     "csv": Format("CSV", ".csv", "text/csv", False, (("GEOMETRY", "AS_WKT"),), dates=False),
     "fgb": Format("FlatGeobuf", ".fgb", "application/vnd.flatgeobuf", True),
 }
+# The columns, in order (the same with no alert to write): the alert's properties as the API shows them,
+# then the parcel's permits and the evidence links.
+FIELDS = ("id", "area", "parcel", "first_seen", "last_seen", "new_area_m2", "fraction", "confidence", "status",
+          "note", "reviewed_by", "reviewed_at", "source", "model_version", "permits", "evidence_before",
+          "evidence_after")
 FLOATS = ("new_area_m2", "fraction")
 INTEGERS = ("id",)
 DATES = ("first_seen", "last_seen")
@@ -93,11 +98,10 @@ def write_alerts(session: Session, alerts: Sequence[Alert], path: Path, fmt: str
     permits = _permits(session, {a.parcel_id for a in alerts})
     rows = []
     for alert, feature in zip(alerts, features):
-        props = {k: v for k, v in feature["properties"].items() if k != "evidence"}
-        props["permits"] = permits.get(alert.parcel_id)
+        props = dict(feature["properties"], permits=permits.get(alert.parcel_id))
         for name in NAMES:
             props[f"evidence_{name}"] = feature["properties"]["evidence"].get(name)
-        rows.append(props)
+        rows.append({f: props[f] for f in FIELDS})
     geoms = shapely.set_precision(np.array([to_shape(a.geom) for a in alerts], dtype=object), GRID)
     if parcel_geometry:
         outlines: dict[int, Any] = dict(session.execute(select(Parcel.id, Parcel.geom).where(
@@ -105,7 +109,7 @@ def write_alerts(session: Session, alerts: Sequence[Alert], path: Path, fmt: str
         for alert, row in zip(alerts, rows):
             row["parcel_wkt"] = shapely.to_wkt(to_shape(outlines[alert.parcel_id]), rounding_precision=DECIMALS,
                                                trim=True)
-    fields = list(rows[0]) if rows else ["id"]
+    fields = [*FIELDS, "parcel_wkt"] if parcel_geometry else list(FIELDS)
     path.parent.mkdir(parents=True, exist_ok=True)
     # written beside the target and renamed over it: a failure leaves no half-written file
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".monitor-export-") as tmp:
