@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from shapely.geometry import shape
 from sqlalchemy import Engine, func, select
 
+from monitor.alerts.evidence import render_chips
 from monitor.alerts.lifecycle import list_alerts, to_geojson
 from monitor.db import migrate
 from monitor.db.engine import make_engine, transaction
@@ -130,16 +131,15 @@ def run_demo(settings: Settings, out: Path, seed: int = 7) -> dict:
         alert_rows = [(a.id, f["properties"]["parcel"], a.first_seen, a.last_seen, round(a.new_area_m2), a.confidence, a.status)
                       for a, f in zip(alerts, doc["features"])]
         alerted = {f["properties"].get("parcel") for f in doc["features"]}
-        evidence = [p for a in alerts for p in (a.evidence or {}).values()]
+        # the chips a reviewer would open first, rendered here so that the demo's folder holds them
+        evidence = [p for a in alerts for p in render_chips(s, a, settings).items()]
         total_alerts = s.scalar(select(func.count()).select_from(Alert).where(Alert.area_id == area_id))
     (out / "alerts.geojson").write_text(json.dumps(doc, indent=2, default=str))
     chips = out / "evidence"
     shutil.rmtree(chips, ignore_errors=True)
     chips.mkdir()
-    for p in evidence:
-        p = Path(p)
-        if p.exists():
-            shutil.copy2(p, chips / f"{p.parent.name}_{p.name}")
+    for name, p in evidence:
+        shutil.copy2(p, chips / f"{p.parent.name}_{name}.png")
     overview = overview_picture(world, doc, out / "overview.png")
     truth = world.truth
     unpermitted = {t["parcel"] for t in truth.get("new_unpermitted", [])}

@@ -31,7 +31,6 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from monitor import change
-from monitor.alerts.evidence import render_evidence
 from monitor.alerts.webhooks import deliver_pending, enqueue
 from monitor.db import queries
 from monitor.db.engine import transaction
@@ -50,8 +49,6 @@ from monitor.settings import Settings
 from monitor.vectorize import polygonize, read_probability
 
 log = logging.getLogger(__name__)
-#: Events after which an alert's evidence chips are rendered (again).
-RENDERED = (AlertEvent.CREATED, AlertEvent.UPDATED, AlertEvent.ESCALATED)
 
 
 class Stopped(Exception):
@@ -283,16 +280,12 @@ def announce(session: Session, events: Sequence[change.Event]) -> None:
         enqueue(session, alert, event)
 
 
-def _rendered(events: Sequence[change.Event]) -> list[int]:
-    return [alert.id for alert, event in events if event in RENDERED]
-
-
 def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlement_km2: float | None = None,
                 metrics: Metrics | None = None, segmented: bool = True,
                 seen: dict[int, tuple[float, float]] | None = None) -> list[tuple[int, str]]:
     """Judge the scene's changes, queue the events' webhooks and record the date's indicators, in one
-    transaction that also marks the scene processed; then render the evidence chips. Returns the
-    ``(alert id, event)`` pairs.
+    transaction that also marks the scene processed. Returns the ``(alert id, event)`` pairs (evidence
+    chips are rendered when first asked for, see ``monitor.alerts.evidence``).
 
     A date on which more than ``max_change_share`` of the area's clear land changed is marked
     ``suspect`` instead: nothing is judged, no indicator recorded, and it is never the baseline of a
@@ -307,14 +300,12 @@ def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlement_km
             metrics.suspect_dates.labels(area=area.name).inc()
             log.warning("%s: scene %s is %s", area.name, scene.id, scene.status_reason)
             return []
-        # in the same transaction as the verdicts, so evidence can be rendered from this scene
         scene.status = SceneStatus.PROCESSED
         scene.status_reason = None
         s.flush()
         events = change.judge(s, area, scene, settings, metrics=metrics, segmented=segmented, sightings=seen)
         announce(s, events)
         change.record_indicators(s, area, scene, settlement_km2=settlement_km2, metrics=metrics)
-    render_evidence(engine, _rendered(events), settings)
     return [(alert.id, str(event)) for alert, event in events]
 
 
@@ -359,12 +350,11 @@ def import_detections(engine: Engine, area_name: str, date: dt.date, raster: Pat
                       settings: Settings, metrics: Metrics | None = None) -> dict:
     """``monitor detections import``: a raster made elsewhere through vectorize, diff, judge and
     indicators as the area's scene of ``date`` (``change.import_detections``), its webhooks queued in
-    the same transaction; the evidence is rendered after the commit. Returns the summary."""
+    the same transaction. Returns the summary."""
     with transaction(engine) as s:
         imported = change.import_detections(s, get_area(s, area_name), date, raster, threshold, settings,
                                             metrics=metrics)
         announce(s, imported.events)
-    render_evidence(engine, _rendered(imported.events), settings)
     return imported.summary
 
 

@@ -319,6 +319,10 @@ def test_review_an_alert_in_the_browser(served, browser):
     b.wait(lambda: len(b.css("#area-chart svg polyline.built")) == 1, "the area's chart")
     assert len(b.css("#area-chart svg circle.built")) == 4 and not b.css("#area-chart svg polyline.settlement")
     assert "No permit" in b.one("#permits").text
+    # the evidence chips load from their signed links (an <img> sends no header)
+    b.wait(lambda: b.js("return [...document.querySelectorAll('#details img.chip')]"
+                        ".filter((i) => i.complete && i.naturalWidth > 0).length") == 2, "both evidence chips")
+    assert "/evidence/after.png?token=" in b.one("#details img.chip-after").get_attribute("src")
     b.shot("03-alert")
 
     # swipe: drag the handle to the left; the after image then covers more of the map

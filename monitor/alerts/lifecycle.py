@@ -13,6 +13,7 @@ from shapely.geometry import mapping
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from monitor.alerts.evidence import available, evidence_path
 from monitor.db.tables import Alert, Area, Parcel
 from monitor.domain import OPEN_ALERT_STATUSES, AlertStatus, parse_bbox, values
 from monitor.errors import BadInput, Conflict, NotFound
@@ -85,8 +86,10 @@ def review(session: Session, alert_id: int, action: str, note: str | None, revie
     return alert
 
 
-def alert_properties(alert: Alert, area_name: str | None, parcel_id: str | None) -> dict:
-    """An alert's properties as the API, the CLI and the webhooks show them."""
+def alert_properties(alert: Alert, area_name: str | None, parcel_id: str | None,
+                     evidence: Sequence[str] = ()) -> dict:
+    """An alert's properties as the API, the CLI and the webhooks show them; ``evidence`` names the chips
+    it has, linked by their API paths."""
     return {
         "id": alert.id,
         "area": area_name,
@@ -102,7 +105,7 @@ def alert_properties(alert: Alert, area_name: str | None, parcel_id: str | None)
         "reviewed_at": alert.reviewed_at.isoformat() if alert.reviewed_at else None,
         "source": alert.source,
         "model_version": alert.model_version,
-        "evidence": dict(alert.evidence or {}),
+        "evidence": {name: evidence_path(alert.id, name) for name in evidence},
     }
 
 
@@ -117,6 +120,9 @@ def names(session: Session, alerts: Sequence[Alert]) -> dict[int, tuple[str, str
     return {i: (a, p) for i, a, p in rows}
 
 
+_UNKNOWN: tuple[str | None, str | None] = (None, None)
+
+
 def to_geojson(session: Session, alerts: Sequence[Alert]) -> dict:
     """A GeoJSON FeatureCollection (EPSG:4326) of the alerts' new construction.
 
@@ -124,12 +130,13 @@ def to_geojson(session: Session, alerts: Sequence[Alert]) -> dict:
     the CLI prints it; no file is written, so pyogrio has nothing to add here.
     """
     labels = names(session, alerts)
+    chips = available(session, alerts)
     return {
         "type": "FeatureCollection",
         "features": [{
             "type": "Feature",
             "id": a.id,
             "geometry": mapping(to_shape(a.geom)),
-            "properties": alert_properties(a, *labels.get(a.id, (None, None))),
+            "properties": alert_properties(a, *labels.get(a.id, _UNKNOWN), evidence=chips.get(a.id, ())),
         } for a in alerts],
     }

@@ -38,8 +38,6 @@ def alert_payload(session: Session, alert: Alert, event: str) -> dict:
     area = session.get(Area, alert.area_id)
     parcel = session.get(Parcel, alert.parcel_id)
     props = alert_properties(alert, area.name if area else None, parcel.external_id if parcel else None)
-    # evidence by its path on the API, not on the server's disk
-    props["evidence"] = {name: f"/alerts/{alert.id}/evidence/{name}" for name in sorted(props["evidence"])}
     return {"event": event, "alert": {**props, "geometry": mapping(to_shape(alert.geom))}}
 
 

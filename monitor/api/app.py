@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monitor import __version__
-from monitor.api import areas, results, review, web
+from monitor.api import areas, evidence, results, review, web
 from monitor.db import migrate, queries
 from monitor.db.engine import make_engine, transaction
 from monitor.errors import MonitorError
@@ -143,6 +143,7 @@ def create_app(settings: Settings, engine: Engine | None = None, metrics: Metric
     app.include_router(review.router)  # first: /alerts/counts before /alerts/{alert_id}
     app.include_router(areas.router)
     app.include_router(results.router)
+    app.include_router(evidence.router)
     web.install(app)
 
     @app.get("/healthz", tags=["service"], summary="The process is up")

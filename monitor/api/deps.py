@@ -37,10 +37,11 @@ BboxQuery = Annotated[str | None, Query(max_length=200, pattern=NO_NUL,
 
 @dataclass(frozen=True)
 class Principal:
-    """Who called: the token's name and scopes."""
+    """Who called: the token's name, scopes and id."""
 
     name: str
     scopes: frozenset[str]
+    token_id: int = 0
 
 
 _bearer = HTTPBearer(auto_error=False, description="A token made by `monitor tokens create NAME --scope read|write`.")
@@ -67,7 +68,7 @@ def _principal(request: Request,
         row = verify_token(s, creds.credentials)
         if row is None:
             raise HTTPException(401, "invalid or revoked token", headers=unauthorized)
-        return Principal(row.name, frozenset(row.scopes))
+        return Principal(row.name, frozenset(row.scopes), row.id)
 
 
 def _require(scope: str):

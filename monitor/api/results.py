@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path as FsPath
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from monitor import history
 from monitor.alerts import lifecycle
+from monitor.alerts.export import FORMATS, alerts_file
 from monitor.api.deps import NO_NUL, BboxQuery, BigId, ExternalId, Limit, Name, Offset, Reader, Writer, tx
+from monitor.api.evidence import sign_evidence
 from monitor.db.tables import Alert, Area, Run, Scene
 from monitor.domain import AlertStatus, RunStatus, SceneStatus, parse_bbox, values
 from monitor.errors import BadInput, NotFound
@@ -24,9 +25,11 @@ router = APIRouter()
 
 if TYPE_CHECKING:
     AlertStatusQuery = str
+    FileFormat = str
     SceneStatusQuery = str
 else:
     AlertStatusQuery = Literal[("open", *values(AlertStatus))]
+    FileFormat = Literal[tuple(FORMATS)]
     SceneStatusQuery = Literal[tuple(values(SceneStatus))]
 AreaQuery = Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="Area name.")]
 Since = Annotated[dt.date | None, Query(description="On or after this date (YYYY-MM-DD).")]
@@ -47,32 +50,39 @@ def _alert(s, alert_id: int) -> Alert:
 
 # --- alerts
 
-def _addressed(request: Request, collection: dict) -> dict:
-    """Alerts whose evidence images are given by URL, not by their path on the server."""
-    for feature in collection["features"]:
-        props = feature["properties"]
-        props["evidence"] = {name: str(request.url_for("get_evidence", alert_id=props["id"], name=name))
-                             for name in sorted(props.get("evidence") or {})}
-    return collection
-
-
-@router.get("/alerts", tags=["alerts"], summary="Alerts as a GeoJSON FeatureCollection")
-def list_alerts(request: Request, _: Reader, area: AreaQuery = None,
+@router.get("/alerts", tags=["alerts"], summary="Alerts as a GeoJSON FeatureCollection, or a GIS file",
+            responses={200: {"content": {spec.media_type: {} for spec in FORMATS.values()}}})
+def list_alerts(request: Request, who: Reader, area: AreaQuery = None,
                 status: Annotated[AlertStatusQuery | None, Query(description="open: new, acknowledged or confirmed")] = None,
-                since: Since = None, until: Until = None, bbox: BboxQuery = None) -> dict:
+                since: Since = None, until: Until = None, bbox: BboxQuery = None,
+                f: Annotated[FileFormat | None, Query(description="A file instead of JSON, written with GDAL: geojson, "
+                                                      "gpkg, csv (WKT geometry) or fgb (FlatGeobuf).")] = None,
+                parcel_geometry: Annotated[bool, Query(description="With f: add the parcel's outline as WKT "
+                                                       "(column parcel_wkt).")] = False) -> Any:
+    """Alerts oldest first, their ``evidence`` links signed for the caller. With ``f``, the same alerts
+    as a file (EPSG:4326, coordinates at 7 decimals), with the parcel's permit numbers."""
     _dates(since, until)
     box = parse_bbox(bbox)
     with tx(request) as s:
         if area is not None:
             get_area(s, area)  # a 404 for an unknown area rather than an empty list
-        return _addressed(request, lifecycle.to_geojson(s, lifecycle.list_alerts(s, area=area, status=status, since=since,
-                                                                              until=until, bbox=box)))
+        alerts = lifecycle.list_alerts(s, area=area, status=status, since=since, until=until, bbox=box)
+        if f is not None:
+            spec = FORMATS[f]
+            content = alerts_file(s, alerts, f, parcel_geometry=parcel_geometry,
+                                  links=lambda features: sign_evidence(request, who, features))
+            return Response(content, media_type=spec.media_type,
+                            headers={"Content-Disposition": f'attachment; filename="alerts{spec.suffix}"'})
+        doc = lifecycle.to_geojson(s, alerts)
+    sign_evidence(request, who, doc["features"])
+    return doc
 
 
 @router.get("/alerts/{alert_id}", tags=["alerts"], summary="One alert as a GeoJSON Feature")
-def get_alert(request: Request, alert_id: BigId, _: Reader) -> dict:
+def get_alert(request: Request, alert_id: BigId, who: Reader) -> dict:
     with tx(request) as s:
-        return _addressed(request, lifecycle.to_geojson(s, [_alert(s, alert_id)]))["features"][0]
+        features = lifecycle.to_geojson(s, [_alert(s, alert_id)])["features"]
+    return sign_evidence(request, who, features)[0]
 
 
 class Review(BaseModel):
@@ -91,30 +101,9 @@ class Review(BaseModel):
 def review_alert(request: Request, alert_id: BigId, body: Review, who: Writer) -> dict:
     with tx(request) as s:
         alert = lifecycle.review(s, alert_id, body.action, body.note, who.name)
-        return _addressed(request, lifecycle.to_geojson(s, [alert]))["features"][0]
+        features = lifecycle.to_geojson(s, [alert])["features"]
+    return sign_evidence(request, who, features)[0]
 
-
-
-@router.get("/alerts/{alert_id}/evidence", tags=["alerts"], summary="The names and URLs of an alert's evidence images")
-def list_evidence(request: Request, alert_id: BigId, _: Reader) -> dict[str, str]:
-    with tx(request) as s:
-        evidence = _alert(s, alert_id).evidence or {}
-    return {name: str(request.url_for("get_evidence", alert_id=alert_id, name=name)) for name in sorted(evidence)}
-
-
-@router.get("/alerts/{alert_id}/evidence/{name}", tags=["alerts"], summary="One evidence image (PNG)",
-            response_class=FileResponse, responses={200: {"content": {"image/png": {}}}})
-def get_evidence(request: Request, alert_id: BigId, name: Annotated[str, Path(max_length=200, pattern=NO_NUL)],
-                 _: Reader) -> FileResponse:
-    with tx(request) as s:
-        evidence = _alert(s, alert_id).evidence or {}
-    if name not in evidence:
-        raise NotFound(f"alert {alert_id} has no evidence named {name!r} (it has: {', '.join(sorted(evidence)) or 'none'})",
-                       field="name")
-    path = FsPath(evidence[name])  # relative paths are relative to the daemon's working folder
-    if not path.is_file():
-        raise NotFound(f"the evidence file of {name!r} is missing on the server", field="name")
-    return FileResponse(path, media_type="image/png", filename=f"alert-{alert_id}-{name}.png")
 
 
 # --- history

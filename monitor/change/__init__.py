@@ -10,7 +10,7 @@ Geometries are stored in EPSG:4326 and every length and area is computed in the 
 Each function works inside the caller's session (the caller owns the transaction) and replaces
 what an earlier run of the same step wrote for the same scene, so re-running a step is
 idempotent. Nothing here sends anything: ``judge`` returns its events and the caller queues the
-webhooks (in the same transaction) and renders the evidence (after the commit).
+webhooks (in the same transaction); evidence chips are rendered when first asked for.
 """
 
 from monitor.change.detections import store_change_polygons, store_detections

@@ -1,7 +1,7 @@
 """The judge: a scene's changes x parcels x permits -> a verdict per parcel and the alert events.
 
 The statements are ``monitor/db/sql/judge_*.sql``. Nothing is sent from here: the caller queues
-the events' webhooks in the same transaction and renders evidence after the commit.
+the events' webhooks in the same transaction; evidence chips are rendered when first asked for.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from monitor.alerts.lifecycle import list_alerts, names, review, to_geojson
+from monitor.alerts.export import alerts_file, file_format, write_alerts
+from monitor.alerts.lifecycle import list_alerts, names, review
 from monitor.cli.common import echo_json, new_app, state, table
 from monitor.errors import BadInput
 from monitor.history import AREA_COLUMNS, PARCEL_COLUMNS, area_history, parcel_history
@@ -56,10 +57,7 @@ def detections_import(
                f"{a['resolved']} resolved")
 
 
-def _print_alerts(session, rows, fmt: str) -> None:
-    if fmt == "geojson":
-        echo_json(to_geojson(session, rows))
-        return
+def _print_alerts(session, rows) -> None:
     labels = names(session, rows)
     if not rows:
         typer.echo("no alerts")
@@ -80,14 +78,29 @@ def alerts_list(
     since: str = typer.Option(None, "--since", help="Last seen on or after this date (YYYY-MM-DD)."),
     until: str = typer.Option(None, "--until", help="First seen on or before this date (YYYY-MM-DD)."),
     bbox: str = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (EPSG:4326)."),
-    fmt: str = typer.Option("table", "--format", help="table or geojson."),
+    fmt: str = typer.Option("table", "--format", help="table, or a file format: geojson, gpkg (GeoPackage), csv "
+                            "(WKT geometry) or fgb (FlatGeobuf), written with GDAL."),
+    out: Path = typer.Option(None, "--out", help="Write the file here (needed for gpkg and fgb; geojson and csv "
+                             "are printed without it)."),
+    parcel_geometry: bool = typer.Option(False, "--parcel-geometry", help="Add the parcel's outline as WKT "
+                                         "(column parcel_wkt) beside the new construction."),
 ) -> None:
-    """List alerts, oldest first."""
-    if fmt not in ("table", "geojson"):
-        raise BadInput(f"{fmt!r} is not table or geojson", field="format")
+    """List alerts, oldest first: as a table, or as a GIS file (EPSG:4326, 7 decimals)."""
+    if fmt != "table":
+        spec = file_format(fmt)
+        if spec.binary and out is None:
+            raise BadInput(f"{fmt} is a binary format: give --out FILE", field="out")
+    elif out is not None or parcel_geometry:
+        raise BadInput("--out and --parcel-geometry need a file --format (geojson, gpkg, csv, fgb)", field="format")
     with state(ctx).transaction() as session:
         rows = list_alerts(session, area=area, status=status, since=since, until=until, bbox=bbox)
-        _print_alerts(session, rows, fmt)
+        if fmt == "table":
+            _print_alerts(session, rows)
+        elif out is not None:
+            write_alerts(session, rows, out, fmt, parcel_geometry=parcel_geometry)
+            typer.echo(f"{len(rows)} alerts written to {out}", err=True)
+        else:
+            typer.echo(alerts_file(session, rows, fmt, parcel_geometry=parcel_geometry).decode(), nl=False)
 
 
 def _review(ctx: typer.Context, alert_id: int, action: str, note: str | None, reviewer: str | None) -> None:

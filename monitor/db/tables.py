@@ -305,7 +305,8 @@ class Alert(Base):
     reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     source: Mapped[str] = mapped_column(String(16), server_default=text("'diff'"))
     model_version: Mapped[str | None] = mapped_column(Text)
-    evidence: Mapped[dict] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))  # chip paths
+    # chip paths of earlier versions; no longer written (chips are rendered on request: alerts/evidence.py)
+    evidence: Mapped[dict] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     created_at: Mapped[dt.datetime] = _created()
     updated_at: Mapped[dt.datetime] = _updated()
 

@@ -593,11 +593,23 @@
       el('header', { class: 'dhead' },
         el('h2', {}, `Alert #${alert.id}`), badge('confidence', p.confidence), badge('status', p.status)),
       el('dl', { class: 'facts' }, facts.map(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
+      evidenceBox(p),
       reviewBox(alert),
       el('h3', {}, 'Permits of the parcel'), el('div', { id: 'permits', class: 'block' }, 'Loading…'),
       el('h3', {}, 'Parcel history'), el('div', { id: 'parcel-history', class: 'block' }, 'Loading…'),
       el('h3', {}, `Area ${p.area}: built and settlement km²`), el('div', { id: 'area-chart', class: 'block' }, 'Loading…'),
     );
+  }
+
+  /** The evidence chips: signed links from the API (an <img> sends no Authorization header). */
+  function evidenceBox(p) {
+    const names = ['before', 'after'].filter((n) => p.evidence && p.evidence[n]);
+    if (!names.length) return el('p', { class: 'evidence-none' }, 'No evidence chips: no scene file to draw them from.');
+    return el('div', { class: 'evidence' }, names.map((n) => el('figure', {},
+      el('a', { href: p.evidence[n], target: '_blank', rel: 'noopener noreferrer', title: `Open the ${n} chip` },
+        el('img', { src: p.evidence[n], alt: `${n === 'before' ? 'Before' : 'After'}: parcel ${p.parcel}`,
+          class: `chip chip-${n}`, loading: 'lazy' })),
+      el('figcaption', {}, n === 'before' ? 'Before' : 'After'))));
   }
 
   function reviewBox(alert) {
