@@ -244,7 +244,7 @@ def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | No
     return out
 
 
-def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid: float = 0.5, span: int = 1,
+def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 32, min_valid: float = 0.5, span: int = 1,
                    progress: bool = False) -> tuple[np.ndarray, Affine]:
     """Settlement probability of tiles of ``scene``: a (rows, cols) float32 grid and its transform.
 
@@ -269,8 +269,7 @@ def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid
         step = stride * span
         ny, nx = math.ceil(src.height / stride), math.ceil(src.width / stride)
         grid = np.full((ny, nx), np.nan, np.float32)
-        cells = [(r, c) for r in range(ny) for c in range(nx)]
-        bar = tqdm(total=len(cells), unit="tile", disable=not progress, desc="classify")
+        bar = tqdm(total=ny * nx, unit="tile", disable=not progress, desc="classify")
         pending: list[tuple[tuple[int, int], np.ndarray]] = []
 
         def run() -> None:
@@ -280,24 +279,28 @@ def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid
             bar.update(len(pending))
             pending.clear()
 
-        for r, c in cells:
-            win = Window(c * stride, r * stride, step, step)
-            d = src.read(ix, window=win, out_shape=(len(ix), tile, tile), boundless=True,
-                         fill_value=src.nodata if src.nodata is not None else 0,
+        # one read per row of tiles: a strip a tile high, resampled to the model's pixels
+        strip_px = (nx - 1) * stride + step
+        scale = tile / step
+        strip_w = int(round((nx - 1) * stride * scale)) + tile  # the last tile's offset, plus a tile
+        inside_w = min(strip_w, int(round(src.width * scale)))
+        for r in range(ny):
+            d = src.read(ix, window=Window(0, r * stride, strip_px, step), out_shape=(len(ix), tile, strip_w),
+                         boundless=True, fill_value=src.nodata if src.nodata is not None else 0,
                          resampling=rasterio.enums.Resampling.bilinear)
-            inside = np.zeros((tile, tile), bool)
-            h = min(tile, int(round((src.height - r * stride) * tile / step)))
-            w = min(tile, int(round((src.width - c * stride) * tile / step)))
-            inside[:h, :w] = True
+            inside = np.zeros((tile, strip_w), bool)
+            inside[:min(tile, int(round((src.height - r * stride) * scale))), :inside_w] = True
             valid = valid_mask(src, d) & inside
-            if valid.mean() < min_valid:
-                bar.update(1)
-                continue
             x = model.normalize(np.moveaxis(d, 0, -1), stats)
             x[~valid] = 0.0
-            pending.append(((r, c), x))
-            if len(pending) == batch:
-                run()
+            for c in range(nx):
+                ox = int(round(c * stride * scale))
+                if valid[:, ox:ox + tile].mean() < min_valid:
+                    bar.update(1)
+                    continue
+                pending.append(((r, c), x[:, ox:ox + tile]))
+                if len(pending) == batch:
+                    run()
         if pending:
             run()
         bar.close()
