@@ -41,7 +41,7 @@ def median_grid(probs: np.ndarray, size: int = 3) -> np.ndarray:
 
 
 def tile_polygons(probs: np.ndarray, transform: Affine, *, span: int = 2, threshold: float = 0.5,
-                  median: int = 3) -> list[tuple[Polygon, float]]:
+                  median: int = 3, centres: bool = False) -> list[tuple[Polygon, float]]:
     """Settlement polygons (in the grid's CRS) of a grid of overlapping tile probabilities, each with
     the mean probability of the tiles that make it up.
 
@@ -50,6 +50,11 @@ def tile_polygons(probs: np.ndarray, transform: Affine, *, span: int = 2, thresh
     is at or above ``threshold``: an isolated positive tile among negative ones is dropped, a gap of
     one negative tile inside a settlement is filled. The rectangles of the positive tiles are merged
     (overlapping and edge-sharing rectangles into one polygon) and simplified.
+
+    A tile is called settlement when about half of it is, so the whole rectangles of the positive
+    tiles reach half a tile past a settlement's edge. With ``centres`` each positive tile keeps only
+    the one-cell square at its centre, the ground it is nearest to (neighbouring centres share
+    edges): the polygons then measure the settlement's area without that outward bias.
     """
     if span < 1:
         raise ValueError(f"a tile spans at least one cell, not {span}")
@@ -60,9 +65,10 @@ def tile_polygons(probs: np.ndarray, transform: Affine, *, span: int = 2, thresh
     if len(positive) == 0:
         return []
     rects = []
+    lo, hi = ((span - 1) / 2, (span + 1) / 2) if centres else (0, span)
     for r, c in positive:
-        x0, y0 = transform * (int(c), int(r))
-        x1, y1 = transform * (int(c) + span, int(r) + span)
+        x0, y0 = transform * (c + lo, r + lo)
+        x1, y1 = transform * (c + hi, r + hi)
         rects.append(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
     cell = max(abs(transform.a), abs(transform.e))
     merged = shapely.union_all(rects).simplify(SIMPLIFY_CELLS * cell)
