@@ -11,7 +11,7 @@ from monitor.inventory.areas import get_area
 
 PARCEL_COLUMNS = ("area", "external_id", "observed_on", "scene_id", "clear", "built_m2", "built_fraction",
                   "new_m2", "verdict", "permit_id", "alert_id", "parcel_m2")
-AREA_COLUMNS = ("area", "observed_on", "scene_id", "built_km2", "built_km2_change", "settlement_km2",
+AREA_COLUMNS = ("area", "observed_on", "scene_id", "built_km2", "built_km2_change", "settlement_km2", "settlement_carried_km2",
                 "clear_fraction", "changes", "new_m2", "alerts_raised")
 
 

@@ -59,6 +59,9 @@ class Metrics:
         self.built_km2 = Gauge("monitor_built_up_km2", "Built-up area on the newest date", ["area"], registry=r)
         self.settlement_km2 = Gauge("monitor_settlement_km2", "Informal-settlement area on the newest date",
                                     ["area"], registry=r)
+        self.settlement_carried_km2 = Gauge("monitor_settlement_carried_km2",
+                                            "Part of the newest date's informal-settlement area carried over from "
+                                            "an earlier date where that date was cloudy", ["area"], registry=r)
         # webhooks
         self.webhook_deliveries = Counter("monitor_webhook_deliveries_total",
                                           "Webhook delivery attempts by result (succeeded, failed)",

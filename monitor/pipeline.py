@@ -25,7 +25,6 @@ import numpy as np
 import rasterio
 import shapely
 from rasterio import features
-from rasterio.enums import Resampling
 from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
@@ -46,9 +45,12 @@ from monitor.ml.inference import classify_tiles, count_windows, default_change_m
 from monitor.ml.modelstore import LoadedModel, open_model
 from monitor.redact import redact
 from monitor.settings import Settings
+from monitor.settlements import tile_polygons
 from monitor.vectorize import polygonize, read_probability
 
 log = logging.getLogger(__name__)
+#: Settlement tiles start every 1/SETTLEMENT_SPAN of a tile: each overlaps its neighbours by half.
+SETTLEMENT_SPAN = 2
 
 
 class Stopped(Exception):
@@ -132,15 +134,17 @@ def check_resolutions(models: dict[str, LoadedModel | None], pixel_m: float, are
                 f"`monitor areas configure {area_name} --allow-resolution-mismatch`")
 
 
-def settlement_km2(classifier: LoadedModel, scene_path: Path, clear_path: Path | None) -> float:
-    """Informal-settlement km2: tiles the classifier calls settlement, counting only their clear part."""
-    probs, tile_transform = classify_tiles(classifier, scene_path)
-    tile_m2 = abs(tile_transform.a * tile_transform.e)
-    clear_frac = np.ones_like(probs, dtype="float64")
-    if clear_path is not None and clear_path.exists():
-        with rasterio.open(clear_path) as src:
-            clear_frac = src.read(1, out_shape=probs.shape, resampling=Resampling.average).astype("float64")
-    return float(((probs >= classifier.threshold) * clear_frac).sum() * tile_m2 / 1e6)
+def settlement_polygons(classifier: LoadedModel, scene_path: Path) -> dict:
+    """The classifier's settlement polygons of a scene: tiles every half tile, their probability grid
+    median-filtered, thresholded and the centres of the positive tiles merged (``monitor.settlements``).
+
+    Returns ``{"crs": WKT, "version", "polygons": [[WKB hex, mean probability], ...]}`` (JSON-able)."""
+    probs, transform = classify_tiles(classifier, scene_path, span=SETTLEMENT_SPAN)
+    polys = tile_polygons(probs, transform, span=SETTLEMENT_SPAN, threshold=classifier.threshold, centres=True)
+    with rasterio.open(scene_path) as src:
+        crs = src.crs.to_wkt()
+    return {"crs": crs, "version": classifier.version,
+            "polygons": [[shapely.to_wkb(g, hex=True), p] for g, p in polys]}
 
 
 def _windows(model: LoadedModel, scene: Path, settings: Settings) -> int:
@@ -153,12 +157,13 @@ def _windows(model: LoadedModel, scene: Path, settings: Settings) -> int:
 
 def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metrics | None = None) -> dict:
     """The scene's probability rasters (segmenter; change model against the scene's before image) under
-    ``data_dir/probability/<area id>/``, and the settlement km2 of its classifier.
+    ``data_dir/probability/<area id>/``, and the settlement polygons of its classifier.
 
-    Returns ``{"probabilities": {kind: {"path", "version", "threshold"}}, "settlement_km2": float | None,
-    "persistence": {alert id: {"path", "threshold"}}}``: the last, for open alerts a change model raised on
-    earlier dates, is the change model run from each alert's own baseline to this scene, which tells
-    whether the construction is still there. A raster already there (from a pass killed later on) is kept.
+    Returns ``{"probabilities": {kind: {"path", "version", "threshold"}}, "settlements": dict | None,
+    "persistence": {alert id: {"path", "threshold"}}}``: ``settlements`` is ``settlement_polygons``'s;
+    ``persistence``, for open alerts a change model raised on earlier dates, is the change model run from
+    each alert's own baseline to this scene, which tells whether the construction is still there. A
+    raster already there (from a pass killed later on) is kept.
     """
     metrics = metrics or default_metrics()
     with transaction(engine) as s:
@@ -195,8 +200,8 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
             made = {"path": str(target), "threshold": raster_threshold(change_model, target)}
             persistence.update({a: made for a in alert_ids})
     classifier = models[ModelKind.CLASSIFIER]
-    settlement = None if classifier is None else settlement_km2(classifier, scene_path, clear_path_for(scene_path))
-    return {"probabilities": probabilities, "settlement_km2": settlement, "persistence": persistence}
+    settlements = None if classifier is None else settlement_polygons(classifier, scene_path)
+    return {"probabilities": probabilities, "settlements": settlements, "persistence": persistence}
 
 
 def _infer(model: LoadedModel, kind: str, scene_path: Path, before: Path | None, target: Path, settings: Settings,
@@ -280,12 +285,14 @@ def announce(session: Session, events: Sequence[change.Event]) -> None:
         enqueue(session, alert, event)
 
 
-def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlement_km2: float | None = None,
+def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlements: dict | None = None,
                 metrics: Metrics | None = None, segmented: bool = True,
                 seen: dict[int, tuple[float, float]] | None = None) -> list[tuple[int, str]]:
-    """Judge the scene's changes, queue the events' webhooks and record the date's indicators, in one
-    transaction that also marks the scene processed. Returns the ``(alert id, event)`` pairs (evidence
-    chips are rendered when first asked for, see ``monitor.alerts.evidence``).
+    """Judge the scene's changes (``seen``: ``sightings``'s), queue the events' webhooks, store the date's
+    settlement layer (``settlements``: ``settlement_polygons``'s, when the area has a classifier) and
+    record the date's indicators, in one transaction that also marks the scene processed. Returns the
+    ``(alert id, event)`` pairs (evidence chips are rendered when first asked for, see
+    ``monitor.alerts.evidence``).
 
     A date on which more than ``max_change_share`` of the area's clear land changed is marked
     ``suspect`` instead: nothing is judged, no indicator recorded, and it is never the baseline of a
@@ -305,7 +312,12 @@ def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlement_km
         s.flush()
         events = change.judge(s, area, scene, settings, metrics=metrics, segmented=segmented, sightings=seen)
         announce(s, events)
-        change.record_indicators(s, area, scene, settlement_km2=settlement_km2, metrics=metrics)
+        layer = None
+        if settlements is not None:
+            polys = [(shapely.from_wkb(w), p) for w, p in settlements["polygons"]]
+            layer = change.store_settlements(s, area, scene, polys, settlements["crs"], settlements["version"])
+        change.record_indicators(s, area, scene, settlement_km2=layer.km2 if layer else None, metrics=metrics,
+                                 settlement_carried_km2=layer.carried_km2 if layer else None)
     return [(alert.id, str(event)) for alert, event in events]
 
 
@@ -334,11 +346,13 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
                 summary["changes"] = diff_scene(engine, scene_id, settings, metrics)
         _check(stop)
         with rec.step("judge"):
-            events = judge_scene(engine, scene_id, settings, inferred["settlement_km2"], metrics,
+            events = judge_scene(engine, scene_id, settings, inferred["settlements"], metrics,
                                  segmented=ModelKind.SEGMENTER in inferred["probabilities"],
                                  seen=sightings(engine, scene_id, inferred["persistence"]))
             summary["alerts"] = sum(1 for _a, ev in events if ev in (AlertEvent.CREATED, AlertEvent.ESCALATED))
-            summary["settlement_km2"] = inferred["settlement_km2"]
+            with transaction(engine) as s:
+                summary["settlement_km2"] = s.scalar(select(Indicator.settlement_km2).where(
+                    Indicator.scene_id == scene_id))
     except BaseException as e:
         rec.finish(error=_reason(e), interrupted=isinstance(e, (Stopped, KeyboardInterrupt, SystemExit)))
         raise
@@ -466,6 +480,7 @@ def _gauges(engine: Engine, area_id: int, name: str, metrics: Metrics) -> None:
                 metrics.built_km2.labels(name).set(ind.built_km2)
             if ind.settlement_km2 is not None:
                 metrics.settlement_km2.labels(name).set(ind.settlement_km2)
+                metrics.settlement_carried_km2.labels(name).set(ind.settlement_carried_km2 or 0.0)
         metrics.open_alerts.labels(name).set(queries.count_open_alerts(s, area_id))
 
 

@@ -258,8 +258,7 @@ def make_world(root: Path, seed: int = 7) -> World:
         _write(world.scenes[date], img, "uint16", nodata=0, descriptions=BANDS,
                tags={"TIFFTAG_DATETIME": date.strftime("%Y:%m:%d 10:30:00")})
         _write(world.masks[date], mask[None].astype(np.uint8), "uint8", descriptions=["buildings"])
-        settlement = shapely.union_all([b.geom.buffer(12) for b in buildings
-                                        if b.kind == "informal" and b.appears <= date]).buffer(-6)
+        settlement = _settlement(buildings, date)
         present = [b for b in buildings if b.appears <= date]
         _geojson(world.buildings[date], [b.geom for b in present], [{"kind": b.kind} for b in present])
         _geojson(world.settlements[date], [settlement], [{"class": "informal settlement", "date": date.isoformat()}])
@@ -267,11 +266,19 @@ def make_world(root: Path, seed: int = 7) -> World:
     return world
 
 
+def _settlement(buildings: list[Building], date: dt.date) -> shapely.Geometry:
+    """The informal settlement's extent on a date: its buildings, 12 m around them closed, 6 m kept."""
+    return shapely.union_all([b.geom.buffer(12) for b in buildings
+                              if b.kind == "informal" and b.appears <= date]).buffer(-6)
+
+
 def _truth(buildings: list[Building], parcels) -> dict:
-    """What a correct run should find: unpermitted new buildings per date and parcel."""
-    out: dict[str, list] = {}
+    """What a correct run should find: new buildings (permitted or not) per date and parcel, and the
+    informal settlement's km2 per date."""
+    out: dict = {}
     for b in buildings:
         if b.kind in ("new_permitted", "new_unpermitted"):
             out.setdefault(b.kind, []).append({"parcel": b.parcel, "date": b.appears.isoformat(),
                                                "area_m2": round(b.geom.area, 1)})
+    out["settlement_km2"] = {d.isoformat(): round(_settlement(buildings, d).area / 1e6, 4) for d in DATES}
     return out

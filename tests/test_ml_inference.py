@@ -146,6 +146,12 @@ def test_classify_tiles_gives_one_cell_per_tile(tmp_path):
     coarse = write_scene(tmp_path / "c.tif", a, transform=Affine(2.0, 0, 733000.0, 0, -2.0, 3725000.0), nodata=0)
     grid2, t2 = classify_tiles(model, coarse)
     assert grid2.shape == (7, 5) and t2.a == 32.0
+    # overlapping tiles: one every half tile, each the same 32 x 32 pixels a side-by-side grid reads
+    half, t3 = classify_tiles(model, scene, span=2)
+    assert half.shape == (7, 5) and t3 == transform @ Affine.scale(0.5)
+    assert half[0, 0] == pytest.approx(grid[0, 0], abs=1e-5) and half[2, 0] == pytest.approx(grid[1, 0], abs=1e-5)
+    second = model(model.normalize(a[None, 48:80, 16:48].astype(np.float32)))[0]
+    assert half[3, 1] == pytest.approx(second, abs=1e-5)
 
 
 def test_saved_and_loaded_model_predicts_the_same(tmp_path):

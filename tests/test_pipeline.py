@@ -209,6 +209,15 @@ def test_demo_command(cli, roof_model, tmp_path):
     assert (home / "demo" / "models" / "classifier" / "model.json").exists()
     settlement = [float(row[5]) for row in summary["dates"]]
     assert all(s > 0 for s in settlement)
+    # the measured settlement km2 beside the world's truth, and the settlement layer of every date
+    assert "truth km2" in result.stdout and "settlement km2 against the world's truth" in result.stdout
+    for day in summary["settlement"]:
+        layer = json.loads(cli("settlements", "list", "--area", "demo", "--date", day["date"], "--format",
+                               "json").stdout)
+        assert sum(p["area_m2"] for p in layer) / 1e6 == pytest.approx(day["km2"], abs=1e-3)
+        assert sum(p["carried_m2"] for p in layer) / 1e6 == pytest.approx(day["carried_km2"], abs=1e-3)
+    growth = json.loads(cli("settlements", "growth", "--area", "demo", "--json").stdout)
+    assert sum(g["change_km2"] for g in growth) > 0  # the settlement grows from the first date to the last
 
 
 @pytest.fixture(scope="session")

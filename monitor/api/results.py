@@ -15,6 +15,7 @@ from monitor.alerts import lifecycle
 from monitor.alerts.export import FORMATS, alerts_file
 from monitor.api.deps import NO_NUL, BboxQuery, BigId, ExternalId, Limit, Name, Offset, Reader, Writer, tx
 from monitor.api.evidence import sign_evidence
+from monitor.change import settlements
 from monitor.db.tables import Alert, Area, Run, Scene
 from monitor.domain import AlertStatus, RunStatus, SceneStatus, parse_bbox, values
 from monitor.errors import BadInput, NotFound
@@ -120,6 +121,26 @@ def parcel_history(request: Request, area: Name, external_id: ExternalId, _: Rea
     with tx(request) as s:
         get_area(s, area)
         return history.parcel_history(s, external_id, area)
+
+
+# --- settlements
+
+@router.get("/areas/{area}/settlements", tags=["history"],
+            summary="An area's informal-settlement layer of a date as a GeoJSON FeatureCollection")
+def list_settlements(request: Request, area: Name, _: Reader,
+                     date: Annotated[dt.date | None, Query(description="The layer's date (YYYY-MM-DD); "
+                                                           "default: the newest.")] = None) -> dict:
+    with tx(request) as s:
+        a = get_area(s, area)
+        _day, rows = settlements.list_settlements(s, a, date)
+        return settlements.to_geojson(a, rows)
+
+
+@router.get("/areas/{area}/settlements/growth", tags=["history"],
+            summary="Settlements that appeared, grew or shrank between consecutive dates")
+def settlement_growth(request: Request, area: Name, _: Reader) -> list[dict]:
+    with tx(request) as s:
+        return settlements.growth(s, get_area(s, area))
 
 
 # --- scenes and runs

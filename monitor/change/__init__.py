@@ -4,6 +4,7 @@
 - ``diff``: this date's detections minus those of earlier dates, in PostGIS;
 - ``judge``: changes x parcels x permits -> verdicts and alert events;
 - ``indicators``: built-up and settlement km2 of a date;
+- ``settlements``: the settlement layer of a date (cloudy parts carried over) and its growth;
 - ``imports``: a raster made elsewhere run through the same path.
 
 Geometries are stored in EPSG:4326 and every length and area is computed in the area's UTM zone.
@@ -18,6 +19,7 @@ from monitor.change.diff import diff, suspect_reason
 from monitor.change.imports import Imported, import_detections
 from monitor.change.indicators import record_indicators
 from monitor.change.judge import Event, judge
+from monitor.change.settlements import store_settlements
 
 __all__ = ["Event", "Imported", "diff", "suspect_reason", "import_detections", "judge", "record_indicators", "store_change_polygons",
-           "store_detections"]
+           "store_detections", "store_settlements"]

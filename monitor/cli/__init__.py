@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from monitor import __version__
-from monitor.cli import access, areas, daemon, db, ml, pipeline_cmd, results, scenes, settings_cmd
+from monitor.cli import access, areas, daemon, db, ml, pipeline_cmd, results, scenes, settings_cmd, settlements
 from monitor.cli.common import State, new_app, setup_logging
 from monitor.settings import Settings
 
@@ -41,6 +41,7 @@ app.add_typer(results.detections, name="detections")
 app.command("process")(pipeline_cmd.process)
 app.add_typer(results.alerts, name="alerts")
 app.add_typer(results.history, name="history")
+app.add_typer(settlements.app, name="settlements")
 app.command("run")(daemon.run)
 app.add_typer(access.tokens, name="tokens")
 app.add_typer(access.subscriptions, name="subscriptions")

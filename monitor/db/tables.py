@@ -254,7 +254,29 @@ class Indicator(Base):
     observed_on: Mapped[dt.date] = mapped_column(Date)
     built_km2: Mapped[float | None] = mapped_column(Float)
     settlement_km2: Mapped[float | None] = mapped_column(Float)
+    # the part of settlement_km2 carried over from earlier dates where this one is cloudy
+    settlement_carried_km2: Mapped[float | None] = mapped_column(Float)
     clear_fraction: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = _created()
+
+
+class Settlement(Base):
+    """An informal settlement of an area on a date: the classifier's polygon on the clear part of
+    the date's scene, joined with the last clear observation's polygons where the date is cloudy
+    (``carried_m2`` of ``area_m2`` comes from those)."""
+
+    __tablename__ = "settlements"
+    __table_args__ = (Index("ix_settlements_area_date", "area_id", "observed_on"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"))
+    scene_id: Mapped[int | None] = mapped_column(ForeignKey("scenes.id", ondelete="CASCADE"), index=True)
+    observed_on: Mapped[dt.date] = mapped_column(Date)
+    geom = _geom()
+    area_m2: Mapped[float] = mapped_column(Float)
+    carried_m2: Mapped[float] = mapped_column(Float, server_default=text("0"))
+    probability: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _created()
 
 

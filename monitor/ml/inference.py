@@ -274,15 +274,19 @@ def raster_threshold(model: LoadedModel, raster: Path) -> float:
     return model.threshold_for(p, p != NODATA)
 
 
-def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid: float = 0.5,
+def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 32, min_valid: float = 0.5, span: int = 1,
                    progress: bool = False) -> tuple[np.ndarray, Affine]:
-    """Settlement probability of every tile of ``scene``: a (rows, cols) float32 grid and its transform.
+    """Settlement probability of tiles of ``scene``: a (rows, cols) float32 grid and its transform.
 
-    A cell covers ``tile`` model pixels; when the model records its training resolution and the scene's
-    differs, a cell covers the same ground as a training tile and is resampled to the model's input.
-    Cells run past the scene's right and bottom edges; a cell with less than ``min_valid`` of its
-    pixels holding data is NaN.
+    A tile covers ``tile`` model pixels; when the model records its training resolution and the scene's
+    differs, a tile covers the same ground as a training tile and is resampled to the model's input.
+    Tiles start every 1/``span`` of a tile: cell ``(r, c)`` of the grid holds the tile whose top-left
+    corner is the cell's, and a tile covers ``span`` x ``span`` cells (``span`` 1: side by side, 2:
+    each overlapping its neighbours by half). Tiles run past the scene's right and bottom edges; a
+    tile with less than ``min_valid`` of its pixels holding data is NaN.
     """
+    if span < 1:
+        raise BadInput(f"span must be at least 1, not {span}", field="span")
     if model.kind != ModelKind.CLASSIFIER:
         raise ModelError(f"{model.path}: classify_tiles needs a classifier, not a {model.kind} model")
     tile = model.tile
@@ -290,11 +294,12 @@ def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid
         ix = band_indexes(src, model.bands)
         stats = _raster_stats([src], [ix]) if model.per_image else None
         have, want = pixel_size_m(src), model.meta.get("resolution_m")
-        step = max(1, int(round(tile * want / have))) if have and want else tile
-        ny, nx = math.ceil(src.height / step), math.ceil(src.width / step)
+        ground = tile * want / have if have and want else tile  # scene pixels of a tile's side
+        stride = max(1, int(round(ground / span)))
+        step = stride * span
+        ny, nx = math.ceil(src.height / stride), math.ceil(src.width / stride)
         grid = np.full((ny, nx), np.nan, np.float32)
-        cells = [(r, c) for r in range(ny) for c in range(nx)]
-        bar = tqdm(total=len(cells), unit="tile", disable=not progress, desc="classify")
+        bar = tqdm(total=ny * nx, unit="tile", disable=not progress, desc="classify")
         pending: list[tuple[tuple[int, int], np.ndarray]] = []
 
         def run() -> None:
@@ -304,26 +309,30 @@ def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 8, min_valid
             bar.update(len(pending))
             pending.clear()
 
-        for r, c in cells:
-            win = Window(c * step, r * step, step, step)
-            d = src.read(ix, window=win, out_shape=(len(ix), tile, tile), boundless=True,
-                         fill_value=src.nodata if src.nodata is not None else 0,
+        # one read per row of tiles: a strip a tile high, resampled to the model's pixels
+        strip_px = (nx - 1) * stride + step
+        scale = tile / step
+        strip_w = int(round((nx - 1) * stride * scale)) + tile  # the last tile's offset, plus a tile
+        inside_w = min(strip_w, int(round(src.width * scale)))
+        for r in range(ny):
+            d = src.read(ix, window=Window(0, r * stride, strip_px, step), out_shape=(len(ix), tile, strip_w),
+                         boundless=True, fill_value=src.nodata if src.nodata is not None else 0,
                          resampling=rasterio.enums.Resampling.bilinear)
-            inside = np.zeros((tile, tile), bool)
-            h = min(tile, int(round((src.height - r * step) * tile / step)))
-            w = min(tile, int(round((src.width - c * step) * tile / step)))
-            inside[:h, :w] = True
+            inside = np.zeros((tile, strip_w), bool)
+            inside[:min(tile, int(round((src.height - r * stride) * scale))), :inside_w] = True
             valid = valid_mask(src, d) & inside
-            if valid.mean() < min_valid:
-                bar.update(1)
-                continue
             x = model.normalize(np.moveaxis(d, 0, -1), stats)
             x[~valid] = 0.0
-            pending.append(((r, c), x))
-            if len(pending) == batch:
-                run()
+            for c in range(nx):
+                ox = int(round(c * stride * scale))
+                if valid[:, ox:ox + tile].mean() < min_valid:
+                    bar.update(1)
+                    continue
+                pending.append(((r, c), x[:, ox:ox + tile]))
+                if len(pending) == batch:
+                    run()
         if pending:
             run()
         bar.close()
-        transform = src.transform @ Affine.scale(step)
+        transform = src.transform @ Affine.scale(stride)
     return grid, transform
