@@ -16,6 +16,8 @@ last month. Scored on the parcels whose centre is in ``--part`` (validation: the
 - building recall: share of the new buildings (centre in the part) that touch an alerted parcel;
 - median delay: months from a building's first label to the first alert on a parcel it touches
   (negative when the alert came before the label, which lags construction);
+- the same for the model's confirmed alerts only (still seen on a later month, so never those first
+  seen in the last month);
 - the same for the reference: change-vector magnitude between the first and the last month (each
   date standardized per band), the top 1 % of the tile's pixels, a 3-pixel median filter.
 """
@@ -42,7 +44,7 @@ from sqlalchemy import func, select
 from bench.common import print_table, scratch_database
 from monitor.db.engine import transaction
 from monitor.db.tables import Alert, Parcel, Scene
-from monitor.domain import ModelMeta
+from monitor.domain import Confidence, ModelMeta
 from monitor.geo import reproject
 from monitor.inventory.areas import add_area, area_spec, configure_area
 from monitor.inventory.parcels import import_parcels
@@ -168,9 +170,11 @@ def reference_alerts(truth: Truth, *, top: float = 0.01, median_px: int = 3, min
     return {n: last.month for k, n in enumerate(names) if counts[k + 1] >= min_px}
 
 
-def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path) -> tuple[dict[str, str], dict]:
+def pipeline_alerts(engine, settings, truth: Truth, model: str,
+                    work: Path) -> tuple[dict[str, str], dict[str, str], dict]:
     """Parcels alerted by the whole pipeline over the months, on ``engine`` (a migrated database):
-    parcel id -> month of its first alert, and what the pass did."""
+    parcel id -> month of its first alert, the same for the alerts confirmed (still seen on a later
+    month), and what the pass did."""
     drops = work / "drops"
     drops.mkdir(parents=True, exist_ok=True)
     for m in truth.months:
@@ -187,13 +191,15 @@ def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path) -> t
         area_id = area.id
     run = run_area(engine, area_id, settings, progress=True)
     with transaction(engine) as s:
-        rows = s.execute(select(Parcel.external_id, func.min(Alert.first_seen))
+        rows = s.execute(select(Parcel.external_id, func.min(Alert.first_seen),
+                                func.bool_or(Alert.confidence == str(Confidence.CONFIRMED)))
                          .join(Alert, Alert.parcel_id == Parcel.id).where(Alert.area_id == area_id)
                          .group_by(Parcel.external_id)).all()
         scenes = s.scalar(select(func.count()).select_from(Scene).where(Scene.area_id == area_id))
     last = truth.months[-1].month
-    alerts = {pid: f"{d:%Y-%m}" for pid, d in rows if f"{d:%Y-%m}" <= last}
-    return alerts, {"scenes": scenes, "processed": run["processed"], "errors": run["errors"][:5]}
+    alerts = {pid: f"{d:%Y-%m}" for pid, d, _ in rows if f"{d:%Y-%m}" <= last}
+    confirmed = {pid: f"{d:%Y-%m}" for pid, d, ok in rows if ok and f"{d:%Y-%m}" <= last}
+    return alerts, confirmed, {"scenes": scenes, "processed": run["processed"], "errors": run["errors"][:5]}
 
 
 def bench_settings(home: Path, min_px: int):
@@ -222,11 +228,14 @@ def main(args: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
             work = a.out or Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
-            alerts, run = pipeline_alerts(engine, bench_settings(work / "home", a.min_px), truth, a.model, work)
+            alerts, confirmed, run = pipeline_alerts(engine, bench_settings(work / "home", a.min_px), truth,
+                                                     a.model, work)
         result["model"] = {"spec": a.model, **score(truth.parcels, truth.buildings, alerts, **common), "run": run}
+        result["model_confirmed"] = score(truth.parcels, truth.buildings, confirmed, **common)
     rows = [[name, r["precision"], r["recall"], r["building_recall"], r["false_alerts_per_km2"],
              r["median_delay_months"], r["alerted"], r["changed"]]
-            for name, r in (("reference", result["reference"]), ("model", result.get("model"))) if r]
+            for name, r in (("reference", result["reference"]), ("model", result.get("model")),
+                            ("model, confirmed alerts", result.get("model_confirmed"))) if r]
     print_table(rows, ["", "precision", "recall", "building recall", "false/km2", "median delay", "alerted",
                        "changed"])
     print(json.dumps(result))
