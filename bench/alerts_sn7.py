@@ -1,6 +1,6 @@
 """Parcel alerts on a SpaceNet 7 tile, against its labelled new buildings, beside an untrained reference.
 
-    .venv/bin/python -m bench alerts_sn7 --data TILE_DIR [--model SPEC] [--grid-m 25] [--part validation|train|all]
+    .venv/bin/python -m bench alerts_sn7 [--data TILE_DIR] [--model SPEC] [--grid-m 25] [--part validation|train|all]
         [--months 2018-01,2018-07,2020-01] [--out DIR]
 
 A fresh database; the area is the tile's footprint, watched through the ``local`` provider with the
@@ -61,6 +61,8 @@ from monitor.ml.spacenet7 import (
 from monitor.pipeline import run_area
 from monitor.settings import Settings
 
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TILES = ROOT.parent / "shared" / "data" / "spacenet7"
 RESOLUTION_M = 4.0
 VAL_FRACTION = 0.2
 
@@ -210,7 +212,8 @@ def bench_settings(home: Path, min_px: int):
 
 def main(args: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench.alerts_sn7", description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True, help="SpaceNet 7 tile folder (images/, labels/)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="SpaceNet 7 tile folder (images/, labels/); default: the first under ../shared/data/spacenet7")
     p.add_argument("--model", default=None, help="model directory (segmenter or change); none: the reference only")
     p.add_argument("--grid-m", type=float, default=25.0, help="parcel grid cell, metres")
     p.add_argument("--part", choices=("validation", "train", "all"), default="validation",
@@ -219,6 +222,11 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--min-px", type=int, default=3, help="4 m pixels that make a parcel changed or alerted")
     p.add_argument("--out", type=Path, default=None, help="keep the work folder here")
     a = p.parse_args(args or [])
+    if a.data is None:
+        found = sorted(d for d in SHARED_TILES.glob("*") if (d / "images").is_dir()) if SHARED_TILES.is_dir() else []
+        if not found:
+            raise SystemExit(f"no tile folder under {SHARED_TILES}: give one with --data")
+        a.data = found[0]
     truth = Truth(a.data, a.grid_m, a.part, a.months.split(",") if a.months else None)
     common = {"min_px": a.min_px, "area_km2": truth.area_km2}
     result: dict = {"tile": a.data.name, "part": a.part, "grid_m": a.grid_m,
