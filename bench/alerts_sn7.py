@@ -1,6 +1,6 @@
 """Parcel alerts on a SpaceNet 7 tile, against its labelled new buildings, beside an untrained reference.
 
-    .venv/bin/python -m bench alerts_sn7 --data TILE_DIR [--model SPEC] [--grid-m 25] [--part validation|train|all]
+    .venv/bin/python -m bench alerts_sn7 [--data TILE_DIR] [--model SPEC] [--grid-m 25] [--part validation|train|all]
         [--months 2018-01,2018-07,2020-01] [--out DIR]
 
 A fresh database; the area is the tile's footprint, watched through the ``local`` provider with the
@@ -16,6 +16,8 @@ last month. Scored on the parcels whose centre is in ``--part`` (validation: the
 - building recall: share of the new buildings (centre in the part) that touch an alerted parcel;
 - median delay: months from a building's first label to the first alert on a parcel it touches
   (negative when the alert came before the label, which lags construction);
+- the same for the model's confirmed alerts only (still seen on a later month, so never those first
+  seen in the last month);
 - the same for the reference: change-vector magnitude between the first and the last month (each
   date standardized per band), the top 1 % of the tile's pixels, a 3-pixel median filter.
 """
@@ -42,7 +44,7 @@ from sqlalchemy import func, select
 from bench.common import print_table, scratch_database
 from monitor.db.engine import transaction
 from monitor.db.tables import Alert, Parcel, Scene
-from monitor.domain import ModelMeta
+from monitor.domain import Confidence, ModelMeta
 from monitor.geo import reproject
 from monitor.inventory.areas import add_area, area_spec, configure_area
 from monitor.inventory.parcels import import_parcels
@@ -59,6 +61,8 @@ from monitor.ml.spacenet7 import (
 from monitor.pipeline import run_area
 from monitor.settings import Settings
 
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TILES = ROOT.parent / "shared" / "data" / "spacenet7"
 RESOLUTION_M = 4.0
 VAL_FRACTION = 0.2
 
@@ -168,9 +172,11 @@ def reference_alerts(truth: Truth, *, top: float = 0.01, median_px: int = 3, min
     return {n: last.month for k, n in enumerate(names) if counts[k + 1] >= min_px}
 
 
-def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path) -> tuple[dict[str, str], dict]:
+def pipeline_alerts(engine, settings, truth: Truth, model: str,
+                    work: Path) -> tuple[dict[str, str], dict[str, str], dict]:
     """Parcels alerted by the whole pipeline over the months, on ``engine`` (a migrated database):
-    parcel id -> month of its first alert, and what the pass did."""
+    parcel id -> month of its first alert, the same for the alerts confirmed (still seen on a later
+    month), and what the pass did."""
     drops = work / "drops"
     drops.mkdir(parents=True, exist_ok=True)
     for m in truth.months:
@@ -187,13 +193,15 @@ def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path) -> t
         area_id = area.id
     run = run_area(engine, area_id, settings, progress=True)
     with transaction(engine) as s:
-        rows = s.execute(select(Parcel.external_id, func.min(Alert.first_seen))
+        rows = s.execute(select(Parcel.external_id, func.min(Alert.first_seen),
+                                func.bool_or(Alert.confidence == str(Confidence.CONFIRMED)))
                          .join(Alert, Alert.parcel_id == Parcel.id).where(Alert.area_id == area_id)
                          .group_by(Parcel.external_id)).all()
         scenes = s.scalar(select(func.count()).select_from(Scene).where(Scene.area_id == area_id))
     last = truth.months[-1].month
-    alerts = {pid: f"{d:%Y-%m}" for pid, d in rows if f"{d:%Y-%m}" <= last}
-    return alerts, {"scenes": scenes, "processed": run["processed"], "errors": run["errors"][:5]}
+    alerts = {pid: f"{d:%Y-%m}" for pid, d, _ in rows if f"{d:%Y-%m}" <= last}
+    confirmed = {pid: f"{d:%Y-%m}" for pid, d, ok in rows if ok and f"{d:%Y-%m}" <= last}
+    return alerts, confirmed, {"scenes": scenes, "processed": run["processed"], "errors": run["errors"][:5]}
 
 
 def bench_settings(home: Path, min_px: int):
@@ -204,7 +212,8 @@ def bench_settings(home: Path, min_px: int):
 
 def main(args: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench.alerts_sn7", description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True, help="SpaceNet 7 tile folder (images/, labels/)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="SpaceNet 7 tile folder (images/, labels/); default: the first under ../shared/data/spacenet7")
     p.add_argument("--model", default=None, help="model directory (segmenter or change); none: the reference only")
     p.add_argument("--grid-m", type=float, default=25.0, help="parcel grid cell, metres")
     p.add_argument("--part", choices=("validation", "train", "all"), default="validation",
@@ -213,6 +222,11 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--min-px", type=int, default=3, help="4 m pixels that make a parcel changed or alerted")
     p.add_argument("--out", type=Path, default=None, help="keep the work folder here")
     a = p.parse_args(args or [])
+    if a.data is None:
+        found = sorted(d for d in SHARED_TILES.glob("*") if (d / "images").is_dir()) if SHARED_TILES.is_dir() else []
+        if not found:
+            raise SystemExit(f"no tile folder under {SHARED_TILES}: give one with --data")
+        a.data = found[0]
     truth = Truth(a.data, a.grid_m, a.part, a.months.split(",") if a.months else None)
     common = {"min_px": a.min_px, "area_km2": truth.area_km2}
     result: dict = {"tile": a.data.name, "part": a.part, "grid_m": a.grid_m,
@@ -222,11 +236,14 @@ def main(args: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
             work = a.out or Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
-            alerts, run = pipeline_alerts(engine, bench_settings(work / "home", a.min_px), truth, a.model, work)
+            alerts, confirmed, run = pipeline_alerts(engine, bench_settings(work / "home", a.min_px), truth,
+                                                     a.model, work)
         result["model"] = {"spec": a.model, **score(truth.parcels, truth.buildings, alerts, **common), "run": run}
+        result["model_confirmed"] = score(truth.parcels, truth.buildings, confirmed, **common)
     rows = [[name, r["precision"], r["recall"], r["building_recall"], r["false_alerts_per_km2"],
              r["median_delay_months"], r["alerted"], r["changed"]]
-            for name, r in (("reference", result["reference"]), ("model", result.get("model"))) if r]
+            for name, r in (("reference", result["reference"]), ("model", result.get("model")),
+                            ("model, confirmed alerts", result.get("model_confirmed"))) if r]
     print_table(rows, ["", "precision", "recall", "building recall", "false/km2", "median delay", "alerted",
                        "changed"])
     print(json.dumps(result))

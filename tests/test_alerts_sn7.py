@@ -64,7 +64,7 @@ def test_pipeline_over_three_months_of_a_crop(shared_data, engine, db_url, tmp_p
     assert [m.month for m in truth.months] == months
     assert truth.grid.epsg == 32611 and truth.parcels and truth.buildings
     settings = bench_settings(tmp_path / "home", 3).model_copy(update={"database_url": db_url})
-    alerts, run = pipeline_alerts(engine, settings, truth, str(rgb_rule_model), tmp_path / "work")
+    alerts, confirmed, run = pipeline_alerts(engine, settings, truth, str(rgb_rule_model), tmp_path / "work")
     assert run == {"scenes": 3, "processed": 3, "errors": []}
     with transaction(engine) as s:
         scenes = s.scalars(select(Scene).order_by(Scene.acquired_at)).all()
@@ -82,5 +82,6 @@ def test_pipeline_over_three_months_of_a_crop(shared_data, engine, db_url, tmp_p
     r = score(truth.parcels, truth.buildings, alerts, min_px=3, area_km2=truth.area_km2)
     assert r["alerted"] == len(alerts) > 0 and 0 <= r["precision"] <= 1 and r["changed"] > 0
     assert set(alerts.values()) <= {"2018-07", "2020-01"}  # the first month is the baseline
+    assert set(confirmed) <= set(alerts) and set(confirmed.values()) <= {"2018-07"}  # seen again in 2020-01
     ref = score(truth.parcels, truth.buildings, reference_alerts(truth), min_px=3, area_km2=truth.area_km2)
     assert ref["alerted"] > 0 and ref["parcels"] == len(truth.cells)
