@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from distributed import Client, get_worker
 from sqlalchemy import Engine, create_engine
 
+from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.settings import Settings
 
@@ -127,5 +128,10 @@ def executor(engine: Engine, settings: Settings, metrics: Metrics) -> Iterator[E
     if not settings.dask_scheduler:
         yield InProcess(engine)
         return
-    with Client(settings.dask_scheduler, timeout=settings.dask_connect_timeout_s, set_as_default=False) as client:
+    try:
+        client = Client(settings.dask_scheduler, timeout=settings.dask_connect_timeout_s, set_as_default=False)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot reach the Dask scheduler MONITOR_DASK_SCHEDULER={settings.dask_scheduler}: "
+                          f"{e}") from e
+    with client:
         yield OnCluster(client, engine, metrics, settings.dask_retries)

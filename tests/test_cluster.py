@@ -4,6 +4,7 @@ middle of an inference, with the runs recorded and the tasks counted per step.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -97,16 +98,18 @@ def test_a_worker_killed_during_inference_changes_nothing(dask_cluster, dask_cli
 
 
 @pytest.mark.slow
-def test_cluster_pass_gives_the_alerts_of_an_in_process_one(dask_cluster, dask_client, reference, engine, settings,
-                                                            world, roof_model, tmp_path):  # noqa: F811
-    area_id = _area_with_drops(engine, world, roof_model, tmp_path, DATES, parcels=True)
-    on_cluster = settings.model_copy(update={"dask_scheduler": dask_cluster.scheduler_address})
-    metrics = Metrics()
-    summary = run_area(engine, area_id, on_cluster, metrics)
+def test_monitor_process_on_the_cluster_gives_the_alerts_of_an_in_process_pass(dask_cluster, dask_client, reference,
+                                                                              cli, engine, world, roof_model,
+                                                                              tmp_path):  # noqa: F811
+    _area_with_drops(engine, world, roof_model, tmp_path, DATES, parcels=True)
+    out = cli("process", "--area", "demo", "--quiet", env={"MONITOR_DASK_SCHEDULER": dask_cluster.scheduler_address})
+    summary = json.loads(out.stdout)
     assert summary["processed"] == 4 and summary["errors"] == []
     assert (_alerts(engine), _counts(engine)) == reference
     assert _runs(engine) == {"succeeded": 5}
-    assert _sample(metrics, "monitor_step_duration_seconds_count", step="infer") == 4
+    with engine.connect() as conn:
+        steps = conn.execute(sa.text("SELECT steps FROM runs WHERE scene_id IS NOT NULL")).scalars().all()
+    assert all(set(s) == {"infer", "vectorize", "diff", "judge"} for s in steps)
     # the steps ran on the workers, which loaded the model once each and kept it
     from monitor.ml import modelstore
 
@@ -138,3 +141,17 @@ def test_a_step_failing_on_the_cluster_is_retried_then_counted(dask_cluster, das
 def _count_rows(engine, table: str) -> int:
     with engine.connect() as conn:
         return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
+
+
+def test_an_unreachable_scheduler_is_a_config_error(cli, engine, world, roof_model, tmp_path):  # noqa: F811
+    import socket
+
+    _area_with_drops(engine, world, roof_model, tmp_path, DATES[:1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = cli("process", "--area", "demo", "--quiet", expect=2,
+              env={"MONITOR_DASK_SCHEDULER": f"tcp://127.0.0.1:{port}", "MONITOR_DASK_CONNECT_TIMEOUT_S": "1"})
+    assert f"MONITOR_DASK_SCHEDULER=tcp://127.0.0.1:{port}" in out.stderr
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 0
