@@ -155,3 +155,51 @@ def test_an_unreachable_scheduler_is_a_config_error(cli, engine, world, roof_mod
     assert f"MONITOR_DASK_SCHEDULER=tcp://127.0.0.1:{port}" in out.stderr
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 0
+
+
+def _named_area(engine, name: str, world, model, drops) -> int:  # noqa: F811
+    import shutil
+
+    from monitor.db.engine import transaction
+    from monitor.domain import AreaSpec
+    from monitor.inventory.areas import add_area, configure_area
+
+    drops.mkdir()
+    for date in DATES:
+        shutil.copy2(world.scenes[date], drops)
+    with transaction(engine) as s:
+        spec = AreaSpec.parse(name, cadence="1d", providers="local", max_cloud=40, sources={"local": str(drops)},
+                              resolution_m=2.0)
+        area = add_area(s, spec, world.area)
+        configure_area(s, name, models={"segmenter": str(model)})
+        return area.id
+
+
+@pytest.mark.slow
+def test_two_areas_run_at_once_on_two_workers(dask_cluster, dask_client, engine, settings, world, roof_model,
+                                              tmp_path):  # noqa: F811
+    from distributed import get_task_stream
+
+    areas = [_named_area(engine, name, world, roof_model, tmp_path / name) for name in ("north", "south")]
+    on_cluster = settings.model_copy(update={"dask_scheduler": dask_cluster.scheduler_address})
+    results: dict[int, dict] = {}
+
+    def one(area_id: int) -> None:
+        results[area_id] = run_area(engine, area_id, on_cluster, Metrics())
+
+    with get_task_stream(dask_client) as stream:
+        threads = [threading.Thread(target=one, args=(a,)) for a in areas]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(240)
+    assert all(results[a]["processed"] == 4 and results[a]["errors"] == [] for a in areas)
+    spans = [(ss["start"], ss["stop"], task["worker"]) for task in stream.data for ss in task["startstops"]
+             if ss["action"] == "compute"]
+    assert len({w for _s, _e, w in spans}) == 2, "both workers ran steps"
+    overlapping = [(a, b) for a in spans for b in spans if a[2] != b[2] and a[0] < b[1] and b[0] < a[1]]
+    assert overlapping, "steps of the two areas ran at the same time on the two workers"
+    with engine.connect() as conn:
+        per_area = dict(conn.execute(sa.text(
+            "SELECT area_id, count(*) FROM scenes WHERE status = 'processed' GROUP BY area_id")).all())
+    assert per_area == {a: 4 for a in areas}
