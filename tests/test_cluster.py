@@ -118,7 +118,7 @@ def test_monitor_process_on_the_cluster_gives_the_alerts_of_an_in_process_pass(d
     assert all(v == [str(roof_model.resolve())] for v in loaded.values() if v)
 
 
-def test_a_step_failing_on_the_cluster_is_retried_then_counted(dask_cluster, dask_client, engine, settings):
+def test_step_tasks_are_counted_by_state_and_failures_after_retries(dask_cluster, dask_client, engine, settings):
     from monitor.cluster import executor
 
     calls = []
@@ -131,11 +131,25 @@ def test_a_step_failing_on_the_cluster_is_retried_then_counted(dask_cluster, das
     metrics = Metrics()
     with executor(engine, on_cluster, metrics) as ex:
         assert ex.call("diff", _count_rows, "parcels") == 0
+        # a task is counted queued, then running once a worker starts it, then neither
+        waiting = threading.Thread(target=ex.call, args=("vectorize", _sleep, 3))
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while _sample(metrics, "monitor_cluster_tasks", step="vectorize", state="running") != 1:
+            assert time.monotonic() < deadline, "the task was never counted running"
+            time.sleep(0.05)
+        assert _sample(metrics, "monitor_cluster_tasks", step="vectorize", state="queued") == 0
+        waiting.join(30)
+        assert _sample(metrics, "monitor_cluster_tasks", step="vectorize", state="running") == 0
         with pytest.raises(RuntimeError, match="step failed on 3"):
             ex.call("judge", failing, 3)
     assert calls == []  # it ran on the workers, not here
     assert _sample(metrics, "monitor_cluster_task_failures_total", step="judge") == 1
     assert _sample(metrics, "monitor_cluster_task_failures_total", step="diff") == 0
+
+
+def _sleep(engine, seconds: float) -> None:
+    time.sleep(seconds)
 
 
 def _count_rows(engine, table: str) -> int:
