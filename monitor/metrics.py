@@ -72,6 +72,11 @@ class Metrics:
         self.scheduler_leader = Gauge("monitor_scheduler_leader", "1 when this process schedules, else 0",
                                       registry=r)
         self.scheduled_areas = Gauge("monitor_scheduled_areas", "Areas with a scheduled job", registry=r)
+        # Dask cluster (MONITOR_DASK_SCHEDULER)
+        self.cluster_tasks = Gauge("monitor_cluster_tasks", "Tasks of pipeline steps on the Dask cluster, by state "
+                                   "(queued, running)", ["step", "state"], registry=r)
+        self.cluster_task_failures = Counter("monitor_cluster_task_failures_total", "Tasks of pipeline steps that "
+                                             "failed on the Dask cluster after their retries", ["step"], registry=r)
 
 
 _default: Metrics | None = None

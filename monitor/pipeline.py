@@ -29,8 +29,9 @@ from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from monitor import change
+from monitor import change, cluster
 from monitor.alerts.webhooks import deliver_pending, enqueue
+from monitor.cluster import Executor, InProcess
 from monitor.db import queries
 from monitor.db.engine import transaction
 from monitor.db.tables import Alert, Area, Indicator, Model, Run, Scene
@@ -322,8 +323,9 @@ def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlements: 
 
 
 def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metrics,
-                  stop: threading.Event | None = None) -> dict:
-    """infer -> vectorize -> diff -> judge for one prepared scene, recorded as a run; returns a summary."""
+                  stop: threading.Event | None = None, executor: Executor | None = None) -> dict:
+    """infer -> vectorize -> diff -> judge for one prepared scene, recorded as a run; returns a summary.
+    Each step runs through ``executor`` (default: in this process)."""
     with transaction(engine) as s:
         scene, area = queries.scene_and_area(s, scene_id)
         dirs = area_model_dirs(s, area, settings)
@@ -332,23 +334,25 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
         raise ConfigError(f"area {area.name!r} has no segmenter or change model: set one with "
                           "`monitor areas configure NAME --segmenter-model DIR` or MONITOR_SEGMENTER_MODEL")
     versions = {k: m.version for k, m in models.items() if m is not None}
+    run = (executor or InProcess(engine)).call
     rec = Recorder(engine, area, metrics, scene_id=scene.id, model_versions=versions)
     summary: dict = {"scene": scene.id, "date": scene.acquired_at.date().isoformat(), "alerts": 0}
     try:
         with rec.step("infer"):
-            inferred = infer_scene(engine, scene_id, settings, metrics)
+            inferred = run("infer", infer_scene, scene_id, settings, metrics=metrics)
         _check(stop)
         with rec.step("vectorize"):
-            summary.update(vectorize_scene(engine, scene_id, settings, inferred["probabilities"], metrics))
+            summary.update(run("vectorize", vectorize_scene, scene_id, settings, inferred["probabilities"],
+                               metrics=metrics))
         _check(stop)
         with rec.step("diff"):
             if ModelKind.SEGMENTER in inferred["probabilities"]:
-                summary["changes"] = diff_scene(engine, scene_id, settings, metrics)
+                summary["changes"] = run("diff", diff_scene, scene_id, settings, metrics=metrics)
         _check(stop)
         with rec.step("judge"):
-            events = judge_scene(engine, scene_id, settings, inferred["settlements"], metrics,
-                                 segmented=ModelKind.SEGMENTER in inferred["probabilities"],
-                                 seen=sightings(engine, scene_id, inferred["persistence"]))
+            seen = run("judge", sightings, scene_id, inferred["persistence"])
+            events = run("judge", judge_scene, scene_id, settings, inferred["settlements"], metrics=metrics,
+                         segmented=ModelKind.SEGMENTER in inferred["probabilities"], seen=seen)
             summary["alerts"] = sum(1 for _a, ev in events if ev in (AlertEvent.CREATED, AlertEvent.ESCALATED))
             with transaction(engine) as s:
                 summary["settlement_km2"] = s.scalar(select(Indicator.settlement_km2).where(
@@ -393,7 +397,7 @@ def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics 
             with transaction(engine) as s:
                 if n := queries.interrupt_stale_runs(s, area_id):
                     log.warning("area %s: %d run(s) left running by an ended process marked interrupted", area_id, n)
-            return _run_area(engine, area_id, settings, metrics, stop, progress)
+            return _pass(engine, area_id, settings, metrics, stop, progress)
     with transaction(engine) as s:
         name = queries.row(s, Area, area_id).name
     log.info("area %s is busy: another pass over it is running; nothing done", name)
@@ -401,11 +405,18 @@ def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics 
             "alerts": 0, "errors": []}
 
 
-def _run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics | None = None,
-              stop: threading.Event | None = None, progress: bool = False) -> dict:
+def _pass(engine: Engine, area_id: int, settings: Settings, metrics: Metrics | None = None,
+          stop: threading.Event | None = None, progress: bool = False) -> dict:
     """One pass over an area: record new scenes, fetch pending ones, process prepared ones in date
-    order, then deliver pending webhooks. Per-scene failures are recorded and the pass goes on."""
+    order, then deliver pending webhooks. Per-scene failures are recorded and the pass goes on.
+    The steps of the scenes run on the Dask cluster of ``settings.dask_scheduler`` when set."""
     metrics = metrics or default_metrics()
+    with cluster.executor(engine, settings, metrics) as steps:
+        return _run_area(engine, area_id, settings, metrics, stop, progress, steps)
+
+
+def _run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics, stop: threading.Event | None,
+              progress: bool, executor: Executor) -> dict:
     with transaction(engine) as s:
         area = queries.row(s, Area, area_id)
     summary: dict = {"area": area.name, "found": 0, "fetched": 0, "skipped": 0, "failed": 0, "processed": 0,
@@ -435,7 +446,7 @@ def _run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics
         for scene_id in _progress(todo, progress, f"{area.name}: process"):
             _check(stop)
             try:
-                result = process_scene(engine, scene_id, settings, metrics, stop=stop)
+                result = process_scene(engine, scene_id, settings, metrics, stop=stop, executor=executor)
             except Stopped:
                 raise
             except Exception as e:  # one scene never stops the others

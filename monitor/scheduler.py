@@ -202,7 +202,9 @@ class Scheduler:
     def _lead(self) -> None:
         aps = _BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self.engine, tablename=JOBS_TABLE)},
-            executors={"default": ThreadPoolExecutor(1), "webhooks": ThreadPoolExecutor(1)},
+            # Areas one at a time here; with a Dask cluster, as many at once as dask_areas.
+            executors={"default": ThreadPoolExecutor(self.settings.dask_areas if self.settings.dask_scheduler else 1),
+                       "webhooks": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=dt.timezone.utc)
         _instances[self.replica] = self

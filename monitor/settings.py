@@ -147,6 +147,17 @@ class Settings(BaseSettings):
                                     "over.")
     log_level: str = Field("INFO", description="Logging level.")
 
+    # --- Dask cluster
+    dask_scheduler: str | None = Field(None, description="Address of a Dask distributed scheduler, e.g. "
+                                       "tcp://dask-scheduler:8786: the steps of each scene (infer, vectorize, diff, "
+                                       "judge) run as tasks on its workers, which need DATABASE_URL's database and "
+                                       "MONITOR_HOME at the same path. Unset: everything runs in this process.")
+    dask_retries: int = Field(2, ge=0, description="Retries of a failed step task on the cluster (tasks of a worker "
+                              "that died are rerun by Dask besides).")
+    dask_areas: int = Field(4, ge=1, description="Areas the daemon passes over at once when MONITOR_DASK_SCHEDULER "
+                            "is set (in this process: one).")
+    dask_connect_timeout_s: float = Field(30.0, description="Wait for the Dask scheduler to answer, seconds.")
+
     def min_area_m2(self, what: Literal["region", "change", "alert"], pixel_m: float) -> float:
         """The smallest region, change or alert that counts on scenes of ``pixel_m`` metre pixels:
         the setting's pixel count of such pixels, and never under its m2 floor."""
@@ -178,6 +189,7 @@ SECTIONS = {
     "segmenter_model": "Models and inference",
     "min_region_px": "Vectorize, diff and alerts",
     "api_host": "Daemon, API, metrics and webhooks",
+    "dask_scheduler": "Dask cluster",
 }
 
 

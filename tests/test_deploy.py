@@ -34,6 +34,8 @@ K8S = DEPLOY / "k8s"
 METRIC = re.compile(r"\bmonitor_[a-z0-9_]+")
 # Settings of the private cluster of `make demo`; meaningless where PostGIS runs apart.
 PRIVATE_CLUSTER = {"MONITOR_PG_PORT", "MONITOR_PG_BIN"}
+# The Dask scheduler's ports (workers and clients; dashboard and /metrics), in the project's image.
+DASK_PORTS = {8786, 8787}
 
 
 def run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -459,7 +461,8 @@ def test_k8s_manifests_match_compose_and_images(compose):
         for c in spec.get("initContainers", []) + spec["containers"]:
             where = f"{name} {c['name']}"
             assert c["image"] in compose_images, f"{where}: image {c['image']} is not built by the compose file"
-            assert {p["containerPort"] for p in c.get("ports", [])} <= exposed, where
+            ports = exposed | DASK_PORTS if name.startswith("Deployment/dask-") else exposed
+            assert {p["containerPort"] for p in c.get("ports", [])} <= ports, where
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
@@ -477,7 +480,7 @@ def test_k8s_manifests_match_compose_and_images(compose):
                     assert m["mountPath"] in daemon_mounts, f"{where}: {m['mountPath']} is not a compose volume"
             assert spec["securityContext"]["runAsNonRoot"] is True
 
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "monitor")
     pod = deployment["spec"]["template"]
     daemon_c = pod["spec"]["containers"][0]
     assert daemon_c["command"] == ["monitor", "run"]
@@ -491,7 +494,7 @@ def test_k8s_manifests_match_compose_and_images(compose):
     job = next(d for d in docs if d["kind"] == "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["monitor", "db", "upgrade"]
 
-    service = next(d for d in docs if d["kind"] == "Service")
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "monitor")
     assert service["metadata"]["name"] == "monitor", "the scrape job (and up{job=\"monitor\"}) is named after it"
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     assert service["spec"]["ports"][0]["targetPort"] == port["name"]
@@ -501,7 +504,7 @@ def test_k8s_manifests_match_compose_and_images(compose):
 
 
 def wait_for_schema_script() -> list[str]:
-    deployment = next(d for d in k8s_docs() if d["kind"] == "Deployment")
+    deployment = next(d for d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "monitor")
     init = next(c for c in deployment["spec"]["template"]["spec"]["initContainers"] if c["name"] == "wait-for-schema")
     assert init["command"][:2] == ["python3", "-c"]
     return [sys.executable, "-c", init["command"][2]]
@@ -542,3 +545,71 @@ def test_systemd_unit():
     assert svc["Restart"] == "on-failure"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     assert svc["EnvironmentFile"] in (ROOT / "docs" / "operations.md").read_text()
+
+
+# ---------------------------------------------------------------------------- Dask cluster
+
+def test_dask_cluster_in_compose_k8s_and_prometheus(compose):
+    services = compose["services"]
+    scheduler = services["dask-scheduler"]
+    assert scheduler["command"][:2] == ["dask", "scheduler"] and "8786" in scheduler["command"]
+    workers = {"dask-worker": "gpu", "dask-worker-cpu": "cpu"}
+    for name, variant in workers.items():
+        svc = services[name]
+        assert svc["image"] == services["monitor" if variant == "gpu" else "monitor-cpu"]["image"]
+        assert svc["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
+        assert ("--resources" in svc["command"]) == (variant == "gpu")
+        assert svc["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
+        # the daemon's data and models at the daemon's paths
+        daemon_mounts = volumes(services["monitor"])
+        for target in ("/var/lib/monitor", "/var/lib/monitor/models"):
+            assert volumes(svc)[target]["source"] == daemon_mounts[target]["source"]
+    gpu = services["dask-worker"]
+    assert gpu["command"][gpu["command"].index("--resources") + 1] == "GPU=1"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert set(scheduler["profiles"]) == {"dask-gpu", "dask-cpu"}
+    assert services["dask-worker"]["profiles"] == ["dask-gpu"] and services["dask-worker-cpu"]["profiles"] == ["dask-cpu"]
+    for svc in daemon_services(compose).values():
+        assert "MONITOR_DASK_SCHEDULER" in svc["environment"]
+
+    jobs = {j["job_name"]: j for j in yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+            ["scrape_configs"]}
+    assert jobs["dask-scheduler"]["static_configs"][0]["targets"] == ["dask-scheduler:8787"]
+    assert 8787 in port_targets(scheduler)
+
+    docs = k8s_docs()
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] != "Kustomization"}
+    sched = by_name[("Deployment", "dask-scheduler")]["spec"]["template"]
+    service = by_name[("Service", "dask-scheduler")]
+    assert service["spec"]["selector"].items() <= sched["metadata"]["labels"].items()
+    assert {p["port"] for p in service["spec"]["ports"]} == DASK_PORTS
+    assert sched["metadata"]["annotations"]["prometheus.io/port"] == "8787"
+    worker = by_name[("Deployment", "dask-worker")]["spec"]["template"]["spec"]
+    c = worker["containers"][0]
+    assert c["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
+    assert c["command"][c["command"].index("--resources") + 1] == "GPU=1"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    kustomization = next(d for d in docs if d["kind"] == "Kustomization")
+    assert "dask.yaml" in kustomization["resources"]
+    configmap = (K8S / "configmap.yaml").read_text()
+    assert "MONITOR_DASK_SCHEDULER: tcp://dask-scheduler:8786" in configmap
+
+
+def test_the_daemon_runs_areas_at_once_only_with_a_cluster(db_url):
+    import sqlalchemy as sa
+
+    from monitor.scheduler import Scheduler
+
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    try:
+        for scheduler_address, threads in ((None, 1), ("tcp://127.0.0.1:8786", 3)):
+            settings = Settings(database_url=db_url, dask_scheduler=scheduler_address, dask_areas=3)
+            sched = Scheduler(engine, settings, Metrics(), sync_s=0.1)
+            sched.tick()
+            try:
+                assert sched.is_leader
+                assert sched._aps._executors["default"]._pool._max_workers == threads
+            finally:
+                sched.stop(wait=False)
+    finally:
+        engine.dispose()
