@@ -24,7 +24,10 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
     place is compared with the newest earlier date that saw it clear (up to ``LOOKBACK_SCENES``
     dates back), so clouds and nodata neither create nor erase construction. Earlier buildings
     are grown by ``shift_tolerance_m`` (misregistration), and pieces under the minimum change
-    (``Settings.min_area_m2("change", ...)``: pixels of the scene, with an m2 floor) are dropped. The first date of an area is its baseline: nothing is new.
+    (``Settings.min_area_m2("change", ...)``: pixels of the scene, with an m2 floor) are dropped.
+    What any of those earlier dates saw built is not new either, even where a newer date decided the
+    place (a building a segmenter missed one month and found the next). The first date of an area is
+    its baseline: nothing is new.
     """
     metrics = metrics or default_metrics()
     session.execute(delete(Change).where(Change.scene_id == scene.id, Change.source == ChangeSource.DIFF))
@@ -42,6 +45,7 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
                 previous_on=scene_date(prev), cell=DIFF_CELL_M)
         if session.execute(text("SELECT ST_IsEmpty(pending) FROM _diff_region")).scalar():
             break
+    run_sql(session, "diff_memory", epsg=epsg, tol=float(settings.shift_tolerance_m), ids=[p.id for p in earlier])
     stored = session.execute(text(sql("diff_store")), dict(aid=area.id, sid=scene.id, day=day, epsg=epsg,
                                                            min_m2=settings.min_area_m2(
                                                                "change", scene_pixel_m(scene, settings)))).all()
