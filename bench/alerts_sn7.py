@@ -188,7 +188,8 @@ def pipeline_alerts(engine, settings, truth: Truth, model: str,
         spec = area_spec(settings, "sn7", cadence="30d", providers="local", max_cloud=100.0,
                          sources={"local": str(drops)}, resolution_m=RESOLUTION_M)
         area = add_area(s, spec, truth.footprint_4326)
-        import_parcels(s, area, truth.parcels_geojson(work / "parcels.geojson"), "parcel_id")
+        import_parcels(s, area, truth.parcels_geojson(work / "parcels.geojson"), "parcel_id",
+                       allow_outside=True)  # the grid covers the tile, the area its imagery
         configure_area(s, "sn7", models={kind: model})
         area_id = area.id
     run = run_area(engine, area_id, settings, progress=True)

@@ -171,7 +171,8 @@ def test_a_new_area_on_real_10m_imagery_uses_the_shipped_change_model(cli, engin
     drops.mkdir()
     shutil.copy(ba / "before.tif", drops / "ba_20170101.tif")
     shutil.copy(ba / "after.tif", drops / "ba_20180101.tif")
-    cli("areas", "add", "ba", "--geometry", ba / "lots.shp", "--provider", "local", "--source", f"local={drops}")
+    cli("areas", "add", "ba", "--geometry", ba / "lots.shp", "--provider", "local", "--source", f"local={drops}",
+        "--band-order", "B04,B03,B02,B08")
     cli("parcels", "import", ba / "lots.shp", "--area", "ba", "--id-field", "gid")
     out = json.loads(cli("process", "--area", "ba", "--quiet").stdout)
     assert not out["errors"] and out["processed"] == 2, out
@@ -181,6 +182,7 @@ def test_a_new_area_on_real_10m_imagery_uses_the_shipped_change_model(cli, engin
         sources = conn.execute(sa.text("SELECT DISTINCT source FROM changes")).scalars().all()
     assert versions and all(v == {"change": "builtin-oscd-change-1"} for v in versions), versions
     assert sources in ([], ["change_model"])
-    cli("areas", "add", "ba2", "--geometry", ba / "lots.shp", "--provider", "local", "--source", f"local={drops}")
+    cli("areas", "add", "ba2", "--geometry", ba / "lots.shp", "--provider", "local", "--source", f"local={drops}",
+        "--band-order", "B04,B03,B02,B08")
     none = cli("process", "--area", "ba2", "--quiet", env={"MONITOR_DEFAULT_CHANGE_MODEL": ""}, expect=1)
     assert "has no segmenter or change model" in none.stdout

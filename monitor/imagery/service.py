@@ -175,7 +175,8 @@ class _Outcome:
 
 def _acquire(settings: Settings, metrics: Metrics, area: dict, scene: dict, progress: bool) -> _Outcome:
     provider_name, product_id = scene["provider"], scene["product_id"]
-    workdir = Path(settings.data_dir) / "downloads" / provider_name / safe_name(product_id)
+    # per area: two areas may fetch the same product at once
+    workdir = Path(settings.data_dir) / "downloads" / provider_name / str(area["id"]) / safe_name(product_id)
     out = scene_path(settings, area["id"], scene["acquired_at"], provider_name, product_id)
     try:
         provider = get_provider(provider_name, settings, area["info"], metrics)

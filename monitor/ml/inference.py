@@ -253,12 +253,12 @@ def default_change_model(ref: str | Path | None, scene: Path, precision: str = "
         return None
     meta = ModelMeta.read(builtins.resolve(ref))
     want = meta.extra.get("resolution_m")
-    with open_raster(scene) as src:
-        have = pixel_size_m(src)
-        try:
+    try:  # an unreadable scene fails in inference, as with any model
+        with open_raster(scene) as src:
+            have = pixel_size_m(src)
             band_indexes(src, list(meta.bands))
-        except BadInput:
-            return None
+    except BadInput:
+        return None
     if not want or not have or not resolution_fits(want, have):
         return None
     return open_model(ref, precision=precision)
