@@ -75,7 +75,7 @@ def test_pipeline_over_three_months_of_a_crop(shared_data, engine, db_url, tmp_p
     assert clouds[0] < 5 and clouds[2] < 5 and 40 < clouds[1] < 60  # alpha 0 over half of July's crop
     with rasterio.open(files[0]) as p:
         assert p.crs.to_epsg() == 32611 and p.res == (4.0, 4.0)
-        assert p.descriptions == ("blue", "green", "red")
+        assert p.descriptions == ("B02", "B03", "B04")  # blue, green, red by their Sentinel-2 names
         bands = p.read(masked=True)
     means = [float(b.mean()) for b in bands]
     assert means[2] > means[0] + 15  # red is brighter than blue on this tile: the bands were not swapped

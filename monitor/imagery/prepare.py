@@ -129,7 +129,7 @@ def raster_bands(path: Path, wanted: list[str]) -> list[Band]:
     names = [canonical_band(d) for d in descs]
     if not any(names) and {ColorInterp.red, ColorInterp.green, ColorInterp.blue} <= set(interp):
         names = [canonical_band(ci.name) for ci in interp]
-    wanted = [canonical_band(b) or b for b in wanted]
+    wanted = list(dict.fromkeys(canonical_band(b) or b for b in wanted))  # blue and B02 are one band
     if wanted and all(b in names for b in wanted):
         idx = [names.index(b) + 1 for b in wanted]
     else:
@@ -163,7 +163,7 @@ def name_bands(product: Product, band_order: Sequence[str] | None, wanted: Seque
             raise ImageryError(f"{', '.join(files)} has {count} bands ({len(bands)} besides alpha) but the area's "
                                f"band order names {len(band_order)} ({','.join(band_order)})")
     by_name = {b.name: b for b in bands}
-    wanted = [canonical_band(w) or w for w in wanted]
+    wanted = list(dict.fromkeys(canonical_band(w) or w for w in wanted))
     chosen = [by_name[w] for w in wanted if w in by_name] or bands
     return dataclasses.replace(product, bands=chosen)
 
