@@ -247,13 +247,17 @@ def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | No
 
 def default_change_model(ref: str | Path | None, scene: Path, precision: str = "auto") -> LoadedModel | None:
     """The change model ``ref`` (``MONITOR_DEFAULT_CHANGE_MODEL``) for a scene of an area that names none:
-    used only when the scene's pixel size is within 1.5x of the model's ``resolution_m``, else None."""
+    used only when the scene's pixel size is within 1.5x of the model's ``resolution_m``, else None (also
+    for a scene that cannot be read)."""
     if not ref or not Path(scene).is_file():
         return None
     meta = ModelMeta.read(builtins.resolve(ref)).to_dict()
     want = meta.get("resolution_m")
-    with open_raster(scene) as src:
-        have = pixel_size_m(src)
+    try:
+        with open_raster(scene) as src:
+            have = pixel_size_m(src)
+    except BadInput:  # an unreadable scene fails where it is read for inference, as a scene's error
+        return None
     if not want or not have or max(have / want, want / have) > 1.5:
         return None
     return open_model(ref, precision=precision)
