@@ -2,14 +2,15 @@
 change vector analysis (``builtin:cva``) measured in the same run.
 
     .venv/bin/python -m bench.oscd_loco [--src ../shared/data/oscd] [--data DIR] [--out DIR]
-        [--seeds 0,1] [--cities a,b] [--arch features|unet] [--time-limit MIN]
+        [--seeds 0,1] [--cities a,b] [--arch features|unet] [--time-limit MIN] [--reuse]
 
 For each held-out city and seed, ``monitor train change``'s default recipe (``--arch features``) is
 trained on the other cities and scored on the held-out one at its own threshold rule. CVA's k (of the
 ``robust_z`` rule) is chosen per fold as the one with the best pooled F1 on the training cities.
 Prints per-city and pooled precision, recall and F1 (pooled: the held-out cities' confusion counts
 summed), the mean and spread (standard deviation) of pooled F1 over seeds, and all of it as JSON on the
-last line.
+last line. With ``--reuse`` the models a run left in ``--out`` are scored again without training
+(``seconds`` is then the training time recorded in each model).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--cities", default=None, help="comma-separated held-out cities (default: every city)")
     p.add_argument("--arch", default="features", choices=["features", "unet"], help="recipe to train")
     p.add_argument("--time-limit", type=float, default=25.0, help="minutes per fold")
+    p.add_argument("--reuse", action="store_true", help="score the models already in --out (loco-<seed>-<city>) "
+                   "instead of training them again")
     a = p.parse_args(args or [])
 
 
@@ -64,7 +67,7 @@ def main(args: list[str] | None = None) -> None:
             truth[c], valid[c] = d["change"] == 1, d["valid"]
 
         def cva_cm(c: str, k: float) -> dict:
-            t = scores.scene_threshold(maps[c], valid[c], {"rule": "robust_z", "k": k})
+            t = scores.scene_threshold(maps[c], valid[c], {**cva.threshold_rule, "k": k})
             return scores.confusion(maps[c] > t, truth[c], valid[c])
 
         results: dict = {"cva": {"cities": {}}, "trained": {str(s): {"cities": {}} for s in seeds}}
@@ -83,7 +86,9 @@ def main(args: list[str] | None = None) -> None:
                 t0 = time.perf_counter()
                 train = [c for c in cities if c != city]
                 target = out / f"loco-{seed}-{city}"
-                if a.arch == "features":
+                if a.reuse and (target / "model.json").is_file():
+                    model_dir = target
+                elif a.arch == "features":
                     model_dir = train_change_features(data, target, cities=train, seed=seed,
                                                       time_limit_s=a.time_limit * 60)
                 else:
@@ -93,7 +98,8 @@ def main(args: list[str] | None = None) -> None:
                 cms.append(r["confusion"])
                 res["cities"][city] = {**r, "rule": model.threshold_rule or {"rule": "fixed"},
                                        "fixed_threshold": model.threshold,
-                                       "seconds": round(time.perf_counter() - t0),
+                                       "seconds": round(model.meta["training"]["seconds"] if a.reuse
+                                                        else time.perf_counter() - t0),
                                        "best_epoch": model.meta["training"]["best_epoch"]}
                 print(f"seed {seed} {city}: F1 {r['f1']:.3f} (CVA {results['cva']['cities'][city]['f1']:.3f}) "
                       f"{json.dumps(res['cities'][city]['rule'])} {res['cities'][city]['seconds']} s", flush=True)

@@ -156,6 +156,8 @@ def test_the_default_change_model_serves_scenes_near_its_resolution(tmp_path):
     assert default_change_model("", tmp_path / "s10.tif") is None
     assert default_change_model(None, tmp_path / "s10.tif") is None
     assert default_change_model(d, tmp_path / "absent.tif") is None
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff")  # fails later, where inference reads it
+    assert default_change_model(d, tmp_path / "broken.tif") is None
     default = Settings().default_change_model
     assert default == "builtin:oscd-change" and builtins.resolve(default).is_dir()
 
