@@ -80,7 +80,11 @@ def advisory_holders(engine, settle_s: float = 5.0) -> list[int]:
         time.sleep(0.1)
 
 
-def test_two_replicas_one_scheduler_and_takeover(engine, fast, tmp_path, replicas):
+@pytest.mark.parametrize("cluster", [None, "tcp://127.0.0.1:9"], ids=["in-process", "dask-scheduler-set"])
+def test_two_replicas_one_scheduler_and_takeover(engine, fast, tmp_path, replicas, cluster):
+    """One leader, and a standby that takes over, as much with MONITOR_DASK_SCHEDULER set (the daemon
+    then runs several areas at once) as without; the jobs here stand in for the pass itself."""
+    fast = fast.model_copy(update={"dask_scheduler": cluster})
     calls: list[tuple[str, int]] = []
 
     def job_of(who):
