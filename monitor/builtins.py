@@ -14,6 +14,7 @@ either a model directory or ``builtin:<name>``; ``resolve`` turns either into th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from monitor.errors import BadInput
@@ -27,6 +28,18 @@ CVA_K = 6.0
 
 # Canonical names of Sentinel-2 bands and the common names other sources give them.
 BAND_ALIASES = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}
+_S2_OF_COMMON = {common: s2 for s2, common in BAND_ALIASES.items()}
+_S2_NAME = re.compile(r"^B\d[\dA]$")
+
+
+def canonical_band(name: str | None) -> str | None:
+    """The Sentinel-2 name a band name stands for (``B04``, ``b04``, ``red`` -> B04), or None."""
+    if not name:
+        return None
+    name = name.strip()
+    if _S2_NAME.match(name.upper()):
+        return name.upper()
+    return _S2_OF_COMMON.get(name.lower())
 
 
 def cva_meta(bands: list[str] | None = None, sigma: float = CVA_SIGMA, k: float = CVA_K) -> dict:

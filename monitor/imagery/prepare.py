@@ -34,7 +34,7 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import MultiPolygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from monitor.builtins import BAND_ALIASES
+from monitor.builtins import canonical_band
 from monitor.domain import SKIP_BAND
 from monitor.errors import ImageryError, NoCRS, UnnamedBands
 from monitor.geo import as_multipolygon, reproject
@@ -102,19 +102,6 @@ def safe_product(zip_path: Path, bands: list[str]) -> Product:
 
     return Product([finest(b) for b in bands], scl=finest("SCL") if "SCL" in found else None,
                    zero_is_nodata=True)
-
-
-_S2_NAME = re.compile(r"^B\d[\dA]$")
-
-
-def canonical_band(name: str | None) -> str | None:
-    """The Sentinel-2 name a band description stands for (``B04``, ``red`` -> B04), or None."""
-    if not name:
-        return None
-    name = name.strip()
-    if _S2_NAME.match(name.upper()):
-        return name.upper()
-    return {common: s2 for s2, common in BAND_ALIASES.items()}.get(name.lower())
 
 
 def raster_bands(path: Path, wanted: list[str]) -> list[Band]:

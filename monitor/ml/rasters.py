@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from monitor.builtins import BAND_ALIASES
+from monitor.builtins import canonical_band
 from monitor.errors import BadInput
 
 
@@ -39,16 +39,11 @@ def band_indexes(src, wanted: list[str]) -> list[int]:
                            f"({', '.join(wanted)})", file=src.name)
         return list(range(1, len(wanted) + 1))
     names = band_names(src)
-    lower = [n.lower() for n in names]
-    other = {**BAND_ALIASES, **{v: k for k, v in BAND_ALIASES.items()}}
+    keys = [canonical_band(n) or n.lower() for n in names]
 
     def find(b: str) -> int | None:
-        for name in (b, other.get(b.upper(), other.get(b.lower(), ""))):
-            if name in names:
-                return names.index(name) + 1
-            if name.lower() in lower:
-                return lower.index(name.lower()) + 1
-        return None
+        key = canonical_band(b) or b.lower()
+        return keys.index(key) + 1 if key in keys else None
 
     found = {b: find(b) for b in wanted}
     missing = [b for b, i in found.items() if i is None]
