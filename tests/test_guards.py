@@ -270,3 +270,25 @@ def test_a_building_missed_on_one_date_is_not_new_when_seen_again(world, cli, en
     # only C's building is new: A's was seen on the first date
     assert again["alerts"]["created"] == 1
     assert q(engine, "SELECT p.external_id FROM alerts a JOIN parcels p ON p.id = a.parcel_id") == [(pid(*C),)]
+
+
+@pytest.mark.realdata
+def test_scenes_that_failed_for_want_of_a_band_order_are_fetched_once_it_is_given(cli, shared_data, tmp_path):
+    from tests.vectors import write
+
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    src = shared_data / "buenos_aires_lots"
+    shutil.copy(src / "before.tif", drops / "ba_20170101.tif")
+    with rasterio.open(src / "before.tif") as ds:
+        b = ds.bounds
+    area = write(tmp_path / "area.geojson", [box(b.left + 300, b.bottom + 300, b.right - 300, b.top - 300)],
+                 [{"name": "ba"}], "EPSG:32721")
+    cli("areas", "add", "ba", "--geometry", area, "--provider", "local", "--source", f"local={drops}")
+    cli("scenes", "search", "--area", "ba")
+    cli("scenes", "fetch", "--area", "ba", expect=None)
+    listed = json.loads(cli("scenes", "list", "--area", "ba", "--json").stdout)
+    assert [s["status"] for s in listed] == ["failed"] and "--band-order" in listed[0]["status_reason"]
+    cli("areas", "configure", "ba", "--band-order", "B04,B03,B02,B08")
+    cli("scenes", "fetch", "--area", "ba", expect=None)
+    assert [s["status"] for s in json.loads(cli("scenes", "list", "--area", "ba", "--json").stdout)] == ["prepared"]

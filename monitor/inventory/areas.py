@@ -10,7 +10,7 @@ from pathlib import Path
 import shapely
 from geoalchemy2.shape import from_shape, to_shape
 from shapely.geometry.base import BaseGeometry
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from monitor.db.queries import open_statuses
@@ -19,6 +19,7 @@ from monitor.domain import (
     MAX_AREA_KM2,
     AreaSpec,
     ModelKind,
+    SceneStatus,
     check_max_cloud,
     check_resolution,
     format_duration,
@@ -160,6 +161,9 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
     if band_order is not None:
         parsed = parse_band_order(band_order)
         area.band_order = list(parsed) if parsed else None
+        # scenes that failed under the old band order (or none) are fetched again under the new one
+        session.execute(update(Scene).where(Scene.area_id == area.id, Scene.status == SceneStatus.FAILED)
+                        .values(status=SceneStatus.FOUND, next_attempt_at=None))
     if allow_resolution_mismatch is not None:
         area.allow_resolution_mismatch = allow_resolution_mismatch
     for kind, model_dir in (models or {}).items():
