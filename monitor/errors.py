@@ -139,6 +139,12 @@ class NoCRS(ImageryError):
     reason = "no_crs"
 
 
+class SceneTooLarge(ImageryError):
+    """A raster whose header declares more pixels than a scene of its area may hold (checked before reading)."""
+
+    reason = "too_large"
+
+
 class UnnamedBands(ImageryError):
     """A drop-folder raster whose bands carry no names, for an area with no band order."""
 

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     download_backoff_max_s: float = Field(60.0, description="Cap of the retry delay, seconds.")
     resolution_m: float = Field(10.0, description="Ground resolution scenes are prepared at, metres.")
     crop_margin_m: float = Field(100.0, description="Margin around the area when cropping a scene, metres.")
+    max_scene_pixels: float = Field(1e10, gt=0, description="Most pixels (width x height) a scene's raster file may "
+                                    "declare; a file that declares more fails from its header, unread.")
+    max_scene_pixel_ratio: float = Field(
+        1024.0, gt=0, description="Most source pixels read per pixel of the area's grid: a scene whose part over the "
+        "area would be read at more (a source far finer than the grid with no overviews to read from, or a header "
+        "that claims absurd dimensions) fails from its header, unread.")
 
     # --- models and inference
     segmenter_model: Path | None = Field(None, description="Model directory of the built-up segmenter, used by "

@@ -38,9 +38,12 @@ from monitor.db.embedded import Cluster
 from monitor.db.engine import transaction
 from monitor.db.tables import Alert, Area, Delivery, Run, Scene
 from monitor.domain import AreaSpec
-from monitor.errors import BadInput, DatabaseError, ProviderError
-from monitor.imagery.base import AreaInfo, get_provider
+from monitor.errors import BadInput, DatabaseError, ProviderError, SceneTooLarge
+from monitor.geo import reproject
+from monitor.imagery.base import AreaInfo, Band, Product, get_provider
 from monitor.imagery.fetch import new_session
+from monitor.imagery.grid import area_grid
+from monitor.imagery.prepare import check_size
 from monitor.metrics import Metrics
 from monitor.redact import RedactingFilter
 from monitor.settings import Settings
@@ -676,3 +679,69 @@ def test_a_pass_asked_to_stop_records_its_run_interrupted(cli, engine, tmp_path)
         pipeline.run_area(engine, area_id, Settings(home=tmp_path / "home"), Metrics(CollectorRegistry()), stop=stop)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT status, error FROM runs")).one() == ("interrupted", "Stopped: stop requested")
+
+
+# --- 8. imagery that is not imagery: refused from its header, never read
+
+def sparse_tiff(path, size: int, bounds: tuple[float, float, float, float], overviews: bool = False):
+    """A ``size`` x ``size`` 4-band GeoTIFF (EPSG:4326) over ``bounds`` of which only one block is written: GDAL
+    leaves the other blocks out (SPARSE_OK), so the file is tiny for what it declares."""
+    left, bottom, right, top = bounds
+    transform = rasterio.transform.from_bounds(left, bottom, right, top, size, size)
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=4, dtype="uint16",
+                       crs="EPSG:4326", transform=transform, tiled=True, blockxsize=1024, blockysize=1024,
+                       compress="deflate", sparse_ok=True, bigtiff="yes") as ds:
+        ds.write(np.broadcast_to(np.arange(1024, dtype="uint16") + 100, (4, 1024, 1024)),
+                 window=rasterio.windows.Window(size // 2, size // 2, 1024, 1024))
+        for i, name in enumerate(["B04", "B03", "B02", "B08"], 1):
+            ds.set_band_description(i, name)
+    return path
+
+
+def test_huge_sparse_rasters_fail_from_their_header(cli, engine, tmp_path):
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    # 200,000 x 200,000 pixels (4e10, about 3 cm each) over the area, and 40,000 x 40,000 (14 cm) that
+    # declares few enough pixels but would be read at thousands of source pixels per 10 m grid pixel
+    huge = sparse_tiff(drops / "huge_20240101.tif", 200_000, AREA.bounds)
+    fine = sparse_tiff(drops / "fine_20240102.tif", 40_000, AREA.bounds)
+    assert huge.stat().st_size < 2_000_000 and fine.stat().st_size < 200_000  # 320 GB and 12.8 GB declared
+    cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local",
+        "--source", f"local={drops}")
+    cli("parcels", "import", write(tmp_path / "lots.gpkg", LOTS, [{"id": f"L{i}"} for i in range(3)], "EPSG:4326",
+                                   driver="GPKG"), "--area", "ba")
+    result = cli("process", "--area", "ba", "--quiet", expect=None)
+    assert result.exit_code in (0, 1), result.stderr
+    with engine.connect() as conn:
+        scenes = dict(conn.execute(sa.text("SELECT product_id, status || ': ' || status_reason FROM scenes")).all())
+        assert conn.execute(sa.text("SELECT count(*) FROM alerts")).scalar() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM detections")).scalar() == 0
+    assert scenes["huge_20240101.tif"] == (
+        "failed: huge_20240101.tif declares 200000 x 200000 = 4e+10 pixels, more than MONITOR_MAX_SCENE_PIXELS "
+        "(1e+10); it was not read")
+    reason = scenes["fine_20240102.tif"]
+    assert reason.startswith("failed: fine_20240102.tif: its part over the area is ") and "pixels of 0.139 m" in reason
+    assert "more than MONITOR_MAX_SCENE_PIXEL_RATIO (1024); it was not read" in reason
+    assert not any((tmp_path / "home").rglob("scenes/*/*.tif"))
+
+
+def test_scene_size_check_counts_overviews(tmp_path):
+    """0.5 m pixels on a 10 m grid are 400 source pixels per grid pixel; read from a 1/8 overview, 6.25."""
+    area = box(-58.5, -34.6, -58.49, -34.59)
+    grid = area_grid(area, 32721, 10, 0)
+    left, bottom, right, top = reproject(area, 4326, 32721).bounds
+    path = tmp_path / "vhr.tif"
+    size = (int((right - left) / 0.5), int((top - bottom) / 0.5))
+    with rasterio.open(path, "w", driver="GTiff", width=size[0], height=size[1], count=1, dtype="uint8",
+                       crs="EPSG:32721", transform=rasterio.transform.from_origin(left, top, 0.5, 0.5),
+                       tiled=True, sparse_ok=True) as ds:
+        ds.write(np.ones((1, 16, 16), dtype="uint8"), window=rasterio.windows.Window(0, 0, 16, 16))
+    product = Product([Band("B04", [str(path)])], zero_is_nodata=False)
+    check_size(product, grid, max_pixels=1e10, max_ratio=1024)
+    with pytest.raises(SceneTooLarge, match=r"[34]\d\d times the .* grid, more than MONITOR_MAX_SCENE_PIXEL_RATIO \(100\)"):
+        check_size(product, grid, max_pixels=1e10, max_ratio=100)
+    with pytest.raises(SceneTooLarge, match="more than MONITOR_MAX_SCENE_PIXELS"):
+        check_size(product, grid, max_pixels=size[0] * size[1] - 1, max_ratio=1024)
+    with rasterio.open(path, "r+") as ds:
+        ds.build_overviews([2, 4, 8, 16])
+    check_size(product, grid, max_pixels=1e10, max_ratio=100)

@@ -36,7 +36,7 @@ from shapely.geometry.base import BaseGeometry
 
 from monitor.builtins import canonical_band
 from monitor.domain import SKIP_BAND
-from monitor.errors import ImageryError, NoCRS, UnnamedBands
+from monitor.errors import ImageryError, NoCRS, SceneTooLarge, UnnamedBands
 from monitor.geo import as_multipolygon, reproject
 from monitor.imagery.base import Band, Product, band_sort_key
 from monitor.imagery.fetch import file_hashes
@@ -171,6 +171,48 @@ def _source_window(src, grid: Grid):
         return None
 
 
+def _metres(src) -> float:
+    """The source's finest pixel size in metres (about 111 km a degree for a geographic CRS: only to
+    compare resolutions)."""
+    return min(src.res) * (111_000 if src.crs.is_geographic else 1)
+
+
+def check_size(product: Product, grid: Grid, *, max_pixels: float, max_ratio: float) -> None:
+    """Refuse, from the raster headers alone (no pixel is read), a product whose file declares more
+    than ``max_pixels`` pixels, or whose part over the area would be read as more than ``max_ratio``
+    source pixels per pixel of the area's grid (a source read decimated from its overviews counts at
+    the overview's size). A file much smaller than its declared size (sparse) passes when it is
+    within both: only the window over the area is ever read."""
+    paths = dict.fromkeys(p for b in [*product.bands, *([product.scl] if product.scl else [])] for p in b.paths)
+    for path in paths:
+        try:
+            with rasterio.open(path) as src:
+                width, height, crs = src.width, src.height, src.crs
+                declared = width * height
+                if declared > max_pixels:
+                    raise SceneTooLarge(f"{_short(path)} declares {width} x {height} = {declared:.3g} pixels, more "
+                                        f"than MONITOR_MAX_SCENE_PIXELS ({max_pixels:.3g}); it was not read")
+                if crs is None:
+                    continue  # refused when it is read: no CRS
+                win = _source_window(src, grid)
+                if win is None or win.width < 1 or win.height < 1:
+                    continue
+                step = max(1, int(grid.resolution / (2 * _metres(src))))
+                factor = max([f for f in src.overviews(1) if f <= step], default=1)
+                read = (win.width / factor) * (win.height / factor)
+                res_m = _metres(src)
+        except RasterioError as e:
+            raise ImageryError(f"cannot read {_short(path)}: {e}") from e
+        needed = grid.width * grid.height
+        if read > max_ratio * needed:
+            raise SceneTooLarge(
+                f"{_short(path)}: its part over the area is {int(win.width)} x {int(win.height)} pixels of "
+                f"{res_m:.3g} m ({read:.3g} pixels to read{' from overview 1/%d' % factor if factor > 1 else ''}), "
+                f"{read / needed:.3g} times the {grid.width} x {grid.height} pixels of the area's {grid.resolution:g} m "
+                f"grid, more than MONITOR_MAX_SCENE_PIXEL_RATIO ({max_ratio:g}); it was not read (give the file "
+                "overviews, e.g. `gdaladdo`, or the area a finer --resolution)")
+
+
 def _warp_file(path: str, indexes: list[int], grid: Grid, *, categorical: bool, zero_is_nodata: bool):
     """Bands ``indexes`` of one file on the grid, and where that file has valid data."""
     try:
@@ -183,8 +225,7 @@ def _warp_file(path: str, indexes: list[int], grid: Grid, *, categorical: bool, 
             win = _source_window(src, grid)
             if win is None or win.width < 1 or win.height < 1:
                 return out, valid, src.descriptions
-            # metres per degree for a geographic source: only to compare resolutions
-            src_res = min(src.res) * (111_000 if src.crs.is_geographic else 1)
+            src_res = _metres(src)
             # A source much finer than the grid (very-high-resolution imagery) is read decimated to
             # about twice the grid's resolution, from its overviews where it has them, so memory
             # follows the grid, not the source.

@@ -26,7 +26,7 @@ from monitor.errors import MonitorError, ProductOffline, ProviderError
 from monitor.geo import as_multipolygon
 from monitor.imagery.base import DEFAULT_BANDS, AreaInfo, Candidate, band_sort_key, get_provider, safe_name
 from monitor.imagery.grid import Grid, area_grid
-from monitor.imagery.prepare import clear_path_for, name_bands, prepare
+from monitor.imagery.prepare import check_size, clear_path_for, name_bands, prepare
 from monitor.metrics import Metrics, default_metrics
 from monitor.settings import Settings
 
@@ -183,6 +183,8 @@ def _acquire(settings: Settings, metrics: Metrics, area: dict, scene: dict, prog
         product = provider.fetch(product_id, scene["remote"], area["bands"], workdir, progress)
         metrics.scenes_downloaded.labels(area["name"], provider_name).inc()
         product = name_bands(product, area["band_order"], area["bands"])
+        check_size(product, area["grid"], max_pixels=settings.max_scene_pixels,
+                   max_ratio=settings.max_scene_pixel_ratio)
         prepared = prepare(product, area["grid"], area["info"].footprint, out)
         remote = {**scene["remote"], "files": product.files, "bands": prepared.bands}
         common = {"cloud_cover": prepared.cloud_cover, "remote": remote, "next_attempt_at": None,
