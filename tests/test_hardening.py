@@ -569,6 +569,63 @@ def test_parcels_import_dry_run_counts_and_writes_nothing(cli, engine, tmp_path)
     assert "1 new, 2 updated (1 changed, 1 unchanged)" in out and len(parcel_rows(engine)) == 3
 
 
+def test_parcel_imports_keep_earlier_versions_and_can_be_undone(cli, engine, tmp_path):
+    cli("areas", "add", "ba", "--geometry", geojson(tmp_path / "a.geojson", [AREA]), "--provider", "local")
+    first = write(tmp_path / "lots.gpkg", LOTS[:2], [{"id": "L0", "use": "res"}, {"id": "L1", "use": "res"}],
+                  "EPSG:4326", driver="GPKG")
+    assert "(import #1)" in cli("parcels", "import", first, "--area", "ba").stdout
+    before = parcel_rows(engine)
+    # L1 changes its use and its shape, L2 is new, L0 is as it was
+    second = write(tmp_path / "lots2.gpkg", [LOTS[0], LOTS[1].buffer(0.001, join_style="mitre"), LOTS[2]],
+                   [{"id": "L0", "use": "res"}, {"id": "L1", "use": "shop"}, {"id": "L2", "use": "res"}],
+                   "EPSG:4326", driver="GPKG")
+    out = cli("parcels", "import", second, "--area", "ba").stdout
+    assert "(import #2): 1 new, 2 updated (1 changed, 1 unchanged)" in out
+    after = parcel_rows(engine)
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT external_id, ST_AsText(geom), area_m2, attributes::text, import_id, "
+                                    "written_by, valid_from < valid_to FROM parcel_versions")).all()
+        imports = conn.execute(sa.text("SELECT id, file, new, changed, unchanged FROM parcel_imports ORDER BY id")).all()
+    assert kept == [("L1", *before["L1"], 2, 1, True)]  # the version the import replaced, whole
+    assert imports == [(1, str(first), 2, 0, 0), (2, str(second), 1, 1, 1)]
+    history = json.loads(cli("parcels", "history", "--area", "ba", "--parcel", "L1", "--json").stdout)
+    assert [(h["attributes"]["use"], h["import_id"], h["replaced_by"], h["valid_to"] is None) for h in history] == [
+        ("res", 1, 2, False), ("shop", 2, None, True)]
+    assert history[0]["valid_to"] == history[1]["valid_from"]
+    table = cli("parcels", "history", "--area", "ba").stdout
+    assert table.count("current") == 3 and table.count("\nL1 ") == 2
+    assert "no parcel 'L9'" in cli("parcels", "history", "--area", "ba", "--parcel", "L9", expect=2).stderr
+    with engine.connect() as conn:  # the reader role sees every version, as QGIS does
+        conn.execute(sa.text("SET ROLE monitor_reader"))
+        assert conn.execute(sa.text("SELECT count(*) FROM area_parcel_versions WHERE area = 'ba'")).scalar() == 4
+    # a permit on the new parcel: the import cannot be undone without losing it, so nothing is done
+    permits = tmp_path / "permits.csv"
+    permits.write_text("parcel_id,permit_id,valid_from,valid_to\nL2,P-1,2024-01-01,\n")
+    cli("permits", "import", permits, "--area", "ba")
+    err = cli("parcels", "undo", "--area", "ba", expect=2).stderr
+    assert "import #2 cannot be undone: parcels it added are referred to by permits: L2; nothing was changed" in err
+    assert parcel_rows(engine) == after
+    with engine.connect() as conn:
+        conn.execute(sa.text("DELETE FROM permits"))
+        conn.commit()
+    out = cli("parcels", "undo", "--area", "ba").stdout
+    assert f"import #2 ({second}) undone in 'ba': 1 parcels restored to their earlier version, 1 new parcels removed" in out
+    assert parcel_rows(engine) == before
+    assert len(json.loads(cli("parcels", "history", "--area", "ba", "--json").stdout)) == 2
+    imports = json.loads(cli("parcels", "imports", "--area", "ba", "--json").stdout)
+    assert [(i["import"], i["undone_at"] is not None) for i in imports] == [(1, False), (2, True)]
+    assert "was undone already" in cli("parcels", "undo", "--area", "ba", "--import", "2", expect=2).stderr
+    assert "no parcel import #7" in cli("parcels", "undo", "--area", "ba", "--import", "7", expect=2).stderr
+    # a later import changed what an earlier one wrote: the later one is undone first
+    cli("parcels", "import", second, "--area", "ba")
+    err = cli("parcels", "undo", "--area", "ba", "--import", "1", expect=2).stderr
+    assert "import #1 cannot be undone: parcels it wrote were changed since by import #3; undo that first" in err
+    cli("parcels", "undo", "--area", "ba")
+    assert "2 new parcels removed" in cli("parcels", "undo", "--area", "ba", "--import", "1").stdout
+    assert parcel_rows(engine) == {}
+    assert "has no parcel import to undo" in cli("parcels", "undo", "--area", "ba", expect=2).stderr
+
+
 # --- 12. runs left running by an ended process
 
 def test_runs_of_an_ended_process_are_marked_interrupted(cli, engine, tmp_path):

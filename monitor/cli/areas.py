@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -17,11 +18,11 @@ from monitor.inventory.areas import (
     list_areas,
     remove_area,
 )
-from monitor.inventory.parcels import import_parcels
+from monitor.inventory.parcels import import_parcels, list_imports, parcel_versions, undo_import
 from monitor.inventory.permits import import_permits
 
 areas = new_app("Register and inspect watched areas.")
-parcels = new_app("Import cadastral parcels.")
+parcels = new_app("Import cadastral parcels, list their imports and versions, undo an import.")
 permits = new_app("Import building permits.")
 
 
@@ -145,8 +146,56 @@ def parcels_import(
     for w in result.warnings:
         warn(w)
     what = "would be imported (dry run, nothing written)" if dry_run else "imported"
-    typer.echo(f"{result.total} parcels {what} into {area!r}: {result.inserted} new, {result.updated} updated "
-               f"({result.changed} changed, {result.unchanged} unchanged)")
+    recorded = f" (import #{result.import_id})" if result.import_id else ""
+    typer.echo(f"{result.total} parcels {what} into {area!r}{recorded}: {result.inserted} new, {result.updated} "
+               f"updated ({result.changed} changed, {result.unchanged} unchanged)")
+
+
+@parcels.command("imports")
+def parcels_imports(ctx: typer.Context, area: str = typer.Option(..., "--area", help="The area."),
+                    as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List an area's parcel imports: file, time, new, changed and unchanged parcels, undone or not."""
+    with state(ctx).transaction() as session:
+        rows = [{"import": i.id, "file": i.file, "imported_at": i.imported_at, "new": i.new, "changed": i.changed,
+                 "unchanged": i.unchanged, "undone_at": i.undone_at} for i in list_imports(session, get_area(session, area))]
+    if as_json:
+        echo_json(rows)
+        return
+    typer.echo(table([(r["import"], f"{r['imported_at']:%Y-%m-%d %H:%M:%S}", r["new"], r["changed"], r["unchanged"],
+                       f"{r['undone_at']:%Y-%m-%d %H:%M:%S}" if r["undone_at"] else "", r["file"]) for r in rows],
+                     ["import", "imported_at", "new", "changed", "unchanged", "undone_at", "file"])
+               if rows else f"no parcel imports in {area!r}")
+
+
+@parcels.command("history")
+def parcels_history(ctx: typer.Context, area: str = typer.Option(..., "--area", help="The area."),
+                    parcel: str = typer.Option(None, "--parcel", help="One parcel's cadastral id (default: all)."),
+                    as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the versions of an area's parcels: earlier ones kept by imports that changed them, then the current."""
+    with state(ctx).transaction() as session:
+        rows = parcel_versions(session, get_area(session, area), parcel)
+    if as_json:
+        echo_json(rows)
+        return
+    typer.echo(table([(r["external_id"], f"{r['valid_from']:%Y-%m-%d %H:%M:%S}",
+                       f"{r['valid_to']:%Y-%m-%d %H:%M:%S}" if r["valid_to"] else "current",
+                       r["import_id"] or "", r["replaced_by"] or "", round(r["area_m2"], 1),
+                       json.dumps(r["attributes"], ensure_ascii=False)) for r in rows],
+                     ["parcel", "valid_from", "valid_to", "import", "replaced_by", "m2", "attributes"])
+               if rows else f"no parcels in {area!r}")
+
+
+@parcels.command("undo")
+def parcels_undo(ctx: typer.Context, area: str = typer.Option(..., "--area", help="The area."),
+                 import_id: int = typer.Option(None, "--import", help="The import to undo (default: the last one "
+                                               "not yet undone; `monitor parcels imports` lists them).")) -> None:
+    """Undo a parcel import in one transaction: parcels it changed get their earlier version back, parcels it
+    added are removed. Refused (exit 2, nothing changed) when a later import changed parcels it wrote or a
+    parcel it added has permits, alerts or judged changes."""
+    with state(ctx).transaction() as session:
+        result = undo_import(session, get_area(session, area), import_id)
+    typer.echo(f"import #{result.import_id} ({result.file}) undone in {area!r}: {result.restored} parcels restored "
+               f"to their earlier version, {result.removed} new parcels removed")
 
 
 @permits.command("import")

@@ -150,8 +150,46 @@ class Parcel(Base):
     geom = _geom()
     area_m2: Mapped[float] = mapped_column(Float)
     attributes: Mapped[dict] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    # the import that wrote this version (NULL: created otherwise, or before imports were recorded)
+    import_id: Mapped[int | None] = mapped_column(ForeignKey("parcel_imports.id", ondelete="SET NULL"))
     created_at: Mapped[dt.datetime] = _created()
     updated_at: Mapped[dt.datetime] = _updated()
+
+
+class ParcelImport(Base):
+    """One parcel import of an area: its file, its counts, and when it was undone (if it was)."""
+
+    __tablename__ = "parcel_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"), index=True)
+    file: Mapped[str] = mapped_column(Text)
+    new: Mapped[int] = mapped_column(Integer)
+    changed: Mapped[int] = mapped_column(Integer)
+    unchanged: Mapped[int] = mapped_column(Integer)
+    imported_at: Mapped[dt.datetime] = _created()
+    undone_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ParcelVersion(Base):
+    """An earlier version of a parcel, kept when an import changed it: its geometry and attributes
+    as they were from ``valid_from`` to ``valid_to``, the import that replaced it (``import_id``)
+    and the one that had written it (``written_by``, NULL when none did)."""
+
+    __tablename__ = "parcel_versions"
+    __table_args__ = (Index("ix_parcel_versions_area_external", "area_id", "external_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    parcel_id: Mapped[int] = mapped_column(ForeignKey("parcels.id", ondelete="CASCADE"), index=True)
+    area_id: Mapped[int] = mapped_column(ForeignKey("areas.id", ondelete="CASCADE"))
+    external_id: Mapped[str] = mapped_column(Text)
+    geom = _geom()
+    area_m2: Mapped[float] = mapped_column(Float)
+    attributes: Mapped[dict] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    valid_from: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    valid_to: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    import_id: Mapped[int] = mapped_column(ForeignKey("parcel_imports.id", ondelete="CASCADE"), index=True)
+    written_by: Mapped[int | None] = mapped_column(ForeignKey("parcel_imports.id", ondelete="SET NULL"))
 
 
 class Permit(Base):
