@@ -10,7 +10,7 @@ from monitor.db import migrate
 from monitor.db.tables import metadata
 
 TABLES = {"areas", "parcels", "permits", "scenes", "runs", "detections", "indicators", "changes", "alerts",
-          "parcel_changes", "subscriptions", "deliveries", "models", "api_tokens"}
+          "parcel_changes", "subscriptions", "deliveries", "models", "api_tokens", "parcel_imports", "parcel_versions"}
 
 
 def test_models_and_migrations_agree(engine):

@@ -5,6 +5,7 @@ PostGIS and real HTTP servers on 127.0.0.1."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import logging
@@ -242,6 +243,39 @@ def test_settings_and_db_url_mask_every_password_form(cli, db_url):
     assert "s3cr3t-pw" not in cli("db", "url", env=with_pw).stdout
     assert "password=***" in cli("db", "url", env=with_pw).stdout
     assert "s3cr3t-pw" in cli("db", "url", "--show-password", env=with_pw).stdout
+
+
+def monitor_cmd(*args: str, env: dict, stdin: str = "") -> subprocess.CompletedProcess:
+    """``monitor ARGS`` run as its own process (``python -m monitor``), as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "monitor", *args], cwd=ROOT, capture_output=True, text=True,
+                          input=stdin, timeout=120, env={**os.environ, "MONITOR_LOG_LEVEL": "WARNING", **env})
+
+
+@pytest.mark.parametrize("form", ["user", "query"])
+def test_db_psql_passes_the_password_by_environment_only(db_url, tmp_path, form):
+    url = sa.make_url(db_url)
+    pw = "s3cr3t-pw"
+    env = {"DATABASE_URL": (url.set(password=pw).render_as_string(hide_password=False) if form == "user"
+                            else f"{db_url}?password={pw}"), "MONITOR_HOME": str(tmp_path / "home")}
+    # psql's own argv (what `ps` shows) is read by a shell psql starts: the password is not in it
+    script = "SELECT current_database();\n\\getenv pw PGPASSWORD\nSELECT md5(:'pw');\n\\! tr '\\0' ' ' < /proc/$PPID/cmdline\n"
+    run = monitor_cmd("db", "psql", "--", "-At", "-v", "ON_ERROR_STOP=1", env=env, stdin=script)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert url.database in lines and hashlib.md5(pw.encode()).hexdigest() in lines
+    argv = next(line for line in lines if "--dbname=" in line)
+    assert f"psql --dbname=postgresql://monitor@127.0.0.1:{url.port}/{url.database} -At -v ON_ERROR_STOP=1" in argv
+    assert pw not in run.stdout + run.stderr
+
+
+def test_db_psql_exits_as_psql_does_and_says_when_it_is_missing(db_url, tmp_path):
+    env = {"DATABASE_URL": db_url, "MONITOR_HOME": str(tmp_path / "home")}
+    run = monitor_cmd("db", "psql", "--", "-c", "SELECT 1/0", env=env)
+    assert run.returncode == 1 and "division by zero" in run.stderr
+    # no psql on PATH: said so, exit 2
+    (tmp_path / "empty").mkdir()
+    run = monitor_cmd("db", "psql", env={**env, "PATH": str(tmp_path / "empty")})
+    assert run.returncode == 2 and "psql was not found on PATH" in run.stderr
 
 
 def test_subscriptions_list_masks_url_passwords(cli):

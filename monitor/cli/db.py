@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+
 import typer
 
 from monitor.cli.common import new_app, state
 from monitor.db import migrate
 from monitor.db.embedded import Cluster
+from monitor.db.engine import libpq_target
+from monitor.errors import ConfigError
 from monitor.redact import redact
 
 app = new_app("Create, migrate and inspect the database.")
@@ -46,6 +52,26 @@ def url(ctx: typer.Context,
     engine_url = state(ctx).engine.url
     typer.echo(engine_url.render_as_string(hide_password=False) if show_password
                else redact(engine_url.render_as_string(hide_password=True)))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def psql(ctx: typer.Context,
+         args: list[str] = typer.Argument(None, help="Passed on to psql, after `--`: "
+                                          "monitor db psql -- -c 'SELECT 1'.")) -> None:
+    """Run psql on the database in use (starting the private cluster if needed); the password goes to
+    psql through PGPASSWORD and is never printed."""
+    program = shutil.which("psql")
+    if program is None:
+        raise ConfigError("psql was not found on PATH: install the PostgreSQL client (e.g. `apt-get install "
+                          "postgresql-client`), or connect another client to `monitor db url --show-password`")
+    target, password = libpq_target(state(ctx).engine.url)
+    env = dict(os.environ)
+    env.pop("PGPASSWORD", None)
+    if password:
+        env["PGPASSWORD"] = password
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(program, [program, f"--dbname={target}", *(args or [])], env)
 
 
 @app.command()

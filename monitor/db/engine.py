@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import URL, Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -23,6 +23,15 @@ def database_url(settings: Settings) -> str:
             url = "postgresql+psycopg2://" + url.split("://", 1)[1]
         return url
     return Cluster(settings).ensure()
+
+
+def libpq_target(url: URL) -> tuple[str, str | None]:
+    """``url`` as a libpq connection URI for psql and other libpq clients, without its password (in
+    either form, ``user:pw@`` or ``?password=``), and that password apart (for ``PGPASSWORD``)."""
+    password = url.password or url.query.get("password")
+    plain = URL.create("postgresql", username=url.username, host=url.host, port=url.port, database=url.database,
+                       query={k: v for k, v in url.query.items() if k != "password"})
+    return plain.render_as_string(hide_password=False), str(password) if password else None
 
 
 def make_engine(settings: Settings | None = None, url: str | None = None) -> Engine:
