@@ -185,7 +185,9 @@ def test_upload_real_shapefile_area_and_parcels(api, engine, shared_data, tmp_pa
     assert r.status_code == 200, r.text
     assert r.json()["inserted"] == 159 and r.json()["updated"] == 0
     again = api.post("/areas/ba/parcels/upload", files={"file": ("lots.zip", data)}, data={"id_field": "gid"}).json()
-    assert again["inserted"] == 0 and again["updated"] == 159
+    assert again["inserted"] == 0 and again["updated"] == 159 and again["import_id"] == r.json()["import_id"] + 1
+    with engine.connect() as conn:  # recorded under the upload's name, not the server's temporary path
+        assert conn.execute(sa.text("SELECT DISTINCT file FROM parcel_imports")).scalars().all() == ["lots.zip"]
     listing = api.get("/areas/ba/parcels", params={"limit": 5}).json()
     assert len(listing["features"]) == 5 and all(f["properties"]["area_m2"] > 0 for f in listing["features"])
     r = api.post("/areas/ba/parcels/upload", files={"file": ("lots.zip", data)}, data={"id_field": "nope"})

@@ -264,9 +264,9 @@ def upload_parcels(request: Request, area: Name, _: Writer,
 
     with upload_path(file) as path, tx(request) as s:
         result = import_parcels(s, inventory.get_area(s, area), path, id_field or None, dry_run=dry_run,
-                                allow_outside=allow_outside)
+                                allow_outside=allow_outside, source=file.filename or "upload")
     return {"inserted": result.inserted, "updated": result.updated, "changed": result.changed,
-            "unchanged": result.unchanged, "dry_run": dry_run,
+            "unchanged": result.unchanged, "dry_run": dry_run, "import_id": result.import_id,
             "warnings": [w.replace(str(path), file.filename or "upload") for w in result.warnings]}
 
 

@@ -56,10 +56,12 @@ def _pick_id_field(path: Path, fields: list[str], id_field: str | None) -> str:
 
 
 def import_parcels(session: Session, area: Area, path: str | Path, id_field: str | None = None,
-                   dry_run: bool = False, allow_outside: bool = False) -> ImportResult:
+                   dry_run: bool = False, allow_outside: bool = False, source: str | None = None) -> ImportResult:
     """Upsert every feature of a vector file as a parcel of the area, in the session's transaction
-    (``dry_run``: count what would be new, changed and unchanged, writing nothing). A feature that
-    does not touch the area is refused, naming it, unless ``allow_outside`` (then it is a warning)."""
+    (``dry_run``: count what would be new, changed and unchanged, writing nothing), recording the
+    import under ``source`` (default: the file's path) and keeping the versions it replaces. A
+    feature that does not touch the area is refused, naming it, unless ``allow_outside`` (then it is
+    a warning)."""
     feats = read_polygons(path, what="parcels")
     path = feats.path
     outside = np.flatnonzero(~shapely.intersects(feats.geoms, to_shape(area.footprint)))
@@ -101,7 +103,7 @@ def import_parcels(session: Session, area: Area, path: str | Path, id_field: str
     counts = {"changed": len(stored) - len(same), "unchanged": len(same)}
     if dry_run:
         return ImportResult(inserted=len(ids) - len(stored), updated=len(stored), warnings=feats.warnings, **counts)
-    record = ParcelImport(area_id=area.id, file=str(path), new=len(ids) - len(stored), **counts)
+    record = ParcelImport(area_id=area.id, file=source or str(path), new=len(ids) - len(stored), **counts)
     session.add(record)
     session.flush()
     changed = [i for i in stored if i not in same]
