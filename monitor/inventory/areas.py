@@ -10,10 +10,10 @@ from pathlib import Path
 import shapely
 from geoalchemy2.shape import from_shape, to_shape
 from shapely.geometry.base import BaseGeometry
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from monitor.db.queries import open_statuses
+from monitor.db.queries import open_statuses, requeue_scenes
 from monitor.db.tables import Alert, Area, Parcel, Scene
 from monitor.domain import (
     MAX_AREA_KM2,
@@ -162,8 +162,8 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
         parsed = parse_band_order(band_order)
         area.band_order = list(parsed) if parsed else None
         # scenes that failed under the old band order (or none) are fetched again under the new one
-        session.execute(update(Scene).where(Scene.area_id == area.id, Scene.status == SceneStatus.FAILED)
-                        .values(status=SceneStatus.FOUND, next_attempt_at=None))
+        requeue_scenes(session, Scene.area_id == area.id, Scene.status == SceneStatus.FAILED,
+                       Scene.file_path.is_(None))
     if allow_resolution_mismatch is not None:
         area.allow_resolution_mismatch = allow_resolution_mismatch
     for kind, model_dir in (models or {}).items():
