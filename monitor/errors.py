@@ -172,8 +172,10 @@ class ModelMismatch(ModelError):
 TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
                               errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET,
                               errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN})
-# GDAL reports them as text only: "... No space left on device"
-_TRANSIENT_TEXTS = tuple(os.strerror(n) for n in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES))
+# GDAL reports them as text only ("...: Read-only file system"), and a write that failed on a full
+# disk as "Write failed" or "Write error" without the cause: storage, not the data written.
+_TRANSIENT_TEXTS = (*(os.strerror(n) for n in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)),
+                    "Write failed", "Write error")
 
 
 def _transient_one(e: BaseException) -> bool:

@@ -143,8 +143,9 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
                    allow_resolution_mismatch: bool | None = None, allow_private_urls: bool = False) -> Area:
     """Change an area's settings; ``models`` maps a kind (segmenter, classifier, change) to a model
     directory, registered on the way, or to '' to unset it. ``band_order`` '' (or an empty list)
-    forgets the area's band order. Sources are checked as ``areas add`` checks them
-    (``allow_private_urls``: MONITOR_ALLOW_PRIVATE_URLS)."""
+    forgets the area's band order; a new band order re-queues the scenes whose fetch failed, new
+    models (or allowing a resolution mismatch) those whose processing failed. Sources are checked as
+    ``areas add`` checks them (``allow_private_urls``: MONITOR_ALLOW_PRIVATE_URLS)."""
     area = get_area(session, name)
     if cadence is not None:
         area.cadence = parse_cadence(cadence)
@@ -174,5 +175,9 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
         if model.kind != kind:
             raise BadInput(f"is a {model.kind} model, not a {kind} model", file=model_dir, field=f"{kind}-model")
         setattr(area, f"{kind}_model_id", model.id)
+    if models or allow_resolution_mismatch:
+        # scenes whose processing failed under the old models are processed again with the new ones
+        requeue_scenes(session, Scene.area_id == area.id, Scene.status == SceneStatus.FAILED,
+                       Scene.file_path.is_not(None))
     session.flush()
     return area
