@@ -85,7 +85,7 @@ def test_real_failures_are_told_apart(tmp_path, engine):
     assert is_transient(ProviderError("HTTP 503", provider="stac", status=503))
     assert not is_transient(ProviderError("HTTP 404", provider="stac", status=404))
     with pytest.raises(sa.exc.OperationalError) as db_down:
-        sa.create_engine(f"postgresql://x@127.0.0.1:{port}/x", poolclass=sa.pool.NullPool).connect()
+        sa.create_engine(f"postgresql+psycopg2://x@127.0.0.1:{port}/x", poolclass=sa.pool.NullPool).connect()
     assert is_transient(db_down.value)
     corrupt = tmp_path / "corrupt.tif"
     corrupt.write_bytes(b"II*\x00 not a tiff")

@@ -223,5 +223,5 @@ def requeue_scenes(session: Session, *where: Any, reset_attempts: bool = True) -
     if reset_attempts:
         values_["attempts"] = 0
     done = session.scalars(update(Scene).where(*where).values(**values_).returning(Scene)
-                           .execution_options(synchronize_session=False))
+                           .execution_options(synchronize_session=False, populate_existing=True))
     return sorted(done, key=lambda s: (s.acquired_at, s.id))
