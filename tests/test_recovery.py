@@ -118,7 +118,7 @@ def test_a_disk_fault_is_retried_after_its_backoff_and_succeeds(cli, engine, set
     result = cli("process", "--area", "demo", "--quiet")
     summary = json.loads(result.stdout)
     assert summary["processed"] == 0 and summary["errors"] == [] and summary["waiting"] == 1
-    assert "nothing to do in 'demo': 1 scene(s) wait for another try" in result.stderr
+    assert "nothing to do in 'demo': 1 scene(s) wait for a later try" in result.stderr
     assert summary["next_attempt_at"][:16] in result.stderr
 
     # the disk is fixed and the backoff has passed: the next pass processes the scene

@@ -46,9 +46,9 @@ def process(ctx: typer.Context,
         return
     echo_json(summary)
     if summary.get("waiting") and not any(summary.get(k) for k in ("found", "fetched", "processed", "errors")):
-        typer.echo(f"nothing to do in {area!r}: {summary['waiting']} scene(s) wait for another try after a failure; "
-                   f"the next is due at {summary['next_attempt_at']} (`monitor scenes retry --area {area} --failed` "
-                   "re-queues them now)", err=True)
+        typer.echo(f"nothing to do in {area!r}: {summary['waiting']} scene(s) wait for a later try (a transient "
+                   f"failure, an offline product); the next is due at {summary['next_attempt_at']} "
+                   f"(`monitor scenes retry --area {area} --failed` re-queues failed ones now)", err=True)
     if summary["errors"]:
         typer.secho(f"error: {len(summary['errors'])} failure(s) in {area!r}: "
                     + " | ".join(e.splitlines()[0] for e in summary["errors"]), err=True, fg="red")
