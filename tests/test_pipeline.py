@@ -4,7 +4,6 @@ result as an uninterrupted one."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import shutil
