@@ -39,16 +39,28 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def small_disk(settings):
-    """A 64 KiB tmpfs mounted where the probability rasters go (MONITOR_HOME/data/probability)."""
-    where = Path(settings.data_dir) / "probability"
-    where.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True,
-                          text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    yield where
-    subprocess.run(["umount", str(where)], check=True)
+def tmpfs():
+    """Mounts small tmpfs file systems (``tmpfs(folder, "size=64k")``) and unmounts them afterwards."""
+    mounted: list[Path] = []
+
+    def mount(where: Path, options: str) -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                              text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.fixture
+def small_disk(settings, tmpfs):
+    """A 64 KiB tmpfs where the probability rasters go (MONITOR_HOME/data/probability)."""
+    return tmpfs(Path(settings.data_dir) / "probability", "size=64k")
 
 
 def remount(where: Path, options: str) -> None:
@@ -129,6 +141,23 @@ def test_a_disk_fault_is_retried_after_its_backoff_and_succeeds(cli, engine, set
     assert again["processed"] == 1 and again["errors"] == [] and "waiting" not in again
     [scene] = scene_rows(engine, area_id)
     assert (scene.status, scene.failure_kind, scene.attempts, scene.status_reason) == ("processed", None, 0, None)
+
+
+def test_a_fetch_onto_a_read_only_disk_is_retried(cli, engine, settings, world, roof_model, tmp_path, tmpfs):
+    area_id = _area_with_drops(engine, world, roof_model, tmp_path, DATES[:1])
+    scenes = tmpfs(Path(settings.data_dir) / "scenes", "size=64m,ro")
+    cli("scenes", "search", "--area", "demo")
+    out = cli("scenes", "fetch", "--area", "demo")
+    assert "1 failed" in out.stdout and "Read-only file system" in out.stderr
+    [scene] = scene_rows(engine, area_id)
+    assert (scene.status, scene.failure_kind, scene.attempts, scene.file_path) == ("failed", "transient", 1, None)
+    assert "0 scene(s) fetched" in cli("scenes", "fetch", "--area", "demo").stdout  # not due yet
+    remount(scenes, "rw")
+    with transaction(engine) as s:
+        s.get(Scene, scene.id).next_attempt_at = dt.datetime.now(UTC)
+    assert "1 prepared" in cli("scenes", "fetch", "--area", "demo").stdout
+    [scene] = scene_rows(engine, area_id)
+    assert (scene.status, scene.failure_kind, scene.attempts, scene.status_reason) == ("prepared", None, 0, None)
 
 
 def test_transient_failures_back_off_then_give_up(engine, settings, world, roof_model, tmp_path, small_disk):
