@@ -109,7 +109,7 @@ def test_real_failures_are_told_apart(tmp_path, engine):
     assert not is_transient(FileNotFoundError(errno.ENOENT, "gone"))
 
 
-# --- 10. a full or read-only disk: retried after the backoff, then succeeds
+# --- a full or read-only disk: retried after the backoff, then succeeds
 
 
 @pytest.mark.parametrize("fault, needle", [("size=4k", "Write"), ("ro", "Read-only file system")])
@@ -179,7 +179,7 @@ def test_transient_failures_back_off_then_give_up(engine, settings, world, roof_
     assert scene.status_reason.startswith("failed 3 times in a row, given up")
 
 
-# --- 10. scenes retry
+# --- scenes retry
 
 
 def test_scenes_retry_requeues_failed_scenes(cli, engine, tmp_path):
@@ -220,7 +220,7 @@ def test_scenes_retry_requeues_failed_scenes(cli, engine, tmp_path):
     assert "0 scene(s) of 'ba' re-queued" in cli("scenes", "retry", "--area", "ba", "--failed").stdout
 
 
-# --- 10. process --reprocess
+# --- process --reprocess
 
 
 def alert_rows(engine) -> list[tuple]:
@@ -307,7 +307,7 @@ def test_reprocess_replaces_outputs_idempotently(cli, engine, settings, world, r
     assert len({a[1] for a in alert_rows(engine)}) == len(before)  # one alert per parcel, none twice
 
 
-# --- 11. a catalogue outage
+# --- a catalogue outage
 
 
 def test_a_catalogue_outage_still_processes_the_scenes_on_disk(cli, engine, settings, world, roof_model, tmp_path):
