@@ -72,8 +72,9 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
     (alert id -> clear share of its outline, share of that still changed from the alert's baseline)
     where given, else through the segmenter's detections. Re-judging a scene rewrites its verdicts
     and raises nothing twice. With ``replace`` (the date processed again with other models) an open
-    alert first seen on this date takes this date's construction instead of adding it, and
-    ``revert_unseen`` reverts those no verdict names any more.
+    alert first seen on this date takes this date's construction instead of adding it,
+    ``revert_unseen`` reverts those no verdict names any more, and alerts an earlier reprocess reverted
+    are judged anew (open again and ``updated`` when the current models see them).
     """
     sightings = sightings or {}
     metrics = metrics or default_metrics()
@@ -86,6 +87,8 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
     session.execute(text("DELETE FROM parcel_changes WHERE change_id IN (SELECT id FROM changes WHERE scene_id = :sid)"),
                     dict(sid=scene.id))
     events: list[tuple[int, AlertEvent]] = []
+    reopened = session.execute(text(sql("judge_reopen")), dict(aid=area.id, day=day, open_statuses=opened)
+                               ).scalars().all() if replace else []
 
     resolved = session.execute(text(sql("judge_resolve")), dict(aid=area.id, day=day, open_statuses=opened)).scalars()
     events += [(i, AlertEvent.RESOLVED) for i in resolved.all()]
@@ -157,7 +160,11 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
                     "(%s::bigint, %s, %s::bigint, %s::bigint, %s::date)")
     session.execute(text("DROP TABLE IF EXISTS _judge_pieces, _judge_parcels"))
     if replace:
-        events += revert_unseen(session, area, scene)
+        unseen = {i for i, _e in revert_unseen(session, area, scene)}
+        # an alert reverted again was reverted already: nothing new to tell; one seen again is news
+        events += [(i, AlertEvent.REVERTED) for i in unseen if i not in reopened]
+        told = {i for i, _e in events}
+        events += [(i, AlertEvent.UPDATED) for i in reopened if i not in unseen and i not in told]
     return judge_events(session, area, events, metrics)
 
 
