@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from monitor.errors import BadInput
+from monitor.errors import BadInput, is_transient
 from monitor.urlpolicy import check_source
 
 E = TypeVar("E", bound=StrEnum)
@@ -57,6 +57,19 @@ class SceneStatus(StrEnum):
     SKIPPED = "skipped"
     OFFLINE = "offline"
     FAILED = "failed"
+
+
+class FailureKind(StrEnum):
+    """Why a scene failed: transient (disk full, read-only or unwritable storage, database, network:
+    retried with backoff) or permanent (a corrupt or unreadable file, bad input: not retried)."""
+
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+    @classmethod
+    def of(cls, error: BaseException) -> FailureKind:
+        """The kind of a failure (``monitor.errors.is_transient``)."""
+        return cls.TRANSIENT if is_transient(error) else cls.PERMANENT
 
 
 #: A scene in one of these states is done with acquisition; fetching it again changes nothing.

@@ -4,10 +4,17 @@ Every error a user can cause or meet carries a message meant for that user. What
 error means to the entry points is said once, as class attributes (as pygeoapi's exceptions do):
 ``exit_code`` is what the ``monitor`` command exits with (2 for bad input, 1 for anything else),
 ``http_status`` what the API answers, and ``reason`` the label a failed scene is counted under
-in the metrics.
+in the metrics. ``is_transient`` tells a failure worth trying again later (storage, database,
+network) from one that will fail the same way every time (a corrupt file, bad input).
 """
 
 from __future__ import annotations
+
+import errno
+import os
+
+import requests
+from sqlalchemy import exc as sa_exc
 
 
 class MonitorError(Exception):
@@ -16,6 +23,8 @@ class MonitorError(Exception):
     exit_code = 1
     http_status = 500
     reason = "error"
+    #: Whether this kind of failure may go away by itself (``is_transient``).
+    transient = False
     #: Whether an HTTP status of a remote server (``status`` in the data) names the failure better.
     labelled_by_status = False
 
@@ -82,6 +91,7 @@ class DatabaseError(MonitorError):
 
     http_status = 503
     reason = "database"
+    transient = True
 
 
 class ProviderError(MonitorError):
@@ -161,3 +171,46 @@ class ModelMismatch(ModelError):
     """A model made for other imagery (another resolution, other bands) than the scene's."""
 
     reason = "model_mismatch"
+
+
+#: OS errors of the storage or the network that go away once an operator or the network acts: a full
+#: disk or quota, a read-only or unwritable MONITOR_HOME, an I/O error, a refused or lost connection.
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                              errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET,
+                              errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN})
+# GDAL reports them as text only ("...: Read-only file system"), and a write that failed on a full
+# disk as "Write failed" or "Write error" without the cause: storage, not the data written.
+_TRANSIENT_TEXTS = (*(os.strerror(n) for n in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)),
+                    "Write failed", "Write error")
+
+
+def _transient_one(e: BaseException) -> bool:
+    if isinstance(e, MonitorError):
+        status = e.data.get("status")
+        if isinstance(status, int):
+            return status >= 500 or status == 429
+        return e.transient or bool(e.data.get("retryable"))
+    if isinstance(e, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError):
+        return True
+    if isinstance(e, requests.HTTPError):
+        return e.response is not None and (e.response.status_code >= 500 or e.response.status_code == 429)
+    if isinstance(e, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+        return True
+    if isinstance(e, OSError):
+        return e.errno in TRANSIENT_ERRNOS or any(t in str(e) for t in _TRANSIENT_TEXTS)
+    return False
+
+
+def is_transient(e: BaseException) -> bool:
+    """Whether a failure may go away by itself, so that trying again later makes sense: full or
+    read-only storage, permissions, the database, the network, timeouts and HTTP 5xx (or 429), here
+    or in what caused it. Anything else (a corrupt file, bad input, a model that does not fit) fails
+    the same way every time."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if _transient_one(cur):
+            return True
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    return False

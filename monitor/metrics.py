@@ -28,6 +28,9 @@ class Metrics:
                                       ["provider"], registry=r)
         self.provider_errors = Counter("monitor_provider_errors_total", "Provider calls that failed",
                                        ["provider", "operation"], registry=r)
+        self.search_failures = Counter("monitor_search_failures_total",
+                                       "Searches of an area in which every provider failed (the pass went on "
+                                       "with the scenes already known)", ["area"], registry=r)
         self.provider_failovers = Counter("monitor_provider_failovers_total",
                                           "Searches that fell over to the next provider",
                                           ["area", "from_provider", "to_provider"], registry=r)

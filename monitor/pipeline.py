@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 import shapely
 from rasterio import features
-from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
@@ -34,12 +34,19 @@ from monitor.alerts.webhooks import deliver_pending, enqueue
 from monitor.cluster import Executor, InProcess
 from monitor.db import queries
 from monitor.db.engine import transaction
-from monitor.db.tables import Alert, Area, Indicator, Model, Run, Scene
-from monitor.domain import AlertEvent, ModelKind, RunStatus, SceneStatus, resolution_fits
-from monitor.errors import ConfigError, ModelMismatch, MonitorError
+from monitor.db.tables import Alert, Area, Change, Detection, Indicator, Model, Run, Scene, Settlement
+from monitor.domain import AlertEvent, FailureKind, ModelKind, Provider, RunStatus, SceneStatus, resolution_fits
+from monitor.errors import ConfigError, ModelMismatch, MonitorError, ProviderError
 from monitor.geo import reproject
 from monitor.imagery.prepare import clear_path_for
-from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
+from monitor.imagery.service import (
+    fail_scene,
+    fetch_scene,
+    pending_scenes,
+    requeue_due,
+    search_scenes,
+    waiting_scenes,
+)
 from monitor.inventory.areas import get_area
 from monitor.metrics import Metrics, default_metrics
 from monitor.ml.inference import classify_tiles, count_windows, default_change_model, predict_raster, raster_threshold
@@ -156,7 +163,8 @@ def _windows(model: LoadedModel, scene: Path, settings: Settings) -> int:
 
 # --- the steps of a scene
 
-def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metrics | None = None) -> dict:
+def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metrics | None = None,
+                fresh: bool = False) -> dict:
     """The scene's probability rasters (segmenter; change model against the scene's before image) under
     ``data_dir/probability/<area id>/``, and the settlement polygons of its classifier.
 
@@ -164,7 +172,8 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
     "persistence": {alert id: {"path", "threshold"}}}``: ``settlements`` is ``settlement_polygons``'s;
     ``persistence``, for open alerts a change model raised on earlier dates, is the change model run from
     each alert's own baseline to this scene, which tells whether the construction is still there. A
-    raster already there (from a pass killed later on) is kept.
+    raster already there (from a pass killed later on) is kept, unless ``fresh``: then every raster of
+    the scene, of any model, is deleted first and made again.
     """
     metrics = metrics or default_metrics()
     with transaction(engine) as s:
@@ -178,6 +187,9 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
     if not area.allow_resolution_mismatch:
         check_resolutions(models, queries.scene_pixel_m(scene, settings), area.name)
     out_dir = settings.data_dir / "probability" / str(area.id)
+    if fresh:
+        for old in out_dir.glob(f"{scene.id}_*.tif"):
+            old.unlink()
     probabilities: dict[str, dict] = {}
     for kind in (ModelKind.SEGMENTER, ModelKind.CHANGE):
         model = models[kind]
@@ -253,23 +265,27 @@ def vectorize_scene(engine: Engine, scene_id: int, settings: Settings, probabili
                     metrics: Metrics | None = None) -> dict[str, int]:
     """Polygons of the scene's probability rasters (``infer_scene``'s): the segmenter's stored as its
     detections, the change model's as its change-model changes. Returns the counts stored."""
-    metrics = metrics or default_metrics()
-    out: dict[str, int] = {}
     with transaction(engine) as s:
-        scene, area = queries.scene_and_area(s, scene_id)
-        clear = clear_path_for(str(scene.file_path))
-        for kind, made in probabilities.items():
-            prob = read_probability(made["path"], clear_path=clear)
-            polys = polygonize(prob.values, prob.transform, threshold=made["threshold"],
-                               median_px=settings.median_filter_px,
-                               min_area_m2=settings.min_area_m2("region", queries.scene_pixel_m(scene, settings)),
-                               valid=prob.valid)
-            if kind == ModelKind.SEGMENTER:
-                out["detections"] = change.store_detections(s, area, scene, polys, prob.crs, made["version"],
-                                                            metrics=metrics)
-            else:
-                out["change_polygons"] = change.store_change_polygons(s, area, scene, polys, prob.crs,
-                                                                      made["version"], metrics=metrics)
+        return _vectorize(s, scene_id, settings, probabilities, metrics or default_metrics())
+
+
+def _vectorize(s: Session, scene_id: int, settings: Settings, probabilities: dict[str, dict],
+               metrics: Metrics) -> dict[str, int]:
+    out: dict[str, int] = {}
+    scene, area = queries.scene_and_area(s, scene_id)
+    clear = clear_path_for(str(scene.file_path))
+    for kind, made in probabilities.items():
+        prob = read_probability(made["path"], clear_path=clear)
+        polys = polygonize(prob.values, prob.transform, threshold=made["threshold"],
+                           median_px=settings.median_filter_px,
+                           min_area_m2=settings.min_area_m2("region", queries.scene_pixel_m(scene, settings)),
+                           valid=prob.valid)
+        if kind == ModelKind.SEGMENTER:
+            out["detections"] = change.store_detections(s, area, scene, polys, prob.crs, made["version"],
+                                                        metrics=metrics)
+        else:
+            out["change_polygons"] = change.store_change_polygons(s, area, scene, polys, prob.crs,
+                                                                  made["version"], metrics=metrics)
     return out
 
 
@@ -298,34 +314,62 @@ def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlements: 
     A date on which more than ``max_change_share`` of the area's clear land changed is marked
     ``suspect`` instead: nothing is judged, no indicator recorded, and it is never the baseline of a
     later date."""
-    metrics = metrics or default_metrics()
     with transaction(engine) as s:
-        scene, area = queries.scene_and_area(s, scene_id)
-        scene.next_attempt_at = None
-        suspect = change.suspect_reason(s, area, scene, settings)
-        if suspect:
-            scene.status, scene.status_reason = SceneStatus.SUSPECT, suspect
-            metrics.suspect_dates.labels(area=area.name).inc()
-            log.warning("%s: scene %s is %s", area.name, scene.id, scene.status_reason)
-            return []
-        scene.status = SceneStatus.PROCESSED
-        scene.status_reason = None
-        s.flush()
-        events = change.judge(s, area, scene, settings, metrics=metrics, segmented=segmented, sightings=seen)
+        return _judge(s, scene_id, settings, settlements, metrics or default_metrics(), segmented, seen)
+
+
+def _judge(s: Session, scene_id: int, settings: Settings, settlements: dict | None, metrics: Metrics,
+           segmented: bool, seen: dict[int, tuple[float, float]] | None, replace: bool = False) -> list[tuple[int, str]]:
+    scene, area = queries.scene_and_area(s, scene_id)
+    scene.next_attempt_at, scene.attempts, scene.failure_kind = None, 0, None
+    suspect = change.suspect_reason(s, area, scene, settings)
+    if suspect:
+        scene.status, scene.status_reason = SceneStatus.SUSPECT, suspect
+        metrics.suspect_dates.labels(area=area.name).inc()
+        log.warning("%s: scene %s is %s", area.name, scene.id, scene.status_reason)
+        events = change.judge_events(s, area, change.revert_unseen(s, area, scene), metrics) if replace else []
         announce(s, events)
-        layer = None
-        if settlements is not None:
-            polys = [(shapely.from_wkb(w), p) for w, p in settlements["polygons"]]
-            layer = change.store_settlements(s, area, scene, polys, settlements["crs"], settlements["version"])
-        change.record_indicators(s, area, scene, settlement_km2=layer.km2 if layer else None, metrics=metrics,
-                                 settlement_carried_km2=layer.carried_km2 if layer else None)
+        return [(alert.id, str(event)) for alert, event in events]
+    scene.status = SceneStatus.PROCESSED
+    scene.status_reason = None
+    s.flush()
+    events = change.judge(s, area, scene, settings, metrics=metrics, segmented=segmented, sightings=seen,
+                          replace=replace)
+    announce(s, events)
+    layer = None
+    if settlements is not None:
+        polys = [(shapely.from_wkb(w), p) for w, p in settlements["polygons"]]
+        layer = change.store_settlements(s, area, scene, polys, settlements["crs"], settlements["version"])
+    change.record_indicators(s, area, scene, settlement_km2=layer.km2 if layer else None, metrics=metrics,
+                             settlement_carried_km2=layer.carried_km2 if layer else None)
     return [(alert.id, str(event)) for alert, event in events]
 
 
+def replace_scene(engine: Engine, scene_id: int, settings: Settings, inferred: dict,
+                  seen: dict[int, tuple[float, float]] | None, metrics: Metrics | None = None) -> list[tuple[int, str]]:
+    """``process --reprocess`` of one processed scene, from ``infer_scene``'s new rasters: in one
+    transaction, the scene's detections, changes, verdicts, settlement layer and indicators are
+    deleted and made again, and its date judged again with ``replace`` (``monitor.change.judge``):
+    alerts keep their ids, an alert first seen on the date takes the new outline, one the current
+    models no longer see is reverted unless a reviewer looked at it, and nothing is raised twice.
+    Returns the ``(alert id, event)`` pairs, as ``judge_scene``."""
+    metrics = metrics or default_metrics()
+    with transaction(engine) as s:
+        for table in (Detection, Change, Settlement, Indicator):
+            s.execute(delete(table).where(table.scene_id == scene_id))
+        _vectorize(s, scene_id, settings, inferred["probabilities"], metrics)
+        segmented = ModelKind.SEGMENTER in inferred["probabilities"]
+        if segmented:
+            scene, area = queries.scene_and_area(s, scene_id)
+            change.diff(s, area, scene, settings, metrics=metrics)
+        return _judge(s, scene_id, settings, inferred["settlements"], metrics, segmented, seen, replace=True)
+
+
 def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metrics,
-                  stop: threading.Event | None = None, executor: Executor | None = None) -> dict:
+                  stop: threading.Event | None = None, executor: Executor | None = None, replace: bool = False) -> dict:
     """infer -> vectorize -> diff -> judge for one prepared scene, recorded as a run; returns a summary.
-    Each step runs through ``executor`` (default: in this process)."""
+    Each step runs through ``executor`` (default: in this process). ``replace``: the scene was
+    processed already; its rasters are made again and ``replace_scene`` replaces its outputs."""
     with transaction(engine) as s:
         scene, area = queries.scene_and_area(s, scene_id)
         dirs = area_model_dirs(s, area, settings)
@@ -339,24 +383,30 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
     summary: dict = {"scene": scene.id, "date": scene.acquired_at.date().isoformat(), "alerts": 0}
     try:
         with rec.step("infer"):
-            inferred = run("infer", infer_scene, scene_id, settings, metrics=metrics)
+            inferred = run("infer", infer_scene, scene_id, settings, metrics=metrics, fresh=replace)
         _check(stop)
-        with rec.step("vectorize"):
-            summary.update(run("vectorize", vectorize_scene, scene_id, settings, inferred["probabilities"],
-                               metrics=metrics))
-        _check(stop)
-        with rec.step("diff"):
-            if ModelKind.SEGMENTER in inferred["probabilities"]:
-                summary["changes"] = run("diff", diff_scene, scene_id, settings, metrics=metrics)
-        _check(stop)
-        with rec.step("judge"):
-            seen = run("judge", sightings, scene_id, inferred["persistence"])
-            events = run("judge", judge_scene, scene_id, settings, inferred["settlements"], metrics=metrics,
-                         segmented=ModelKind.SEGMENTER in inferred["probabilities"], seen=seen)
-            summary["alerts"] = sum(1 for _a, ev in events if ev in (AlertEvent.CREATED, AlertEvent.ESCALATED))
-            with transaction(engine) as s:
-                summary["settlement_km2"] = s.scalar(select(Indicator.settlement_km2).where(
-                    Indicator.scene_id == scene_id))
+        segmented = ModelKind.SEGMENTER in inferred["probabilities"]
+        if replace:
+            with rec.step("replace"):
+                seen = run("judge", sightings, scene_id, inferred["persistence"])
+                events = run("judge", replace_scene, scene_id, settings, inferred, seen, metrics=metrics)
+        else:
+            with rec.step("vectorize"):
+                summary.update(run("vectorize", vectorize_scene, scene_id, settings, inferred["probabilities"],
+                                   metrics=metrics))
+            _check(stop)
+            with rec.step("diff"):
+                if segmented:
+                    summary["changes"] = run("diff", diff_scene, scene_id, settings, metrics=metrics)
+            _check(stop)
+            with rec.step("judge"):
+                seen = run("judge", sightings, scene_id, inferred["persistence"])
+                events = run("judge", judge_scene, scene_id, settings, inferred["settlements"], metrics=metrics,
+                             segmented=segmented, seen=seen)
+        summary["alerts"] = sum(1 for _a, ev in events if ev in (AlertEvent.CREATED, AlertEvent.ESCALATED))
+        with transaction(engine) as s:
+            summary["settlement_km2"] = s.scalar(select(Indicator.settlement_km2).where(
+                Indicator.scene_id == scene_id))
     except BaseException as e:
         rec.finish(error=_reason(e), interrupted=isinstance(e, (Stopped, KeyboardInterrupt, SystemExit)))
         raise
@@ -388,16 +438,22 @@ def _reason(e: BaseException) -> str:
 
 
 def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics | None = None,
-             stop: threading.Event | None = None, progress: bool = False) -> dict:
-    """One pass over an area (``_run_area``) under the area's advisory lock: while another pass over
-    the area runs (another process, another host) nothing is done and the summary says ``busy``.
-    Runs of the area left ``running`` by a process that ended are marked ``interrupted`` first."""
+             stop: threading.Event | None = None, progress: bool = False, reprocess: bool = False,
+             since: dt.date | None = None) -> dict:
+    """One pass over an area (``_run_area``; with ``reprocess``, ``_reprocess`` from ``since``) under
+    the area's advisory lock: while another pass over the area runs (another process, another host)
+    nothing is done and the summary says ``busy``. Runs of the area left ``running`` by a process that
+    ended are marked ``interrupted`` first."""
     with queries.area_lock(engine, area_id) as held:
         if held:
             with transaction(engine) as s:
                 if n := queries.interrupt_stale_runs(s, area_id):
                     log.warning("area %s: %d run(s) left running by an ended process marked interrupted", area_id, n)
-            return _pass(engine, area_id, settings, metrics, stop, progress)
+            metrics = metrics or default_metrics()
+            with cluster.executor(engine, settings, metrics) as steps:
+                if reprocess:
+                    return _reprocess(engine, area_id, settings, metrics, stop, progress, steps, since)
+                return _run_area(engine, area_id, settings, metrics, stop, progress, steps)
     with transaction(engine) as s:
         name = queries.row(s, Area, area_id).name
     log.info("area %s is busy: another pass over it is running; nothing done", name)
@@ -405,28 +461,30 @@ def run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics 
             "alerts": 0, "errors": []}
 
 
-def _pass(engine: Engine, area_id: int, settings: Settings, metrics: Metrics | None = None,
-          stop: threading.Event | None = None, progress: bool = False) -> dict:
-    """One pass over an area: record new scenes, fetch pending ones, process prepared ones in date
-    order, then deliver pending webhooks. Per-scene failures are recorded and the pass goes on.
-    The steps of the scenes run on the Dask cluster of ``settings.dask_scheduler`` when set."""
-    metrics = metrics or default_metrics()
-    with cluster.executor(engine, settings, metrics) as steps:
-        return _run_area(engine, area_id, settings, metrics, stop, progress, steps)
-
-
 def _run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics, stop: threading.Event | None,
               progress: bool, executor: Executor) -> dict:
+    """One pass over an area: record new scenes, fetch pending ones, process prepared ones in date
+    order, then deliver pending webhooks. Scenes whose transient failure is due are queued again first.
+    A failed search (every provider down) and per-scene failures are recorded in the summary's
+    ``errors`` and the pass goes on with the scenes already known; the summary's ``waiting`` and
+    ``next_attempt_at`` say how many scenes wait for a later try and when the first is due. The steps
+    of the scenes run on the Dask cluster of ``settings.dask_scheduler`` when set."""
     with transaction(engine) as s:
         area = queries.row(s, Area, area_id)
+        for scene in requeue_due(s, area):
+            log.info("%s: scene %s is due for another try", area.name, scene.id)
     summary: dict = {"area": area.name, "found": 0, "fetched": 0, "skipped": 0, "failed": 0, "processed": 0,
                      "alerts": 0, "errors": []}
     rec = Recorder(engine, area, metrics)
     try:
-        with rec.step("search"):
-            with transaction(engine) as s:
-                found = search_scenes(s, queries.row(s, Area, area_id), settings, metrics)
-                summary["found"] = len(found)
+        try:
+            with rec.step("search"):
+                with transaction(engine) as s:
+                    found = search_scenes(s, queries.row(s, Area, area_id), settings, metrics)
+                    summary["found"] = len(found)
+        except ProviderError as e:  # a catalogue outage: the scenes already known are still processed
+            metrics.search_failures.labels(area.name).inc()
+            summary["errors"].append(f"search: {e}")
         with rec.step("fetch"):
             with transaction(engine) as s:
                 pending = [sc.id for sc in pending_scenes(s, queries.row(s, Area, area_id))]
@@ -439,10 +497,8 @@ def _run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics
                 if key == "failed":
                     summary["errors"].append(f"scene {scene.product_id}: {scene.status_reason}")
         with transaction(engine) as s:
-            now = dt.datetime.now(dt.timezone.utc)
             todo = list(s.scalars(select(Scene.id).where(
-                Scene.area_id == area_id, Scene.status == SceneStatus.PREPARED,
-                or_(Scene.next_attempt_at.is_(None), Scene.next_attempt_at <= now)).order_by(Scene.acquired_at)))
+                Scene.area_id == area_id, Scene.status == SceneStatus.PREPARED).order_by(Scene.acquired_at)))
         for scene_id in _progress(todo, progress, f"{area.name}: process"):
             _check(stop)
             try:
@@ -450,14 +506,17 @@ def _run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics
             except Stopped:
                 raise
             except Exception as e:  # one scene never stops the others
-                log.exception("%s: scene %s failed", area.name, scene_id)
-                summary["errors"].append(f"scene {scene_id}: {_reason(e).splitlines()[0]}")
-                _retry_later(engine, scene_id, _reason(e), settings)
+                summary["failed"] += 1
+                summary["errors"].append(f"scene {scene_id}: {_failed(engine, scene_id, e, settings, area.name)}")
                 continue
             summary["processed"] += 1
             summary["alerts"] += result["alerts"]
         with rec.step("notify"):
             summary["delivered"] = deliver_pending(engine, settings, metrics)
+        with transaction(engine) as s:
+            waiting, first = waiting_scenes(s, queries.row(s, Area, area_id))
+        if waiting:
+            summary["waiting"], summary["next_attempt_at"] = waiting, first.isoformat() if first else None
         _gauges(engine, area_id, area.name, metrics)
     except BaseException as e:
         rec.finish(error=_reason(e), interrupted=isinstance(e, (Stopped, KeyboardInterrupt, SystemExit)))
@@ -468,15 +527,49 @@ def _run_area(engine: Engine, area_id: int, settings: Settings, metrics: Metrics
     return summary
 
 
-def _retry_later(engine: Engine, scene_id: int, reason: str, settings: Settings) -> None:
-    """Keep a scene whose processing failed for a later pass, backing off with each failure."""
+def _failed(engine: Engine, scene_id: int, error: Exception, settings: Settings, area_name: str) -> str:
+    """Record that processing the scene failed (``fail_scene``: a transient failure is tried again
+    later); returns the reason recorded."""
+    kind = FailureKind.of(error)
+    if kind == FailureKind.PERMANENT:
+        log.exception("%s: scene %s failed", area_name, scene_id)
+    else:
+        log.warning("%s: scene %s failed for a transient reason: %s", area_name, scene_id, _reason(error))
     with transaction(engine) as s:
-        scene = queries.row(s, Scene, scene_id)
-        failures = s.scalar(select(func.count()).select_from(Run).where(Run.scene_id == scene_id,
-                                                                         Run.status == RunStatus.FAILED)) or 0
-        wait = min(settings.scene_retry_s * 2 ** max(failures - 1, 0), settings.scene_retry_max_s)
-        scene.next_attempt_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=wait)
-        scene.status_reason = reason[:2000]
+        scene = queries.row(s, Scene, scene_id, with_for_update=True)
+        fail_scene(scene, _reason(error), kind, settings)
+        return str(scene.status_reason).splitlines()[0]
+
+
+def _reprocess(engine: Engine, area_id: int, settings: Settings, metrics: Metrics, stop: threading.Event | None,
+               progress: bool, executor: Executor, since: dt.date | None) -> dict:
+    """``process --reprocess``: the area's processed (and suspect) scenes acquired on or after ``since``
+    run again, oldest first, with the area's current models (``process_scene`` with ``replace``),
+    since each date is compared with the dates before it; then pending webhooks are delivered.
+    Imported detections have no imagery to run models on and are left as they are."""
+    with transaction(engine) as s:
+        area = queries.row(s, Area, area_id)
+        q = select(Scene.id).where(Scene.area_id == area_id, Scene.provider != Provider.IMPORT,
+                                   Scene.status.in_([SceneStatus.PROCESSED, SceneStatus.SUSPECT]))
+        if since is not None:
+            q = q.where(Scene.acquired_at >= queries.day_start(since))
+        todo = list(s.scalars(q.order_by(Scene.acquired_at, Scene.id)))
+    summary: dict = {"area": area.name, "reprocessed": 0, "alerts": 0, "errors": []}
+    for scene_id in _progress(todo, progress, f"{area.name}: reprocess"):
+        _check(stop)
+        try:
+            result = process_scene(engine, scene_id, settings, metrics, stop=stop, executor=executor, replace=True)
+        except Stopped:
+            raise
+        except Exception as e:  # the scene keeps its earlier outputs; the others go on
+            log.exception("%s: reprocessing scene %s failed", area.name, scene_id)
+            summary["errors"].append(f"scene {scene_id}: {_reason(e).splitlines()[0]}")
+            continue
+        summary["reprocessed"] += 1
+        summary["alerts"] += result["alerts"]
+    summary["delivered"] = deliver_pending(engine, settings, metrics)
+    _gauges(engine, area_id, area.name, metrics)
+    return summary
 
 
 def _gauges(engine: Engine, area_id: int, name: str, metrics: Metrics) -> None:

@@ -299,7 +299,8 @@ class Scheduler:
         """Run one area through the job, isolating its failure; returns its result.
 
         Every scheduled run leaves a ``runs`` row and a ``monitor_runs_total`` count: the job's own
-        when it records one (the pipeline does), else the wrapper's.
+        when it records one (the pipeline does), else the wrapper's. A run whose summary has a
+        ``next_attempt_at`` sooner than the next run by cadence brings that run forward.
         """
         with transaction(self.engine) as s:
             area = s.get(Area, area_id)
@@ -329,7 +330,18 @@ class Scheduler:
         else:
             log.error("run of area %r failed after %.1f s", name, seconds, exc_info=error)
         self._record(area_id, name, last_run, started_at, seconds, error)
+        if isinstance(result, dict) and result.get("next_attempt_at"):
+            self._run_again_at(area_id, dt.datetime.fromisoformat(str(result["next_attempt_at"])))
         return result
+
+    def _run_again_at(self, area_id: int, when: dt.datetime) -> None:
+        """Bring the area's next run forward to ``when`` (the first retry a pass left waiting) when that
+        is sooner than its cadence; the cadence goes on from then."""
+        aps = self._aps
+        job = aps.get_job(f"{AREA_PREFIX}{area_id}") if aps is not None else None
+        if aps is not None and job is not None and job.next_run_time is not None and when < job.next_run_time:
+            aps.modify_job(job.id, next_run_time=when)
+            log.info("area %s runs again at %s, when a scene is due for another try", area_id, when)
 
     def _record(self, area_id: int, name: str, last_run: int, started_at: dt.datetime, seconds: float,
                 error: Exception | None) -> None:

@@ -60,9 +60,12 @@ class Settings(BaseSettings):
                                       "scene found. Drop folders are searched whole.")
     offline_retry_s: float = Field(3600.0, description="Wait before fetching again a product that was "
                                    "offline (long-term archive), seconds.")
-    scene_retry_s: float = Field(600.0, description="Wait before processing again a scene whose processing "
-                                 "failed; doubles with each failure, seconds.")
+    scene_retry_s: float = Field(600.0, description="Wait before trying again a scene whose fetch or processing "
+                                 "failed for a transient reason (disk full, read-only or unwritable MONITOR_HOME, "
+                                 "database, network, HTTP 5xx); doubles with each failure in a row, seconds.")
     scene_retry_max_s: float = Field(21600.0, description="Cap of that wait, seconds.")
+    scene_retry_attempts: int = Field(8, ge=1, description="Failed tries in a row after which a scene with "
+                                      "transient failures is failed for good (`monitor scenes retry` re-queues it).")
     dhus_url: str = Field("https://apihub.copernicus.eu/apihub/",
                           description="DHuS API URL of the `sentinelsat` provider.")
     dhus_user: str | None = Field(None, description="DHuS user name (never logged).")

@@ -4,7 +4,6 @@ result as an uninterrupted one."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import shutil
@@ -263,7 +262,7 @@ def test_change_model_feeds_the_same_alerts(cli, engine, world, change_rule_mode
     assert sources == ["change_model"]
 
 
-def test_a_failing_scene_backs_off_and_the_others_go_on(settings, engine, world, roof_model, tmp_path):
+def test_a_corrupt_scene_fails_for_good_and_the_others_go_on(settings, engine, world, roof_model, tmp_path):
     from sqlalchemy import select
 
     from monitor.db.engine import transaction
@@ -285,13 +284,14 @@ def test_a_failing_scene_backs_off_and_the_others_go_on(settings, engine, world,
         Path(broken.file_path).write_bytes(b"not a tiff any more")
         broken_id = broken.id
     summary = run_area(engine, area_id, settings, metrics)
-    assert summary["processed"] == 2 and len(summary["errors"]) == 1
+    assert summary["processed"] == 2 and summary["failed"] == 1 and len(summary["errors"]) == 1
     with transaction(engine) as s:
         scene = s.get(Scene, broken_id)
-        assert scene.status == "prepared" and scene.status_reason
-        wait = (scene.next_attempt_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
-        assert settings.scene_retry_s - 60 < wait <= settings.scene_retry_s
-    # not due yet: the next pass leaves it alone
+        # a corrupt file fails the same way every time: failed for good, with the reason
+        assert (scene.status, scene.failure_kind, scene.next_attempt_at, scene.attempts) == (
+            "failed", "permanent", None, 1)
+        assert "transient" not in scene.status_reason and scene.status_reason
+    # the next pass leaves it alone
     again = run_area(engine, area_id, settings, metrics)
     assert again["processed"] == 0 and again["errors"] == []
     assert metrics.registry.get_sample_value("monitor_run_errors_total", {"area": "demo", "step": "infer"}) == 1

@@ -4,6 +4,7 @@ isolation of the job wrapper, and a clean stop on SIGTERM."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -175,6 +176,26 @@ def test_jobs_follow_the_areas_and_survive_a_restart(engine, fast, tmp_path, rep
     assert again.is_leader
     after = {j["id"]: j["next_run_time"] for j in again.jobs()}
     assert after[f"area-{b}"] == before[f"area-{b}"]
+
+
+def test_a_scene_waiting_for_a_retry_brings_the_next_run_forward(engine, fast, tmp_path, replicas):
+    calls: list[dt.datetime] = []
+
+    def job(engine_, area_id, settings, metrics=None):
+        calls.append(dt.datetime.now(dt.timezone.utc))
+        if len(calls) == 1:  # a scene failed for a transient reason: due again in a second, not in 5 days
+            return {"next_attempt_at": (calls[0] + dt.timedelta(seconds=1)).isoformat()}
+        return {}
+
+    area_id = make_area(engine, tmp_path, "a", cadence="5d")
+    sched = replicas(fast, job)
+    sched.start()
+    wait_for(lambda: len(calls) >= 2, timeout=20, what="the run of the retry")
+    assert calls[1] - calls[0] >= dt.timedelta(seconds=0.9)
+    # after the retry the cadence goes on from then
+    next_run = wait_for(lambda: next(j for j in sched.jobs() if j["id"] == f"area-{area_id}")["next_run_time"],
+                        what="the next run")
+    assert next_run > calls[1] + dt.timedelta(days=4) and len(calls) == 2
 
 
 def test_a_failing_area_never_stops_the_others(engine, fast, tmp_path, replicas):

@@ -148,7 +148,7 @@ def settlement_growth(request: Request, area: Name, _: Reader) -> list[dict]:
 def _scene(sc: Scene) -> dict:
     return {"id": sc.id, "area_id": sc.area_id, "provider": sc.provider, "product_id": sc.product_id,
             "acquired_at": sc.acquired_at.isoformat(), "cloud_cover": sc.cloud_cover, "status": sc.status,
-            "status_reason": sc.status_reason, "attempts": sc.attempts,
+            "status_reason": sc.status_reason, "attempts": sc.attempts, "failure_kind": sc.failure_kind,
             "next_attempt_at": sc.next_attempt_at.isoformat() if sc.next_attempt_at else None,
             "file_path": FsPath(sc.file_path).name if sc.file_path else None, "checksum": sc.checksum, "size_bytes": sc.size_bytes}
 

@@ -57,7 +57,7 @@ def meets_thresholds(new_m2: float, fraction: float | None, settings: Settings, 
 
 def judge(session: Session, area: Area, scene: Scene, settings: Settings,
           metrics: Metrics | None = None, segmented: bool = True,
-          sightings: dict[int, tuple[float, float]] | None = None) -> list[Event]:
+          sightings: dict[int, tuple[float, float]] | None = None, replace: bool = False) -> list[Event]:
     """Judge a scene's changes against parcels and permits; returns the events of the alerts touched.
 
     Per parcel, the new construction of this date (the union of its change pieces) is
@@ -71,7 +71,10 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
     segmenter, so not seeing is news). A change model's alerts are seen through ``sightings``
     (alert id -> clear share of its outline, share of that still changed from the alert's baseline)
     where given, else through the segmenter's detections. Re-judging a scene rewrites its verdicts
-    and raises nothing twice.
+    and raises nothing twice. With ``replace`` (the date processed again with other models) an open
+    alert first seen on this date takes this date's construction instead of adding it,
+    ``revert_unseen`` reverts those no verdict names any more, and alerts an earlier reprocess reverted
+    are judged anew (open again and ``updated`` when the current models see them).
     """
     sightings = sightings or {}
     metrics = metrics or default_metrics()
@@ -84,6 +87,8 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
     session.execute(text("DELETE FROM parcel_changes WHERE change_id IN (SELECT id FROM changes WHERE scene_id = :sid)"),
                     dict(sid=scene.id))
     events: list[tuple[int, AlertEvent]] = []
+    reopened = session.execute(text(sql("judge_reopen")), dict(aid=area.id, day=day, open_statuses=opened)
+                               ).scalars().all() if replace else []
 
     resolved = session.execute(text(sql("judge_resolve")), dict(aid=area.id, day=day, open_statuses=opened)).scalars()
     events += [(i, AlertEvent.RESOLVED) for i in resolved.all()]
@@ -146,14 +151,37 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
         verdicts += [(pid, Verdict.ALERT, None, aid) for aid, pid in created]
         events += [(aid, AlertEvent.CREATED) for aid, _pid in created]
     if to_update:
-        updated = session.execute(text(sql("judge_update")), dict(ids=to_update, epsg=epsg, day=day)).all()
+        updated = session.execute(text(sql("judge_update")), dict(ids=to_update, epsg=epsg, day=day,
+                                                                    replace=replace)).all()
         events += [(aid, AlertEvent.UPDATED) for aid, grown, last in updated if grown > GROWN_M2 or last < day]
 
     if verdicts:
         bulk_insert(session, sql("judge_verdicts"), [(p, str(v), permit, alert, day) for p, v, permit, alert in verdicts],
                     "(%s::bigint, %s, %s::bigint, %s::bigint, %s::date)")
     session.execute(text("DROP TABLE IF EXISTS _judge_pieces, _judge_parcels"))
+    if replace:
+        unseen = {i for i, _e in revert_unseen(session, area, scene)}
+        # an alert reverted again was reverted already: nothing new to tell; one seen again is news
+        events += [(i, AlertEvent.REVERTED) for i in unseen if i not in reopened]
+        told = {i for i, _e in events}
+        events += [(i, AlertEvent.UPDATED) for i in reopened if i not in unseen and i not in told]
+    return judge_events(session, area, events, metrics)
 
+
+def revert_unseen(session: Session, area: Area, scene: Scene) -> list[tuple[int, AlertEvent]]:
+    """When a date is processed again: its open alerts that no verdict of the date names any more and
+    that no reviewer has looked at are ``reverted`` (the current models do not see them); returns
+    their events. Reviewed alerts keep their reviewer's status and note."""
+    session.flush()
+    reverted = session.execute(text(sql("judge_unseen")), dict(aid=area.id, day=scene_date(scene),
+                                                               open_statuses=open_statuses())).scalars()
+    return [(i, AlertEvent.REVERTED) for i in reverted.all()]
+
+
+def judge_events(session: Session, area: Area, events: list[tuple[int, AlertEvent]],
+                 metrics: Metrics | None = None) -> list[Event]:
+    """``(alert id, event)`` pairs as ``Event``s with their alerts, counted in the metrics."""
+    metrics = metrics or default_metrics()
     alerts = {a.id: a for a in session.scalars(
         select(Alert).where(Alert.id.in_({i for i, _e in events})).execution_options(populate_existing=True))}
     out = [Event(alerts[i], event) for i, event in events]

@@ -1,18 +1,19 @@
-"""``monitor scenes``: search, fetch and list the imagery of an area."""
+"""``monitor scenes``: search, fetch, list and retry the imagery of an area."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import typer
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from tqdm import tqdm
 
 from monitor.cli.common import echo_json, new_app, state, table, warn
+from monitor.db.queries import requeue_scenes
 from monitor.db.tables import Scene
 from monitor.domain import SceneStatus
-from monitor.errors import BadInput
-from monitor.imagery.service import fetch_scene, pending_scenes, search_scenes
+from monitor.errors import BadInput, NotFound
+from monitor.imagery.service import fetch_scene, pending_scenes, requeue_due, search_scenes
 from monitor.inventory.areas import get_area
 
 app = new_app("Find, download and prepare imagery of an area.")
@@ -60,10 +61,13 @@ def search(ctx: typer.Context,
 def fetch(ctx: typer.Context,
           area: str = typer.Option(..., "--area", help="The area's name."),
           limit: int = typer.Option(None, "--limit", min=1, help="Fetch at most this many scenes.")) -> None:
-    """Download, verify and prepare the area's pending scenes (found, or offline and due)."""
+    """Download, verify and prepare the area's pending scenes (found, offline and due, or failed for a
+    transient reason and due)."""
     st = state(ctx)
     with st.transaction() as session:
-        ids = [s.id for s in pending_scenes(session, get_area(session, area))][:limit]
+        a = get_area(session, area)
+        requeue_due(session, a)
+        ids = [s.id for s in pending_scenes(session, a)][:limit]
     done = []
     for scene_id in tqdm(ids, desc=f"scenes of {area}", unit="scene", disable=not ids):
         scene = fetch_scene(st.engine, scene_id, st.settings, progress=True)
@@ -84,7 +88,8 @@ def list_(ctx: typer.Context,
           status: str = typer.Option(None, "--status", help="Only scenes with this status (found, prepared, "
                                      "processed, skipped, offline, failed)."),
           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the area's scenes, oldest first."""
+    """List the area's scenes, oldest first. A failed scene's reason says whether the failure is transient
+    (tried again after the time it gives) or permanent."""
 
     with state(ctx).transaction() as session:
         a = get_area(session, area)
@@ -96,6 +101,41 @@ def list_(ctx: typer.Context,
         echo_json([{"id": s.id, "provider": s.provider, "product_id": s.product_id,
                     "acquired_at": s.acquired_at.isoformat(), "cloud_cover": s.cloud_cover, "status": s.status,
                     "status_reason": s.status_reason, "file_path": s.file_path, "checksum": s.checksum,
-                    "size_bytes": s.size_bytes, "attempts": s.attempts} for s in scenes])
+                    "size_bytes": s.size_bytes, "attempts": s.attempts, "failure_kind": s.failure_kind,
+                    "next_attempt_at": s.next_attempt_at.isoformat() if s.next_attempt_at else None}
+                   for s in scenes])
         return
     typer.echo(table([_row(s) for s in scenes], HEADERS) if scenes else f"no scenes for {area!r}")
+
+
+@app.command("retry")
+def retry(ctx: typer.Context,
+          area: str = typer.Option(..., "--area", help="The area's name."),
+          scene: str = typer.Option(None, "--scene", help="The scene to re-queue: its id (as `scenes list` shows "
+                                    "it) or its product id."),
+          failed: bool = typer.Option(False, "--failed", help="Re-queue every failed scene of the area.")) -> None:
+    """Re-queue a failed (or offline) scene, or every failed scene of the area, for the next pass: its
+    error, failure count and retry time are cleared; it is fetched again, or processed again when its
+    file was prepared."""
+    if (scene is None) == (not failed):
+        raise BadInput("give either --scene ID or --failed", field="scene")
+    with state(ctx).transaction() as session:
+        a = get_area(session, area)
+        where = [Scene.area_id == a.id, Scene.status == SceneStatus.FAILED]
+        if scene is not None:
+            match = Scene.product_id == scene
+            if scene.isdigit():
+                match = or_(Scene.id == int(scene), match)
+            found = session.scalars(select(Scene).where(Scene.area_id == a.id, match)).first()
+            if found is None:
+                raise NotFound(f"area {area!r} has no scene {scene!r} (see `monitor scenes list --area {area}`)",
+                               field="scene")
+            if found.status not in (SceneStatus.FAILED, SceneStatus.OFFLINE):
+                raise BadInput(f"scene {found.id} ({found.product_id}) is {found.status}, not failed: nothing to "
+                               "retry (`monitor process --reprocess` runs processed scenes again)", field="scene")
+            where = [Scene.id == found.id]
+        done = requeue_scenes(session, *where)
+    if done:
+        typer.echo(table([[s.id, f"{s.acquired_at:%Y-%m-%d %H:%M}", s.provider, s.product_id, s.status]
+                          for s in done], ["id", "acquired (UTC)", "provider", "product", "queued as"]))
+    typer.echo(f"{len(done)} scene(s) of {area!r} re-queued for the next pass")

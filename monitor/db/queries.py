@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any, TypeVar, cast
 
 from psycopg2.extras import execute_values
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from monitor.db.tables import Alert, Area, Scene
@@ -210,3 +210,18 @@ def interrupt_stale_runs(session: Session, area_id: int) -> int:
         "UPDATE runs SET status = 'interrupted', finished_at = now(), error = COALESCE(error, :reason) "
         "WHERE area_id = :a AND status = 'running'"), {"a": area_id, "reason": INTERRUPTED_REASON})
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def requeue_scenes(session: Session, *where: Any, reset_attempts: bool = True) -> list[Scene]:
+    """Put the scenes matching ``where`` (failed or offline ones, say) back in the queue: ``prepared``
+    when their file was prepared (processing failed), else ``found`` (fetched again); their error,
+    failure kind and retry time cleared, and with ``reset_attempts`` their count of failures in a row.
+    Returns them, oldest first."""
+    values_: dict[str, Any] = {
+        "status": case((Scene.file_path.is_(None), str(SceneStatus.FOUND)), else_=str(SceneStatus.PREPARED)),
+        "status_reason": None, "failure_kind": None, "next_attempt_at": None}
+    if reset_attempts:
+        values_["attempts"] = 0
+    done = session.scalars(update(Scene).where(*where).values(**values_).returning(Scene)
+                           .execution_options(synchronize_session=False, populate_existing=True))
+    return sorted(done, key=lambda s: (s.acquired_at, s.id))

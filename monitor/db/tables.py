@@ -43,6 +43,7 @@ from monitor.domain import (
     Confidence,
     DeliveryStatus,
     DetectionKind,
+    FailureKind,
     ModelKind,
     Provider,
     RunStatus,
@@ -220,6 +221,7 @@ class Scene(Base):
         Index("ix_scenes_area_acquired", "area_id", "acquired_at"),
         one_of("provider", Provider),
         one_of("status", SceneStatus),
+        one_of("failure_kind", FailureKind),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -238,8 +240,10 @@ class Scene(Base):
     # found -> prepared -> processed | suspect; or skipped | failed | offline (monitor.domain.SceneStatus)
     status: Mapped[str] = mapped_column(String(32), server_default=text("'found'"), index=True)
     status_reason: Mapped[str | None] = mapped_column(Text)
+    # failed tries in a row of the scene's current step (fetch, then process); 0 once it succeeds
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    failure_kind: Mapped[str | None] = mapped_column(String(16))  # transient | permanent, of a failed scene
     created_at: Mapped[dt.datetime] = _created()
     updated_at: Mapped[dt.datetime] = _updated()
 

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 
 from monitor import builtins
 from monitor.db.engine import transaction
-from monitor.db.queries import row
+from monitor.db.queries import requeue_scenes, row
 from monitor.db.tables import Area, Model, Scene
-from monitor.domain import ACQUIRED_STATUSES, ModelKind, ModelMeta, SceneStatus
+from monitor.domain import ACQUIRED_STATUSES, FailureKind, ModelKind, ModelMeta, SceneStatus
 from monitor.errors import MonitorError, ProductOffline, ProviderError
 from monitor.geo import as_multipolygon
 from monitor.imagery.base import DEFAULT_BANDS, AreaInfo, Candidate, band_sort_key, get_provider, safe_name
@@ -156,6 +156,40 @@ def search_scenes(session: Session, area: Area, settings: Settings, metrics: Met
     raise error or ProviderError(f"area {area.name!r} has no imagery provider")
 
 
+def fail_scene(scene: Scene, reason: str, kind: FailureKind, settings: Settings) -> None:
+    """Record a failure of the scene's fetch or processing: one more failure in a row; a transient one
+    is tried again after ``scene_retry_s`` doubled with each failure in a row (at most
+    ``scene_retry_max_s``), until ``scene_retry_attempts`` failures in a row fail it for good, as a
+    permanent one is at once. ``reason`` says which, and when the next try is."""
+    scene.status, scene.attempts = SceneStatus.FAILED, (scene.attempts or 0) + 1
+    scene.failure_kind, scene.next_attempt_at = str(kind), None
+    if kind == FailureKind.TRANSIENT and scene.attempts >= settings.scene_retry_attempts:
+        scene.failure_kind = str(FailureKind.PERMANENT)
+        reason = f"failed {scene.attempts} times in a row, given up (`monitor scenes retry` re-queues it): {reason}"
+    elif kind == FailureKind.TRANSIENT:
+        wait = min(settings.scene_retry_s * 2 ** (scene.attempts - 1), settings.scene_retry_max_s)
+        scene.next_attempt_at = dt.datetime.now(UTC) + dt.timedelta(seconds=wait)
+        reason = (f"{reason} (transient, failure {scene.attempts} of at most {settings.scene_retry_attempts}; "
+                  f"next try after {scene.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC)")
+    scene.status_reason = reason[:4000]
+
+
+def requeue_due(session: Session, area: Area) -> list[Scene]:
+    """Put back in the queue the area's scenes whose transient failure is due for another try."""
+    return requeue_scenes(session, Scene.area_id == area.id, Scene.status == SceneStatus.FAILED,
+                          Scene.failure_kind == FailureKind.TRANSIENT, Scene.next_attempt_at <= func.now(),
+                          reset_attempts=False)
+
+
+def waiting_scenes(session: Session, area: Area) -> tuple[int, dt.datetime | None]:
+    """How many of the area's scenes wait for a later try (a transient failure, an offline product),
+    and when the first of them is due."""
+    n, first = session.execute(select(func.count(), func.min(Scene.next_attempt_at)).where(
+        Scene.area_id == area.id, Scene.status.in_([SceneStatus.FAILED, SceneStatus.OFFLINE]),
+        Scene.next_attempt_at > func.now())).one()
+    return int(n), first
+
+
 def pending_scenes(session: Session, area: Area) -> list[Scene]:
     """Scenes to fetch: found, or offline and due again; oldest acquisition first."""
     due = or_(Scene.next_attempt_at.is_(None), Scene.next_attempt_at <= func.now())
@@ -171,6 +205,7 @@ class _Outcome:
     reason: str | None = None
     metric_reason: str | None = None
     values: dict = field(default_factory=dict)
+    kind: FailureKind = FailureKind.PERMANENT
 
 
 def _acquire(settings: Settings, metrics: Metrics, area: dict, scene: dict, progress: bool) -> _Outcome:
@@ -207,10 +242,13 @@ def _acquire(settings: Settings, metrics: Metrics, area: dict, scene: dict, prog
         return _Outcome(SceneStatus.OFFLINE, f"{e} (next try after {when:%Y-%m-%d %H:%M} UTC)", None,
                         {"next_attempt_at": when})
     except MonitorError as e:
-        return _Outcome(SceneStatus.FAILED, str(e), e.label)
-    except Exception as e:  # a bug or an unexpected library error must not stop the other scenes
-        log.exception("scene %s of area %s: unexpected error", product_id, area["name"])
-        return _Outcome(SceneStatus.FAILED, f"unexpected error: {type(e).__name__}: {e}", "error")
+        return _Outcome(SceneStatus.FAILED, str(e), e.label, kind=FailureKind.of(e))
+    except Exception as e:  # a full disk, a bug or a library's error must not stop the other scenes
+        kind = FailureKind.of(e)
+        if kind == FailureKind.PERMANENT:
+            log.exception("scene %s of area %s: unexpected error", product_id, area["name"])
+        return _Outcome(SceneStatus.FAILED, f"{'' if kind == FailureKind.TRANSIENT else 'unexpected error: '}"
+                        f"{type(e).__name__}: {e}", "error", kind=kind)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -219,14 +257,14 @@ def fetch_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
                 progress: bool = False) -> Scene:
     """Download, verify and prepare one scene, committing its outcome: ``prepared``, ``skipped``
     (too cloudy over the area), ``offline`` (retrieval requested; due again after
-    ``next_attempt_at``) or ``failed`` with the reason. Never raises for a failure of the scene."""
+    ``next_attempt_at``) or ``failed`` with the reason (``fail_scene``: a transient failure is tried
+    again later). Never raises for a failure of the scene."""
     metrics = metrics or default_metrics()
     with transaction(engine) as session:
         scene = row(session, Scene, scene_id, with_for_update=True)
         if scene.status in ACQUIRED_STATUSES:
             return scene
         area_row = row(session, Area, scene.area_id)
-        scene.attempts = (scene.attempts or 0) + 1
         area = {"id": area_row.id, "name": area_row.name, "max_cloud": area_row.max_cloud,
                 "band_order": list(area_row.band_order or []),
                 "info": area_info(area_row, scene.provider), "bands": model_bands(session, area_row, settings),
@@ -236,10 +274,13 @@ def fetch_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
     outcome = _acquire(settings, metrics, area, snapshot, progress)
     with transaction(engine) as session:
         scene = row(session, Scene, scene_id, with_for_update=True)
-        scene.status, scene.status_reason = outcome.status, outcome.reason
+        scene.status, scene.status_reason, scene.failure_kind = outcome.status, outcome.reason, None
         for key, value in outcome.values.items():
             setattr(scene, key, value)
+        if outcome.status in ACQUIRED_STATUSES:
+            scene.attempts = 0
         if outcome.status == SceneStatus.FAILED:
+            fail_scene(scene, outcome.reason or "failed", outcome.kind, settings)
             metrics.scenes_failed.labels(area["name"], scene.provider, outcome.metric_reason).inc()
             log.warning("area %s: scene %s failed: %s", area["name"], scene.product_id, outcome.reason)
         elif outcome.status == SceneStatus.SKIPPED:

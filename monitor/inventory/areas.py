@@ -10,10 +10,10 @@ from pathlib import Path
 import shapely
 from geoalchemy2.shape import from_shape, to_shape
 from shapely.geometry.base import BaseGeometry
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from monitor.db.queries import open_statuses
+from monitor.db.queries import open_statuses, requeue_scenes
 from monitor.db.tables import Alert, Area, Parcel, Scene
 from monitor.domain import (
     MAX_AREA_KM2,
@@ -143,8 +143,9 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
                    allow_resolution_mismatch: bool | None = None, allow_private_urls: bool = False) -> Area:
     """Change an area's settings; ``models`` maps a kind (segmenter, classifier, change) to a model
     directory, registered on the way, or to '' to unset it. ``band_order`` '' (or an empty list)
-    forgets the area's band order. Sources are checked as ``areas add`` checks them
-    (``allow_private_urls``: MONITOR_ALLOW_PRIVATE_URLS)."""
+    forgets the area's band order; a new band order re-queues the scenes whose fetch failed, new
+    models (or allowing a resolution mismatch) those whose processing failed. Sources are checked as
+    ``areas add`` checks them (``allow_private_urls``: MONITOR_ALLOW_PRIVATE_URLS)."""
     area = get_area(session, name)
     if cadence is not None:
         area.cadence = parse_cadence(cadence)
@@ -162,8 +163,8 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
         parsed = parse_band_order(band_order)
         area.band_order = list(parsed) if parsed else None
         # scenes that failed under the old band order (or none) are fetched again under the new one
-        session.execute(update(Scene).where(Scene.area_id == area.id, Scene.status == SceneStatus.FAILED)
-                        .values(status=SceneStatus.FOUND, next_attempt_at=None))
+        requeue_scenes(session, Scene.area_id == area.id, Scene.status == SceneStatus.FAILED,
+                       Scene.file_path.is_(None))
     if allow_resolution_mismatch is not None:
         area.allow_resolution_mismatch = allow_resolution_mismatch
     for kind, model_dir in (models or {}).items():
@@ -174,5 +175,9 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
         if model.kind != kind:
             raise BadInput(f"is a {model.kind} model, not a {kind} model", file=model_dir, field=f"{kind}-model")
         setattr(area, f"{kind}_model_id", model.id)
+    if models or allow_resolution_mismatch:
+        # scenes whose processing failed under the old models are processed again with the new ones
+        requeue_scenes(session, Scene.area_id == area.id, Scene.status == SceneStatus.FAILED,
+                       Scene.file_path.is_not(None))
     session.flush()
     return area
