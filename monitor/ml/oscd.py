@@ -33,8 +33,10 @@ UNKNOWN = 255
 
 
 def write_city(out_dir: str | Path, name: str, before: np.ndarray, after: np.ndarray, change: np.ndarray | None, *,
-               crs, transform, bands: list[str], dates: tuple[str, str] | None = None) -> dict:
-    """Write one city of the change layout from (H, W, C) arrays; returns its summary entry."""
+               crs, transform, bands: list[str], dates: tuple[str, str] | None = None,
+               nodata: float | None = None) -> dict:
+    """Write one city of the change layout from (H, W, C) arrays, ``nodata`` marking pixels without data
+    in before and after; returns its summary entry."""
     before, after = np.asarray(before), np.asarray(after)
     if before.shape != after.shape or before.ndim != 3 or before.shape[2] != len(bands):
         raise BadInput(f"{name}: before {before.shape} and after {after.shape} must both be (H, W, {len(bands)})")
@@ -45,7 +47,7 @@ def write_city(out_dir: str | Path, name: str, before: np.ndarray, after: np.nda
                "compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256}
     for fname, arr, date in (("before.tif", before, dates[0] if dates else None),
                              ("after.tif", after, dates[1] if dates else None)):
-        with rasterio.open(d / fname, "w", count=n, dtype=arr.dtype, **profile) as dst:
+        with rasterio.open(d / fname, "w", count=n, dtype=arr.dtype, nodata=nodata, **profile) as dst:
             dst.write(np.moveaxis(arr, -1, 0))
             for i, b in enumerate(bands, 1):
                 dst.set_band_description(i, b)
