@@ -4,6 +4,7 @@ reviewed alerts of the hand-made world, and `monitor train change --init` fine-t
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -84,6 +85,18 @@ def test_fine_tune_from_feedback_records_its_parent(feedback, cli, tmp_path):
     assert t["counts"] == {"positive": 1, "negative": 1} and len(t["sites"]) == 2
     assert 0.0 <= meta["metrics"]["validation"]["positive_share"] <= 1.0
     assert 0.05 <= meta["threshold"] <= 0.95
+    assert t["threshold_chosen_by"] == "pooled F1 on the validation rows"  # A's new building is in its validation rows
+    # dismissals alone: no F1 to choose a rule by, so the parent's fixed threshold, not one that flags nothing
+    negatives = tmp_path / "negatives"
+    shutil.copytree(feedback["out"], negatives)
+    s = json.loads((negatives / "summary.json").read_text())
+    del s["cities"][f"alert-{feedback['alerts'][0]}"]
+    (negatives / "summary.json").write_text(json.dumps(s))
+    cli("train", "change", "--init", "builtin:oscd-change", "--data", negatives, "--out", tmp_path / "neg",
+        "--epochs", "1", "--steps", "1", "--batch", "4")
+    meta = ModelMeta.read(tmp_path / "neg").to_dict()
+    assert meta["threshold"] == meta["parent"]["threshold"] == 0.54 and meta.get("threshold_rule") is None
+    assert meta["training"]["threshold_chosen_by"].startswith("the parent's fixed threshold")
     # what the fine-tuning keeps fixed is refused, and so is a model without weights
     assert "--init" in cli("train", "change", "--init", "builtin:oscd-change", "--data", feedback["out"],
                            "--arch", "unet", expect=2).stderr
