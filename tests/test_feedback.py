@@ -53,16 +53,22 @@ def test_feedback_chips_and_masks(feedback, cli, tmp_path):
                 x0, y0 = X0 + site[0] * PARCEL, Y0 + site[1] * PARCEL
                 left, bottom, right, top = chip.bounds
                 assert left < x0 and right > x0 + PARCEL and bottom < y0 and top > y0 + PARCEL
-    # the confirmed alert's change rasterized as the mask: its new building, inside A's parcel; the dismissed one empty
+    # the mask is what the reviewer judged: the confirmed alert's new building 1 and the rest of A's parcel 0;
+    # the dismissed alert's parcel all 0; around the parcels (nobody judged it) 255
+    for name, site, change_px in ((f"alert-{a}", A, NEW[2] * NEW[3]), (f"alert-{c}", C, 0)):
+        with rasterio.open(out / name / "change.tif") as m:
+            mask = m.read(1)
+            xs, ys = rasterio.transform.xy(m.transform, *np.nonzero(mask != 255))
+            assert m.nodata == 255
+        assert (mask == 1).sum() == s["cities"][name]["change_pixels"] == change_px
+        assert (mask != 255).sum() == s["cities"][name]["judged_pixels"] == PARCEL * PARCEL
+        x0, y0 = X0 + site[0] * PARCEL, Y0 + site[1] * PARCEL
+        assert min(xs) > x0 and max(xs) < x0 + PARCEL and min(ys) > y0 and max(ys) < y0 + PARCEL
     with rasterio.open(out / f"alert-{a}" / "change.tif") as m:
-        mask = m.read(1)
-        rows, cols = np.nonzero(mask == 1)
+        rows, cols = np.nonzero(m.read(1) == 1)
         xs, ys = rasterio.transform.xy(m.transform, rows, cols)
-    assert mask.sum() == pos["change_pixels"] == NEW[2] * NEW[3]
-    x0, y0 = X0 + A[0] * PARCEL, Y0 + A[1] * PARCEL
-    assert min(xs) > x0 and max(xs) < x0 + PARCEL and min(ys) > y0 and max(ys) < y0 + PARCEL
-    with rasterio.open(out / f"alert-{c}" / "change.tif") as m:
-        assert not m.read(1).any()
+    x0, y0 = X0 + A[0] * PARCEL + NEW[0], Y0 + A[1] * PARCEL + NEW[1]
+    assert min(xs) > x0 and max(xs) < x0 + NEW[2] and min(ys) > y0 and max(ys) < y0 + NEW[3]
     # --since after every review: nothing to write; an unknown area is named
     assert "reviewed since 2999-01-01" in cli("dataset", "feedback", "--area", "ba", "--out", tmp_path / "x",
                                               "--since", "2999-01-01", expect=2).stderr

@@ -33,7 +33,7 @@ from monitor.errors import BadInput
 from monitor.geo import reproject
 from monitor.inventory.areas import get_area
 from monitor.ml.datasets import commit_out, prepare_out
-from monitor.ml.oscd import write_city, write_summary
+from monitor.ml.oscd import UNKNOWN, write_city, write_summary
 
 LABELS = {AlertStatus.CONFIRMED: "positive", AlertStatus.DISMISSED: "negative"}
 CHIP_PX = 64  # the smallest chip side, pixels: context for the per-image standardization
@@ -158,18 +158,15 @@ def build_feedback(session: Session, area_name: str, out: str | Path, *, since: 
                 crs = a_src.crs
             label = LABELS[AlertStatus(r.status)]
             shape = (int(win.height), int(win.width))
-            if label == "positive":
-                change_crs = reproject(r.change_geom, 4326, crs)
-                mask = rasterize([(change_crs, 1)], out_shape=shape, transform=transform, fill=0, dtype="uint8",
-                                 all_touched=False)
-            else:
-                mask = np.zeros(shape, np.uint8)
+            judged = [(parcel, 0)] + ([(reproject(r.change_geom, 4326, crs), 1)] if label == "positive" else [])
+            mask = rasterize(judged, out_shape=shape, transform=transform, fill=UNKNOWN, dtype="uint8")
             entry = write_city(tmp, name, np.moveaxis(before, 0, -1), np.moveaxis(after, 0, -1), mask, crs=crs,
                                transform=transform, bands=bands, dates=(_day(r.before), _day(r.after)),
                                nodata=nodata)
             entry.update(alert=r.alert_id, parcel=r.parcel, status=r.status, label=label,
                          reviewed_at=r.reviewed_at.isoformat() if r.reviewed_at else None,
-                         scenes={"before": r.before.id, "after": r.after.id}, change_pixels=int(mask.sum()))
+                         scenes={"before": r.before.id, "after": r.after.id}, change_pixels=int((mask == 1).sum()),
+                         judged_pixels=int((mask != UNKNOWN).sum()))
             sites[name] = entry
         if not sites:
             raise BadInput(f"none of the {len(reviewed)} reviewed alerts of area {area_name!r} can be cut: "

@@ -3,9 +3,12 @@
 The typical dataset is ``monitor dataset feedback``'s: a few chips around reviewed alerts, confirmed
 ones with their change as the mask, dismissed ones with none. The parent's network (any trainable
 architecture: features or unet), its bands and its input normalization are kept; its weights are the
-starting point, trained with a low learning rate for a few short epochs on patches of the chips
-(flipped, rotated, a random gain and offset per band and date, dates swapped half the time; half the
-patches centred near a change pixel where there are any). Each chip keeps a band of rows for
+starting point, trained with a low learning rate for a few short epochs on patches of the chips. The
+targets are the reviewers' labels where they judged (the mask's 0 and 1) and, where nobody did (255),
+the parent's own probability: the model learns what the verdicts say and keeps its parent's answer
+elsewhere, so that dismissals alone do not simply teach it to see less. Patches are flipped and
+rotated, get a random gain and offset per band and date and have their dates swapped half the time;
+half of them are centred near a change pixel where there are any. Each chip keeps a band of rows for
 validation.
 
 The threshold: per-scene rules (``top_quantile`` flags a share of every scene whatever the model
@@ -15,8 +18,9 @@ per-scene rules by pooled F1 on the validation rows when these hold change pixel
 alerts); when they hold none (only dismissals), F1 is 0 for every rule and choosing by it would be
 arbitrary, and choosing by false positives alone would pick a threshold that flags nothing: the
 model then keeps the parent's own fixed threshold (the one its training chose on labelled change),
-applied as a fixed rule. None of the parent's training data is mixed in: the low learning rate and
-the few steps are what keep the model near its parent.
+applied as a fixed rule. None of the parent's training data is mixed in (it is not shipped): the
+parent's answers on the unjudged pixels, the low learning rate and the few steps are what keep the
+model near its parent.
 """
 
 from __future__ import annotations
@@ -79,31 +83,35 @@ def fine_tune_change(data_dir: str | Path, out_dir: str | Path, init: str | Path
     meta = {k: v for k, v in parent.meta.items() if k not in ("training", "metrics", "created_at")}
     meta.update(version=version, tile=patch)
     live = LoadedModel(Path(out_dir), {**meta, "inference": {"tta": False}}, model)
-    raw, truth, valid, held, split, parts = {}, {}, {}, {}, {}, []
+    raw, data, truth, valid, held, split, parts = {}, {}, {}, {}, {}, {}, []
     for c in sites:
         d = load_city(data_dir, c, bands)
-        x = live.normalize(d["x"], image_stats(d["x"], d["valid"]))
-        x[~d["valid"]] = 0.0
-        y = ((d["change"] == 1) & d["valid"]).astype(np.float32)
+        x = live.normalize(d["x"], image_stats(d["x"], d["data"]))
+        x[~d["data"]] = 0.0
+        # what nobody judged keeps the parent's answer (its probability as a soft target)
+        anchor = predict_array(parent, d["x"], ~d["data"], window=512)
+        y = np.where(d["valid"], d["change"] == 1, np.clip(anchor, 0.0, 1.0)).astype(np.float32)
+        y[~d["data"]] = 0.0
         h, w = y.shape
         if h < patch or w < patch:
             raise BadInput(f"site {c} is {w}x{h} pixels, smaller than the {patch}-pixel patch", file=data_dir,
                            field="patch")
         v0, v1 = training.validation_rows(d["change"], d["valid"], val_fraction, patch)
         split[c] = {"validation_rows": [v0, v1]}
-        raw[c], truth[c], valid[c] = d["x"], y > 0, d["valid"]
+        data[c] = d["data"]
+        raw[c], truth[c], valid[c] = d["x"], d["valid"] & (d["change"] == 1), d["valid"]
         held[c] = np.zeros_like(d["valid"])
         held[c][v0:v1] = True
         for a, b in ((0, v0), (v1, h)):
             if b - a >= patch:
-                parts.append((x[a:b], y[a:b], np.argwhere(y[a:b] > 0)))
+                parts.append((x[a:b], y[a:b], np.argwhere(d["valid"][a:b] & (d["change"][a:b] == 1))))
     if not parts:
         raise BadInput(f"no site leaves {patch} rows for training beside its validation rows", field="patch")
     val_idx = {c: held[c] & valid[c] for c in sites}
     with_change = any(truth[c][val_idx[c]].any() for c in sites)
 
     def maps(m: LoadedModel) -> dict[str, np.ndarray]:
-        return {c: predict_array(m, raw[c], ~valid[c], window=512) for c in sites}
+        return {c: predict_array(m, raw[c], ~data[c], window=512) for c in sites}
 
     def held_scores(m: LoadedModel, rule: dict, fixed: float) -> dict:
         ms = maps(m)

@@ -184,7 +184,7 @@ def read_change_summary(data_dir: str | Path) -> dict:
 
 def load_city(data_dir: str | Path, city: str, bands: list[str]) -> dict:
     """One city as arrays: ``x`` (H, W, 2C) float32 raw before+after bands, ``change`` (H, W) uint8 or
-    None, ``valid`` (H, W) bool (data on both dates and a known label)."""
+    None, ``data`` (H, W) bool (data on both dates) and ``valid`` (data and a known label)."""
     d = Path(data_dir) / city
     parts, valid = [], None
     for name in ("before.tif", "after.tif"):
@@ -196,9 +196,9 @@ def load_city(data_dir: str | Path, city: str, bands: list[str]) -> dict:
             ok = np.ones(a.shape[1:], bool) if s.nodata is None else ~np.any(a == s.nodata, axis=0)
         valid = ok if valid is None else valid & ok
         parts.append(np.moveaxis(a, 0, -1).astype(np.float32))
-    change = None
+    change, data = None, valid
     if (d / "change.tif").is_file():
         with rasterio.open(d / "change.tif") as s:
             change = s.read(1)
-        valid &= change != UNKNOWN
-    return {"x": np.concatenate(parts, axis=-1), "change": change, "valid": valid}
+        valid = valid & (change != UNKNOWN)
+    return {"x": np.concatenate(parts, axis=-1), "change": change, "data": data, "valid": valid}
