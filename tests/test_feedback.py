@@ -21,11 +21,15 @@ from tests.test_evidence import _rgb_scenes
 def feedback(two_alerts, world, cli, engine, tmp_path):
     """A confirmed alert on A (a bright new building after) and a dismissed one on C, as a dataset."""
     a, c = two_alerts
-    scenes = _rgb_scenes(world, engine)
     assert "no confirmed or dismissed alert" in cli("dataset", "feedback", "--area", "ba", "--out",
                                                     tmp_path / "none", expect=2).stderr
     cli("alerts", "confirm", str(a), "--reviewer", "ana")
     cli("alerts", "dismiss", str(c), "--note", "a greenhouse", "--reviewer", "ana")
+    # imported detections are probability rasters, not imagery: nothing to cut chips from
+    err = cli("dataset", "feedback", "--area", "ba", "--out", tmp_path / "none", expect=2).stderr
+    assert "none of the 2 reviewed alerts" in err and "no prepared image before the date it was first seen" in err
+    assert not (tmp_path / "none").exists()
+    scenes = _rgb_scenes(world, engine)
     out = tmp_path / "feedback"
     listing = cli("dataset", "feedback", "--area", "ba", "--out", out).stdout
     assert "1 positive and 1 negative sites, bands B04,B03,B02,B08" in listing
