@@ -5,6 +5,7 @@ TensorFlow itself is loaded (by ``monitor.ml.runtime``) only when a command buil
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,13 @@ import typer
 from sqlalchemy import select
 
 from monitor import builtins
+from monitor.alerts.feedback import CHIP_PX, build_feedback
 from monitor.cli.common import echo_json, new_app, state, table
 from monitor.db.tables import Model
 from monitor.domain import ModelKind, ModelMeta
 from monitor.errors import BadInput
 from monitor.inventory.models import register_model
-from monitor.ml import training
+from monitor.ml import finetune, training
 from monitor.ml.changenet import train_change_features
 from monitor.ml.datasets import build_tiles
 from monitor.ml.evaluation import evaluate as run_evaluation
@@ -97,6 +99,38 @@ def dataset_oscd(
     typer.echo(table([(c, e["width"], e["height"], " / ".join(e["dates"] or []), e.get("change_fraction", ""))
                       for c, e in s["cities"].items()], ["city", "width", "height", "dates", "change_fraction"]))
     typer.echo(f"{len(s['cities'])} cities, {len(s['bands'])} bands, written to {out}")
+
+
+@dataset.command("feedback")
+def dataset_feedback(
+    ctx: typer.Context,
+    area: str = typer.Option(..., "--area", help="Area whose reviewed alerts to write."),
+    out: Path = typer.Option(..., "--out", help="Change dataset folder to write."),
+    since: str = typer.Option(None, "--since", help="Only alerts reviewed on or after this date (YYYY-MM-DD)."),
+    size: int = typer.Option(CHIP_PX, "--size", help="Smallest chip side, pixels (larger parcels get larger chips)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Reviewed alerts as before/after chips in the change layout: confirmed ones with their change
+    polygons as the mask, dismissed ones with an empty mask (for `monitor train change --init`)."""
+    day = _since(since)
+    with state(ctx).transaction() as session:
+        s = build_feedback(session, area, out, since=day, size=size, overwrite=overwrite)
+    typer.echo(table([(c, e["parcel"], e["status"], e["width"], e["height"], " / ".join(e["dates"]),
+                       e["change_pixels"]) for c, e in s["cities"].items()],
+                     ["site", "parcel", "status", "width", "height", "dates", "change_px"]))
+    for c, reason in s["skipped"].items():
+        typer.echo(f"skipped {c}: {reason}")
+    typer.echo(f"{s['counts']['positive']} positive and {s['counts']['negative']} negative sites, bands "
+               f"{','.join(s['bands'])}, written to {out}")
+
+
+def _since(text: str | None) -> dt.date | None:
+    if not text:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise BadInput(f"{text!r} is not a date (use YYYY-MM-DD)", field="since") from None
 
 
 @dataset.command("spacenet7")
@@ -180,25 +214,37 @@ def train_classifier(
 @train.command("change")
 def train_change(
     ctx: typer.Context, data: Path = _DATA, out: Path = _OUT,
-    arch: str = typer.Option("features", "--arch", help="features (the default: a small network over change "
-                             "features, made to carry over to unseen places) or unet (early-fusion U-Net)."),
-    epochs: int = typer.Option(None, "--epochs", help="Default: 30 (features), 60 (unet)."),
+    init: str = typer.Option(None, "--init", help="Fine-tune this change model (a model directory or builtin:NAME, "
+                             "e.g. builtin:oscd-change) instead of starting from scratch: its architecture, bands "
+                             "and normalization, a lower learning rate and fewer, shorter epochs (see "
+                             "docs/models.md). The new model.json names it as its parent."),
+    arch: str = typer.Option(None, "--arch", help="features (the default: a small network over change "
+                             "features, made to carry over to unseen places) or unet (early-fusion U-Net). "
+                             "With --init: the parent's."),
+    epochs: int = typer.Option(None, "--epochs", help=f"Default: 30 (features), 60 (unet), {finetune.EPOCHS} "
+                               "(--init)."),
     seed: int = _SEED,
     bands: str = typer.Option(None, "--bands", help="Comma-separated bands per date. Default: B02,B03,B04,B08 "
-                              "(features); the 10 m and 20 m bands B02-B08, B8A, B11, B12 (unet)."),
+                              "(features); the 10 m and 20 m bands B02-B08, B8A, B11, B12 (unet); the parent's "
+                              "(--init, which takes no other)."),
     city: list[str] = typer.Option([], "--city", help="Train on this city (repeatable). Default: every labelled city."),
-    patch: int = typer.Option(64, "--patch", help="Training patch side, pixels."),
-    steps: int = typer.Option(None, "--steps", help="Batches per epoch. Default: 50 (features), 60 (unet)."),
+    patch: int = typer.Option(None, "--patch", help=f"Training patch side, pixels. Default: 64; {finetune.PATCH} "
+                              "(--init)."),
+    steps: int = typer.Option(None, "--steps", help=f"Batches per epoch. Default: 50 (features), 60 (unet), "
+                              f"{finetune.STEPS} (--init)."),
     batch: int = typer.Option(16, "--batch"),
+    lr: float = typer.Option(None, "--lr", help=f"Adam learning rate. Default: 0.003 (features), 0.001 (unet), "
+                             f"{finetune.LR:g} (--init)."),
     pos_weight: float = typer.Option(None, "--pos-weight", help="Weight of change pixels in the cross-entropy. "
-                                     "Default: 3 (features), 2 (unet)."),
+                                     "Default: 3 (features, --init), 2 (unet)."),
     jitter: float = typer.Option(None, "--jitter", help="Random gain and offset (std) per band and date added to "
-                                 "training patches. Default: 0.1 (features), 0 (unet)."),
-    patience: int = typer.Option(None, "--patience", help="Early-stopping patience, epochs. Default: 8 (features), "
-                                 "15 (unet)."),
+                                 "training patches. Default: 0.1 (features), 0 (unet), 0.05 (--init)."),
+    patience: int = typer.Option(None, "--patience", help=f"Early-stopping patience, epochs. Default: 8 (features), "
+                                 f"15 (unet), {finetune.PATIENCE} (--init)."),
     time_limit: float = typer.Option(25.0, "--time-limit", help="Stop after this many minutes, keeping the best "
                                      "epoch (0: none)."),
-    swap: float = typer.Option(0.5, "--swap", help="features: share of training patches whose dates are swapped."),
+    swap: float = typer.Option(0.5, "--swap", help="features and --init: share of training patches whose dates "
+                               "are swapped."),
     base_filters: int = typer.Option(16, "--base-filters", help="unet: filters of the first U-Net level."),
     per_image: bool = typer.Option(True, "--per-image/--global", help="unet: standardize each image by its own band "
                                    "statistics first (robust to radiometric differences between dates and places), "
@@ -208,14 +254,27 @@ def train_change(
     tta: bool = typer.Option(True, "--tta/--no-tta", help="unet: average the model's maps over the 8 flips and "
                              "rotations of its input at inference (8 times the work; the threshold is chosen that way)."),
 ) -> None:
-    """Change model on before/after pairs (`monitor dataset oscd` layout); see docs/models.md."""
+    """Change model on before/after pairs (`monitor dataset oscd` or `monitor dataset feedback` layout), from
+    scratch or fine-tuned from an existing model with --init; see docs/models.md."""
     out, version = _out_dir(ctx, out, "change")
     given = {"epochs": epochs, "steps_per_epoch": steps, "pos_weight": pos_weight, "jitter": jitter,
-             "patience": patience}
+             "patience": patience, "patch": patch, "lr": lr}
     common: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    common.update(seed=seed, bands=_bands(bands), cities=city or None, patch=patch, batch=batch, progress=True,
-                  time_limit_s=time_limit * 60 or None, version=version)
-    if arch == "features":
+    common.update(seed=seed, batch=batch, progress=True, time_limit_s=time_limit * 60 or None, version=version)
+    if init is not None:
+        if arch is not None or bands or city:
+            raise BadInput("--init keeps the parent's architecture and bands and trains on every site: drop "
+                           "--arch, --bands and --city", field="init")
+        model_dir = finetune.fine_tune_change(data, out, init, swap=swap, **common)
+        _report(model_dir)
+        m = ModelMeta.read(model_dir).to_dict()
+        v = m["metrics"]["validation"]
+        typer.echo(f"fine-tuned from {m['parent']['model']} ({m['parent']['version']}); threshold from "
+                   f"{m['training']['threshold_chosen_by']}; share of validation pixels flagged "
+                   f"{v['parent']['positive_share']:.4f} (parent) -> {v['positive_share']:.4f}")
+        return
+    common.update(bands=_bands(bands), cities=city or None)
+    if arch in (None, "features"):
         _report(train_change_features(data, out, swap=swap, **common))
     elif arch == "unet":
         _report(training.train_change(data, out, base_filters=base_filters, per_image=per_image, shift=shift, tta=tta,

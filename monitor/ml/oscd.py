@@ -33,8 +33,10 @@ UNKNOWN = 255
 
 
 def write_city(out_dir: str | Path, name: str, before: np.ndarray, after: np.ndarray, change: np.ndarray | None, *,
-               crs, transform, bands: list[str], dates: tuple[str, str] | None = None) -> dict:
-    """Write one city of the change layout from (H, W, C) arrays; returns its summary entry."""
+               crs, transform, bands: list[str], dates: tuple[str, str] | None = None,
+               nodata: float | None = None) -> dict:
+    """Write one city of the change layout from (H, W, C) arrays, ``nodata`` marking pixels without data
+    in before and after; returns its summary entry."""
     before, after = np.asarray(before), np.asarray(after)
     if before.shape != after.shape or before.ndim != 3 or before.shape[2] != len(bands):
         raise BadInput(f"{name}: before {before.shape} and after {after.shape} must both be (H, W, {len(bands)})")
@@ -45,7 +47,7 @@ def write_city(out_dir: str | Path, name: str, before: np.ndarray, after: np.nda
                "compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256}
     for fname, arr, date in (("before.tif", before, dates[0] if dates else None),
                              ("after.tif", after, dates[1] if dates else None)):
-        with rasterio.open(d / fname, "w", count=n, dtype=arr.dtype, **profile) as dst:
+        with rasterio.open(d / fname, "w", count=n, dtype=arr.dtype, nodata=nodata, **profile) as dst:
             dst.write(np.moveaxis(arr, -1, 0))
             for i, b in enumerate(bands, 1):
                 dst.set_band_description(i, b)
@@ -182,7 +184,7 @@ def read_change_summary(data_dir: str | Path) -> dict:
 
 def load_city(data_dir: str | Path, city: str, bands: list[str]) -> dict:
     """One city as arrays: ``x`` (H, W, 2C) float32 raw before+after bands, ``change`` (H, W) uint8 or
-    None, ``valid`` (H, W) bool (data on both dates and a known label)."""
+    None, ``data`` (H, W) bool (data on both dates) and ``valid`` (data and a known label)."""
     d = Path(data_dir) / city
     parts, valid = [], None
     for name in ("before.tif", "after.tif"):
@@ -194,9 +196,9 @@ def load_city(data_dir: str | Path, city: str, bands: list[str]) -> dict:
             ok = np.ones(a.shape[1:], bool) if s.nodata is None else ~np.any(a == s.nodata, axis=0)
         valid = ok if valid is None else valid & ok
         parts.append(np.moveaxis(a, 0, -1).astype(np.float32))
-    change = None
+    change, data = None, valid
     if (d / "change.tif").is_file():
         with rasterio.open(d / "change.tif") as s:
             change = s.read(1)
-        valid &= change != UNKNOWN
-    return {"x": np.concatenate(parts, axis=-1), "change": change, "valid": valid}
+        valid = valid & (change != UNKNOWN)
+    return {"x": np.concatenate(parts, axis=-1), "change": change, "data": data, "valid": valid}
