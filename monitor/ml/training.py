@@ -258,12 +258,14 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
 def train_classifier(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 50, seed: int = 0,
                      bands: list[str] | None = None, backbone: str = "resnet50", weights: str | Path | None = None,
                      freeze: int = 60, dense: int = 1024, dropout: float = 0.5, batch: int = 8, lr: float = 1e-4,
-                     patience: int = 10, per_image: bool | None = None, progress: bool = False,
+                     patience: int = 10, per_image: bool | None = None, gain: float = 0.0, progress: bool = False,
                      precision: str = "auto", time_limit_s: float | None = None, version: str | None = None) -> Path:
     """The settlement classifier on ``DIR/{train,validation}/{true,false}/`` tiles.
 
     SGD (momentum 0.9), binary cross-entropy, augmentation (horizontal flip, zoom 0.3, shifts 0.3,
-    rotation 30 degrees, nearest fill), best validation accuracy kept, early stopping.
+    rotation 30 degrees, nearest fill), best validation accuracy kept, early stopping. ``gain`` > 0
+    also multiplies each training tile's bands by their own random factors (1 + N(0, ``gain``)), as a
+    brighter or darker date, another sun angle or haze would.
 
     With ``per_image`` (the default without ``weights``) every tile is first standardized by the band
     statistics of the scene it was cut from (its ``scene`` tag), as ``classify_tiles`` standardizes a
@@ -304,8 +306,15 @@ def train_classifier(data_dir: str | Path, out_dir: str | Path, *, epochs: int =
         L.RandomRotation(30 / 360, fill_mode="nearest", seed=seed + 3),
     ])
     t = tf()
+    # a gain g on raw values is z * g + (g - 1) * mean / std on standardized ones
+    ratio = t.constant(np.asarray(mean, np.float32) / np.asarray(std, np.float32))
+
+    def radiometry(x):
+        g = t.random.normal((t.shape(x)[0], 1, 1, len(bands)), 0.0, gain)
+        return x * (1 + g) + g * ratio
+
     train = (t.data.Dataset.from_tensor_slices((x_tr, y_tr)).shuffle(len(x_tr), seed=seed).batch(batch)
-             .map(lambda x, y: (augment(x, training=True), y)))
+             .map(lambda x, y: (augment(radiometry(x) if gain > 0 else x, training=True), y)))
     _compile(model, "binary_crossentropy", k.optimizers.SGD(lr, momentum=0.9), ["accuracy"])
     cbs = _callbacks(monitor="val_accuracy", patience=patience, epochs=epochs, progress=progress,
                      time_limit_s=time_limit_s)
@@ -323,7 +332,7 @@ def train_classifier(data_dir: str | Path, out_dir: str | Path, *, epochs: int =
         "training": {"data": str(Path(data_dir).resolve()), "train_tiles": {"true": int(y_tr.sum()),
                      "false": int(len(y_tr) - y_tr.sum())}, "validation_tiles": {"true": int(y_va.sum()),
                      "false": int(len(y_va) - y_va.sum())}, "batch": batch, "lr": lr, "per_image": per_image,
-                     "seed": seed,
+                     "gain": gain, "seed": seed,
                      **_summary_of_run(cbs, history, t0)},
         "metrics": {"validation": val},
     }
