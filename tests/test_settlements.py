@@ -289,3 +289,15 @@ def test_settlement_growth_over_a_parcel_is_judged_like_construction(world, cli,
     assert settlement_changes()[1:] == [(d3, d2, 900, "clf-1")]
     # the diff's changes are untouched: the buildings never moved
     assert q(engine, "SELECT count(*) FROM changes WHERE source = 'diff'") == [(0,)]
+
+
+def test_settlement_alerts_are_an_area_setting_in_the_api(world, engine, settings):
+    from tests.test_api import make_api
+
+    api = make_api(settings, engine)
+    assert api.get("/areas/ba").json()["settlement_alerts"] is False
+    r = api.patch("/areas/ba", json={"settlement_alerts": True})
+    assert r.status_code == 200 and r.json()["settlement_alerts"] is True
+    assert api.patch("/areas/ba", json={"cadence": "3d"}).json()["settlement_alerts"] is True  # unset: kept
+    assert api.patch("/areas/ba", json={"settlement_alerts": "maybe"}).status_code == 422
+    assert api.patch("/areas/ba", json={"settlement_alerts": False}, headers=api.read).status_code == 403
