@@ -72,9 +72,8 @@ def demo_models(world: World, models_dir: Path, seed: int) -> dict[str, Path]:
         shutil.rmtree(merged, ignore_errors=True)
         for date in (DATES[0], last):
             part = data / f"classifier_{date:%Y%m%d}"
-            # tiles every half tile, the offsets the settlement step classifies at
             build_tiles(world.scenes[date], world.settlements[date], part, kind="classifier",
-                        tile=CLASSIFIER_TILE, stride=CLASSIFIER_TILE // 2, min_cover=0.5, seed=seed, overwrite=True)
+                        tile=CLASSIFIER_TILE, min_cover=0.5, seed=seed, overwrite=True)
             for tif in part.glob("*/*/*.tif"):
                 target = merged / tif.parent.parent.name / tif.parent.name / f"{date:%Y%m%d}_{tif.name}"
                 target.parent.mkdir(parents=True, exist_ok=True)

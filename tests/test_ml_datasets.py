@@ -108,25 +108,6 @@ def test_min_cover_and_nodata_tiles(tmp_path):
     assert n_true(strict) < n_true(loose)
 
 
-def test_tiles_every_half_tile_overlap_their_neighbours(tmp_path):
-    scene, labels, _ = buildings_scene(tmp_path, size=100, n=6)  # 100 px: 3 whole 32 px tiles, 5 every 16 px
-    side = build_tiles(scene, labels, tmp_path / "side", tile=32)
-    half = build_tiles(scene, labels, tmp_path / "half", tile=32, stride=16)
-    count = lambda s: sum(sum(v.values()) for v in s["tiles"].values())  # noqa: E731
-    assert (count(side), count(half)) == (9, 25)
-    assert half["stride"] == 16 and half["left_out_px"] == {"right": 4, "bottom": 4}
-    assert side["stride"] == 32 and side["left_out_px"] == {"right": 4, "bottom": 4}
-    with rasterio.open(scene) as src:
-        data, t0 = src.read(), src.transform
-    [tif] = (tmp_path / "half").glob("*/*/r0003_c0001.tif")  # the tile 48 px down, 16 px across
-    with rasterio.open(tif) as t:
-        assert t.transform == t0 * Affine.translation(16, 48) and t.tags()["scene"] == scene.name
-        np.testing.assert_array_equal(t.read(), data[:, 48:80, 16:48])
-    for bad in (0, 33):
-        with pytest.raises(BadInput, match="stride"):
-            build_tiles(scene, labels, tmp_path / f"bad{bad}", tile=32, stride=bad)
-
-
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path):
     scene, labels, _ = buildings_scene(tmp_path, size=64, n=3)
     with pytest.raises(BadInput, match="smaller than one 128-pixel tile"):

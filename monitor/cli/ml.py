@@ -74,13 +74,11 @@ def dataset_build(
     seed: int = typer.Option(0, "--seed", help="Seed of the train/validation split."),
     split: str = typer.Option("random", "--split", help="random (stratified by class) or east (the easternmost "
                               "columns of tiles: validation on a place training never saw)."),
-    stride: int = typer.Option(None, "--stride", help="Pixels from one tile to the next (default: the tile, side "
-                               "by side; half the tile: overlapping by half, as settlements are classified)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Cut a scene into tiles labelled by polygons, split into train and validation."""
     s = build_tiles(scene, labels, out, kind=kind, tile=tile, min_cover=min_cover, val_fraction=val_fraction,
-                    seed=seed, split=split, overwrite=overwrite, progress=True, stride=stride)
+                    seed=seed, split=split, overwrite=overwrite, progress=True)
     t = s["tiles"]
     typer.echo(table([(split, c["true"], c["false"]) for split, c in t.items()], ["split", "true", "false"]))
     typer.echo(f"{kind} dataset written to {out} ({s['polygons']} polygons, {s['skipped_without_data']} tiles "

@@ -71,14 +71,11 @@ def commit_out(tmp: Path, out: Path) -> None:
 
 def build_tiles(scene: str | Path, labels: str | Path, out: str | Path, *, kind: str = "classifier",
                 tile: int = 256, min_cover: float = 0.0, val_fraction: float = 0.2, seed: int = 0,
-                split: str = "random", overwrite: bool = False, progress: bool = False,
-                stride: int | None = None) -> dict:
-    """Cut ``scene`` into whole ``tile`` x ``tile`` tiles, label them from ``labels``, write ``out``.
+                split: str = "random", overwrite: bool = False, progress: bool = False) -> dict:
+    """Partition ``scene`` into whole ``tile`` x ``tile`` tiles, label them from ``labels``, write ``out``.
 
-    Tiles start every ``stride`` pixels (default: ``tile``, side by side; half a tile: overlapping
-    by half, as the settlement step runs the classifier, so that training sees settlement edges at
-    every offset inference does). The right and bottom remainders narrower than a tile are left out
-    (their widths are in the summary); tiles without any data are skipped. The ``random`` split is stratified by class (tiles
+    The right and bottom remainders narrower than a tile are left out (their widths are in the
+    summary); tiles without any data are skipped. The ``random`` split is stratified by class (tiles
     with and without polygons) and fixed by ``seed``; the ``east`` split holds out the easternmost
     columns of tiles, ``val_fraction`` of them (at least one), so that validation is a place the
     training never saw. Returns the summary.
@@ -87,9 +84,6 @@ def build_tiles(scene: str | Path, labels: str | Path, out: str | Path, *, kind:
         raise BadInput(f"kind must be one of {', '.join(KINDS)}", field="kind")
     if tile < 8:
         raise BadInput("tile must be at least 8 pixels", field="tile")
-    stride = tile if stride is None else stride
-    if not 1 <= stride <= tile:
-        raise BadInput(f"stride must be between 1 and the tile ({tile}) pixels", field="stride")
     if not 0 <= val_fraction < 1:
         raise BadInput("validation fraction must be in [0, 1)", field="val_fraction")
     if split not in ("random", "east"):
@@ -101,8 +95,8 @@ def build_tiles(scene: str | Path, labels: str | Path, out: str | Path, *, kind:
             raise BadInput("has no coordinate reference system", file=scene)
         polys = np.asarray(reproject(feats.geoms, 4326, src.crs), dtype=object)
         tree = shapely.STRtree(polys)
-        ny, nx = (src.height - tile) // stride + 1, (src.width - tile) // stride + 1
-        if src.height < tile or src.width < tile:
+        ny, nx = src.height // tile, src.width // tile
+        if ny == 0 or nx == 0:
             raise BadInput(f"is {src.width}x{src.height} pixels, smaller than one {tile}-pixel tile", file=scene)
         names = band_names(src)
         ix = band_indexes(src, names)
@@ -116,7 +110,7 @@ def build_tiles(scene: str | Path, labels: str | Path, out: str | Path, *, kind:
                        "crs": src.crs, "nodata": src.nodata}
             for r, c in tqdm([(r, c) for r in range(ny) for c in range(nx)], desc="tiles", unit="tile",
                              disable=not progress):
-                win = Window(c * stride, r * stride, tile, tile)
+                win = Window(c * tile, r * tile, tile, tile)
                 data = src.read(ix, window=win)
                 valid = valid_mask(src, data)
                 if not valid.any():
@@ -171,12 +165,11 @@ def build_tiles(scene: str | Path, labels: str | Path, out: str | Path, *, kind:
             staged.rmdir()
             summary = {
                 "kind": kind, "scene": str(scene.resolve()), "labels": str(labels.resolve()),
-                "polygons": len(polys), "tile": tile, "stride": stride, "bands": names, "dtype": src.dtypes[0],
+                "polygons": len(polys), "tile": tile, "bands": names, "dtype": src.dtypes[0],
                 "crs": src.crs.to_string(), "resolution_m": pixel_size_m(src), "min_cover": min_cover,
                 "val_fraction": val_fraction, "split": split, "seed": seed, "tiles": counts,
                 "skipped_without_data": skipped,
-                "left_out_px": {"right": src.width - (nx - 1) * stride - tile,
-                                "bottom": src.height - (ny - 1) * stride - tile},
+                "left_out_px": {"right": src.width - nx * tile, "bottom": src.height - ny * tile},
                 "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
             if kind == "segmenter":
