@@ -104,10 +104,12 @@ class Confidence(StrEnum):
 
 
 class ChangeSource(StrEnum):
-    """What found a change: the date-to-date diff of detections, or a change model."""
+    """What found a change: the date-to-date diff of detections, a change model, or the growth of the
+    settlement layer (areas with settlement alerts)."""
 
     DIFF = "diff"
     CHANGE_MODEL = "change_model"
+    SETTLEMENT = "settlement"
 
 
 class DetectionKind(StrEnum):

@@ -305,9 +305,10 @@ def announce(session: Session, events: Sequence[change.Event]) -> None:
 def judge_scene(engine: Engine, scene_id: int, settings: Settings, settlements: dict | None = None,
                 metrics: Metrics | None = None, segmented: bool = True,
                 seen: dict[int, tuple[float, float]] | None = None) -> list[tuple[int, str]]:
-    """Judge the scene's changes (``seen``: ``sightings``'s), queue the events' webhooks, store the date's
-    settlement layer (``settlements``: ``settlement_polygons``'s, when the area has a classifier) and
-    record the date's indicators, in one transaction that also marks the scene processed. Returns the
+    """Store the date's settlement layer (``settlements``: ``settlement_polygons``'s, when the area has a
+    classifier) and, where the area has settlement alerts, its growth as changes; judge the scene's
+    changes (``seen``: ``sightings``'s), queue the events' webhooks and record the date's indicators,
+    in one transaction that also marks the scene processed. Returns the
     ``(alert id, event)`` pairs (evidence chips are rendered when first asked for, see
     ``monitor.alerts.evidence``).
 
@@ -333,13 +334,16 @@ def _judge(s: Session, scene_id: int, settings: Settings, settlements: dict | No
     scene.status = SceneStatus.PROCESSED
     scene.status_reason = None
     s.flush()
-    events = change.judge(s, area, scene, settings, metrics=metrics, segmented=segmented, sightings=seen,
-                          replace=replace)
-    announce(s, events)
     layer = None
+    seen = dict(seen or {})
     if settlements is not None:
         polys = [(shapely.from_wkb(w), p) for w, p in settlements["polygons"]]
         layer = change.store_settlements(s, area, scene, polys, settlements["crs"], settlements["version"])
+        change.store_settlement_changes(s, area, scene, settings)
+        seen.update(change.settlement_sightings(s, area, scene))
+    events = change.judge(s, area, scene, settings, metrics=metrics, segmented=segmented, sightings=seen or None,
+                          replace=replace)
+    announce(s, events)
     change.record_indicators(s, area, scene, settlement_km2=layer.km2 if layer else None, metrics=metrics,
                              settlement_carried_km2=layer.carried_km2 if layer else None)
     return [(alert.id, str(event)) for alert, event in events]

@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import pytest
+import rasterio
 
 from monitor.domain import ModelMeta
 from monitor.errors import BadInput
 from monitor.ml.datasets import build_tiles
 from monitor.ml.evaluation import evaluate
+from monitor.ml.inference import classify_tiles
 from monitor.ml.modelstore import load_model
 from monitor.ml.training import train_change, train_classifier, train_segmenter, validation_rows
 from tests.ml_synthetic import BANDS, buildings_scene, change_dataset, settlement_scene
@@ -50,6 +52,26 @@ def test_classifier_learns_which_tiles_have_roofs(tmp_path):
     p = val["true"] / (val["true"] + val["false"])
     assert r["f1"] >= 0.9 > 2 * p / (1 + p) + 0.15, r
     assert r["f1"] == meta["metrics"]["validation"]["f1"]
+    # trained from scratch, each tile was standardized by its scene: a date 8 % brighter in every band
+    # reads the same
+    assert meta["normalization"]["per_image"] is True and meta["training"]["per_image"] is True
+    with rasterio.open(scene) as src:
+        profile, data = src.profile, src.read()
+    brighter = tmp_path / "brighter.tif"
+    with rasterio.open(brighter, "w", **profile) as dst:
+        dst.write(np.round(data * 1.08).astype(data.dtype))
+    model = load_model(d, precision="float32")
+    same, _ = classify_tiles(model, scene)
+    bright, _ = classify_tiles(model, brighter)
+    assert np.abs(same - bright).max() < 0.02
+
+
+def test_classifier_options_are_checked(tmp_path):
+    scene, labels, _ = settlement_scene(tmp_path, tiles=4, tile=16, seed=1)
+    build_tiles(scene, labels, tmp_path / "clf", kind="classifier", tile=16, val_fraction=0.3)
+    # ImageNet weights expect their own normalization, not a per-scene one
+    with pytest.raises(BadInput, match="--global"):
+        train_classifier(tmp_path / "clf", tmp_path / "m", weights=tmp_path / "imagenet.h5", per_image=True)
 
 
 def test_change_model_learns_new_roofs_and_repeats_with_a_seed(tmp_path):

@@ -1,8 +1,9 @@
 """The review page in a real browser: headless Chromium driven through WebDriver (selenium), against
 the API served on 127.0.0.1 from a database holding the synthetic world after the whole pipeline
 (four dates, sixteen alerts). Signing in, the filters and counts, an alert on the map with its
-before/after swipe, a dismissal that reaches the database; a read token sees no review buttons;
-/docs and /redoc load; and no request of the browser leaves 127.0.0.1.
+before/after swipe, a dismissal that reaches the database; the settlement layer of the after date
+as a layer that can be turned off; a read token sees no review buttons; /docs and /redoc load; and
+no request of the browser leaves 127.0.0.1.
 
 Chromium and chromedriver come from Debian (`apt-get install chromium chromium-driver`, done by
 scripts/system-deps.sh as root); these tests fail, rather than skip, where they are missing.
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from geoalchemy2.shape import to_shape
 from prometheus_client import CollectorRegistry
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
@@ -31,7 +33,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from monitor.api import create_app
 from monitor.auth import create_token
+from monitor.change import store_settlements
 from monitor.db.engine import transaction
+from monitor.db.tables import Alert, Area, Indicator, Scene
 from monitor.metrics import Metrics
 from monitor.settings import Settings
 from monitor.world import DATES
@@ -318,6 +322,9 @@ def test_review_an_alert_in_the_browser(served, browser):
     # built-up km2 per date (the scenario has no settlement classifier)
     b.wait(lambda: len(b.css("#area-chart svg polyline.built")) == 1, "the area's chart")
     assert len(b.css("#area-chart svg circle.built")) == 4 and not b.css("#area-chart svg polyline.settlement")
+    # nor a settlement layer: the toggle is there, nothing is drawn and nothing was asked for
+    assert b.one("#show-settlements").is_selected() and not b.css(f'path[stroke="{SETTLEMENT}"]')
+    assert not [r for r in b.drain_network().values() if "/settlements" in r["url"]]
     assert "No permit" in b.one("#permits").text
     # the evidence chips load from their signed links (an <img> sends no header)
     b.wait(lambda: b.js("return [...document.querySelectorAll('#details img.chip')]"
@@ -357,6 +364,47 @@ def test_review_an_alert_in_the_browser(served, browser):
     b.assert_nothing_left_the_machine()
     errors = [m for m in severe(b.drain_console()) if "auth/token" not in m]  # the bad token's 401
     assert not errors, errors
+
+
+SETTLEMENT = "#d97706"  # the settlement layer's outline on the map
+
+
+def test_settlement_layer_on_the_map(served, browser):
+    """A settlement layer of the last date (as the classifier's step stores it) around an alert is
+    drawn on the map when that date is the after image, and the legend's box hides and shows it."""
+    last = DATES[-1]
+    with transaction(served.engine) as s:
+        area = s.scalar(sa.select(Area).where(Area.name == "demo"))
+        alert = s.scalars(sa.select(Alert).where(Alert.area_id == area.id, Alert.first_seen == DATES[2])
+                          .order_by(Alert.id)).first()
+        scene = s.scalar(sa.select(Scene).where(Scene.area_id == area.id, sa.func.date(Scene.acquired_at) == last))
+        around = to_shape(alert.geom).centroid.buffer(0.0006, cap_style="square")
+        layer = store_settlements(s, area, scene, [(around, 0.87)], "EPSG:4326", "classifier-test")
+        s.execute(sa.update(Indicator).where(Indicator.area_id == area.id, Indicator.observed_on == last)
+                  .values(settlement_km2=layer.km2))
+        alert_id = alert.id
+    assert layer.polygons == 1
+    b = browser
+    b.sign_in(served.base, served.read)
+    b.listed(16, "the alerts")
+    b.click_alert(alert_id)
+    b.wait(lambda: b.one("#details h2").text == f"Alert #{alert_id}", "the alert's details")
+    assert f"After · {last}" in b.one("#label-after").text
+    drawn = lambda: b.css(f'.leaflet-overlay-pane path[stroke="{SETTLEMENT}"]')  # noqa: E731
+    b.wait(lambda: len(drawn()) == 1, "the settlement polygon of the after date")
+    assert {r["url"] for r in b.drain_network().values() if "/settlements" in r["url"]} == \
+        {f"{served.base}/areas/demo/settlements?date={last}"}
+    b.shot("06-settlements")
+    box = b.one("#show-settlements")
+    assert box.is_selected() and "settlements" in b.one(".legend").text
+    box.click()
+    b.wait(lambda: not drawn(), "the settlement layer to be hidden")
+    box.click()
+    b.wait(lambda: len(drawn()) == 1, "the settlement layer to be shown again")
+    # the area's chart shows the settlement km2 of that date
+    b.wait(lambda: b.css("#area-chart svg circle.settlement"), "the settlement figure in the chart")
+    b.assert_nothing_left_the_machine()
+    assert not severe(b.drain_console())
 
 
 def test_read_token_sees_no_review_buttons(served, browser):

@@ -204,3 +204,100 @@ def test_api_serves_the_layer_as_geojson(world, engine, settings):
     assert api.get("/areas/ba/settlements", headers={}).status_code == 401
     growth = api.get("/areas/ba/settlements/growth").json()
     assert [g["change"] for g in growth if g["previous_on"] == d1.isoformat()] == ["grew", "shrank"]
+
+
+# --- settlement growth through the alert path, on the same 1 m world
+
+def test_settlement_growth_over_a_parcel_is_judged_like_construction(world, cli, engine, settings):
+    from monitor import change
+    from monitor.db.tables import Area
+    from monitor.metrics import Metrics
+    from monitor.pipeline import judge_scene
+    from tests.test_change import (
+        EPSG,
+        X0,
+        Y0,
+        B,
+        C,
+        G,
+        alerts_by_parcel,
+        buildings,
+        deliveries,
+        permits,
+        pid,
+        q,
+        subscribe,
+    )
+
+    def b(x0, y0, x1, y1):
+        return box(X0 + x0, Y0 + y0, X0 + x1, Y0 + y1)
+
+    d1, d2, d3 = dt.date(2024, 1, 10), dt.date(2024, 2, 10), dt.date(2024, 3, 10)
+    layers = {
+        d1: [b(100, 0, 140, 40)],  # on parcel B (x 100..150)
+        d2: [b(100, 0, 190, 40)],  # grew over the rest of B (permitted) and onto C (x 150..200): 40 m x 40 m
+        d3: [b(100, 0, 190, 40), b(150, 60, 180, 90)],  # still there, and a new one on G (north of C)
+    }
+    permits(cli, world / "permits.csv", [(pid(*B), "BP-1", "2024-01-01", "2024-12-31")])
+    subscribe(engine)
+    metrics = Metrics(CollectorRegistry())
+
+    def run(day):
+        with Session(engine) as session, session.begin():
+            area = session.scalar(sa.select(Area))
+            sid = change.import_detections(session, area, day, buildings().write(world / f"{day}.tif"), None, settings,
+                                           metrics=metrics).summary["scene_id"]
+        polys = {"crs": f"EPSG:{EPSG}", "version": "clf-1", "polygons": [[shapely.to_wkb(g, hex=True), 0.9]
+                                                                          for g in layers[day]]}
+        return judge_scene(engine, sid, settings, polys, metrics=metrics)
+
+    def settlement_changes():
+        return q(engine, "SELECT observed_on, previous_on, round(area_m2), model_version FROM changes "
+                         "WHERE source = 'settlement' ORDER BY observed_on, area_m2")
+
+    # off by default: the layers are stored, nothing is judged from them
+    assert run(d1) == [] and run(d2) == []
+    assert settlement_changes() == [] and alerts_by_parcel(engine) == {}
+    shown = json.loads(cli("areas", "configure", "ba", "--settlement-alerts").stdout)
+    assert shown["settlement_alerts"] is True
+
+    # on: the second date judged again; its growth over B is permitted, over C it is an alert
+    events = run(d2)
+    assert [e for _a, e in events] == ["alert.created"]
+    assert settlement_changes() == [(d2, d1, 2000, "clf-1")]  # 50 m x 40 m: 10 m on B, 40 m on C
+    alerts = alerts_by_parcel(engine)
+    assert set(alerts) == {pid(*C)}
+    c = alerts[pid(*C)]
+    assert (c["source"], c["model_version"], c["status"], c["confidence"]) == ("settlement", "clf-1", "new", "probable")
+    assert c["new_area_m2"] == pytest.approx(1600, rel=1e-3) and c["first_seen"] == d2
+    verdicts = dict(q(engine, "SELECT p.external_id, pc.verdict FROM parcel_changes pc JOIN parcels p ON "
+                              "p.id = pc.parcel_id JOIN changes x ON x.id = pc.change_id WHERE x.source = 'settlement'"))
+    assert verdicts == {pid(*B): "permitted", pid(*C): "alert"}
+    assert deliveries(engine) == [(pid(*C), "alert.created")]
+    # judged again: nothing is raised twice
+    assert run(d2) == [] and len(settlement_changes()) == 1
+
+    # a month later: C's settlement is still in the layer (confirmed); the new one on G is an alert
+    events = run(d3)
+    alerts = alerts_by_parcel(engine)
+    assert {k: a["source"] for k, a in alerts.items()} == {pid(*C): "settlement", pid(*G): "settlement"}
+    assert alerts[pid(*C)]["confidence"] == "confirmed" and alerts[pid(*C)]["last_seen"] == d3
+    assert alerts[pid(*G)]["new_area_m2"] == pytest.approx(900, rel=1e-3)
+    assert sorted(e for _a, e in events) == ["alert.created", "alert.escalated"]
+    assert sorted(deliveries(engine)[1:]) == [(pid(*C), "alert.escalated"), (pid(*G), "alert.created")]
+    # the change of the third date is only the new ground: what any earlier layer held is not new
+    assert settlement_changes()[1:] == [(d3, d2, 900, "clf-1")]
+    # the diff's changes are untouched: the buildings never moved
+    assert q(engine, "SELECT count(*) FROM changes WHERE source = 'diff'") == [(0,)]
+
+
+def test_settlement_alerts_are_an_area_setting_in_the_api(world, engine, settings):
+    from tests.test_api import make_api
+
+    api = make_api(settings, engine)
+    assert api.get("/areas/ba").json()["settlement_alerts"] is False
+    r = api.patch("/areas/ba", json={"settlement_alerts": True})
+    assert r.status_code == 200 and r.json()["settlement_alerts"] is True
+    assert api.patch("/areas/ba", json={"cadence": "3d"}).json()["settlement_alerts"] is True  # unset: kept
+    assert api.patch("/areas/ba", json={"settlement_alerts": "maybe"}).status_code == 422
+    assert api.patch("/areas/ba", json={"settlement_alerts": False}, headers=api.read).status_code == 403

@@ -77,6 +77,8 @@ def lonlat_geometry(obj: Any, field: str = "geometry"):
 BAND_ORDER = ("Sentinel-2 names of the bands of drop-folder files without band descriptions, in file order "
               "('-' for a band to ignore), e.g. [\"B04\", \"B03\", \"B02\", \"B08\"].")
 RESOLUTION_MISMATCH = "Run models trained at a resolution more than 1.5x away from the scenes'."
+SETTLEMENT_ALERTS = ("Judge new settlement growth over a parcel (the classifier's layer) like new construction: "
+                     "alerts of source 'settlement'.")
 
 
 class AreaIn(BaseModel):
@@ -113,6 +115,7 @@ class AreaPatch(BaseModel):
     active: bool | None = None
     band_order: list[Text] | None = Field(None, max_length=20, description=BAND_ORDER + " [] forgets it.")
     allow_resolution_mismatch: bool | None = Field(None, description=RESOLUTION_MISMATCH)
+    settlement_alerts: bool | None = Field(None, description=SETTLEMENT_ALERTS)
 
     _cadence = field_validator("cadence")(check_cadence)
 
@@ -179,6 +182,7 @@ def patch_area(request: Request, area: Name, body: AreaPatch, _: Writer) -> dict
                            max_cloud=body.max_cloud, sources=dict(body.sources or {}),
                            resolution_m=body.resolution_m, active=body.active, band_order=body.band_order,
                            allow_resolution_mismatch=body.allow_resolution_mismatch,
+                           settlement_alerts=body.settlement_alerts,
                            allow_private_urls=request.app.state.settings.allow_private_urls)
         return inventory.describe(s, a)
 

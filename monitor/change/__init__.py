@@ -19,7 +19,8 @@ from monitor.change.diff import diff, suspect_reason
 from monitor.change.imports import Imported, import_detections
 from monitor.change.indicators import record_indicators
 from monitor.change.judge import Event, judge, judge_events, revert_unseen
-from monitor.change.settlements import store_settlements
+from monitor.change.settlements import settlement_sightings, store_settlement_changes, store_settlements
 
 __all__ = ["Event", "Imported", "diff", "suspect_reason", "import_detections", "judge", "judge_events",
-           "record_indicators", "revert_unseen", "store_change_polygons", "store_detections", "store_settlements"]
+           "record_indicators", "revert_unseen", "settlement_sightings", "store_change_polygons", "store_detections",
+           "store_settlement_changes", "store_settlements"]

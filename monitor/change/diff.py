@@ -56,10 +56,12 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
 
 def changed_share(session: Session, area: Area, scene: Scene) -> float:
     """The largest share of the area's clear land on the scene's date that one source of changes (the
-    diff, a change model) calls new construction: 0 when nothing is clear or nothing changed."""
+    diff, a change model) calls new construction: 0 when nothing is clear or nothing changed. Settlement
+    growth is left out: it is derived after this check, from the date's settlement layer."""
     row = session.execute(text("""
         SELECT COALESCE((SELECT max(m2) FROM (SELECT sum(area_m2) AS m2 FROM changes
-                                              WHERE scene_id = :sid GROUP BY source) x), 0) AS changed,
+                                              WHERE scene_id = :sid AND source <> 'settlement'
+                                              GROUP BY source) x), 0) AS changed,
                ST_Area(ST_Transform(ST_CollectionExtract(ST_MakeValid(ST_Intersection(
                    COALESCE(s.clear_geom, a.footprint), a.footprint)), 3), :epsg)) AS clear
         FROM scenes s JOIN areas a ON a.id = s.area_id WHERE s.id = :sid"""),

@@ -68,13 +68,14 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
     on a clear date at least ``persist_days`` after it was first seen becomes ``confirmed``
     (construction stays; crops and ploughing come and go). A ``new`` alert of the diff that a later
     clear date no longer sees as built is ``reverted`` (``segmented``: this date was run through a
-    segmenter, so not seeing is news). A change model's alerts are seen through ``sightings``
-    (alert id -> clear share of its outline, share of that still changed from the alert's baseline)
-    where given, else through the segmenter's detections. Re-judging a scene rewrites its verdicts
-    and raises nothing twice. With ``replace`` (the date processed again with other models) an open
-    alert first seen on this date takes this date's construction instead of adding it,
-    ``revert_unseen`` reverts those no verdict names any more, and alerts an earlier reprocess reverted
-    are judged anew (open again and ``updated`` when the current models see them).
+    segmenter, so not seeing is news). A change model's and a settlement layer's alerts are seen
+    through ``sightings`` (alert id -> clear share of its outline, share of that still changed from
+    the alert's baseline, or still settlement) where given, else through the segmenter's detections.
+    Re-judging a scene rewrites its verdicts and raises nothing twice. With ``replace`` (the date
+    processed again with other models) an open alert first seen on this date takes this date's
+    construction instead of adding it, ``revert_unseen`` reverts those no verdict names any more, and
+    alerts an earlier reprocess reverted are judged anew (open again and ``updated`` when the current
+    models see them).
     """
     sightings = sightings or {}
     metrics = metrics or default_metrics()
@@ -97,7 +98,7 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
     for row in session.execute(text(sql("judge_still_seen")), dict(
             aid=area.id, sid=scene.id, day=day, epsg=epsg, tol=float(settings.shift_tolerance_m),
             open_statuses=opened)):
-        if row.source == ChangeSource.CHANGE_MODEL and row.id in sightings:
+        if row.source != ChangeSource.DIFF and row.id in sightings:
             clear_share, built_share = sightings[row.id]
             observed = True
         else:

@@ -4,6 +4,10 @@ A date's layer is the classifier's polygons (``monitor.settlements.tile_polygons
 part of its scene, joined with the previous date's layer where this date is cloudy: a cloud hides
 a settlement, it does not remove it. ``carried_m2`` says how much of each polygon comes from the
 earlier date. Geometry work happens in the area's UTM zone; rows are stored in EPSG:4326.
+
+Where an area has ``settlement_alerts``, the layer's new ground (what no earlier layer held) becomes
+changes of source ``settlement``, which the judge weighs against parcels and permits like new
+construction; ``settlement_sightings`` says whether a later layer still holds such an alert.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from shapely.geometry.base import BaseGeometry
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from monitor.db.queries import scene_date
-from monitor.db.tables import Area, Indicator, Scene, Settlement
+from monitor.db.queries import open_statuses, scene_date, scene_pixel_m
+from monitor.db.tables import Alert, Area, Change, Indicator, Scene, Settlement
+from monitor.domain import ChangeSource
 from monitor.errors import NotFound
 from monitor.geo import as_multipolygon, reproject
+from monitor.settings import Settings
 
 # Growth below this many m2 (or 1 % of the polygon) is reported as unchanged.
 UNCHANGED_M2 = 100.0
@@ -60,7 +66,7 @@ def store_settlements(session: Session, area: Area, scene: Scene, polygons: Sequ
     session.execute(delete(Settlement).where(Settlement.area_id == area.id, Settlement.observed_on == day))
     epsg = area.utm_epsg
     footprint = _utm(to_shape(area.footprint), epsg)
-    clear = footprint if scene.clear_geom is None else _utm(to_shape(scene.clear_geom), epsg).intersection(footprint)
+    clear = _clear(area, scene)
     cloudy = footprint.difference(clear)
     pieces: list[tuple[BaseGeometry, float | None, bool]] = []
     for geom, prob in polygons:
@@ -92,6 +98,67 @@ def store_settlements(session: Session, area: Area, scene: Scene, polygons: Sequ
         carried_total += carried_m2
     session.flush()
     return Layer(len(merged), total / 1e6, carried_total / 1e6)
+
+
+def _union(session: Session, area: Area, *where) -> BaseGeometry:
+    rows = session.scalars(select(Settlement.geom).where(Settlement.area_id == area.id, *where))
+    return shapely.union_all([_utm(to_shape(g), area.utm_epsg) for g in rows])
+
+
+def _clear(area: Area, scene: Scene) -> BaseGeometry:
+    footprint = _utm(to_shape(area.footprint), area.utm_epsg)
+    return footprint if scene.clear_geom is None else _utm(to_shape(scene.clear_geom), area.utm_epsg).intersection(footprint)
+
+
+def store_settlement_changes(session: Session, area: Area, scene: Scene, settings: Settings) -> int:
+    """The scene's settlement growth as changes of source ``settlement``, replacing earlier ones of the
+    scene (none where the area has no ``settlement_alerts``); returns their count. Growth is the date's layer on the clear part of the scene minus every
+    earlier layer (ground any earlier date called settlement is not new, as for the diff), in pieces
+    of at least the minimum change. The first layer of an area is its baseline: nothing is new."""
+    session.execute(delete(Change).where(Change.scene_id == scene.id, Change.source == ChangeSource.SETTLEMENT))
+    day = scene_date(scene)
+    before = previous_layer_date(session, area, day)
+    if before is None or not area.settlement_alerts:
+        return 0
+    now = _union(session, area, Settlement.observed_on == day).intersection(_clear(area, scene))
+    earlier = _union(session, area, Settlement.observed_on < day)
+    min_m2 = settings.min_area_m2("change", scene_pixel_m(scene, settings))
+    version = session.scalar(select(func.max(Settlement.model_version)).where(
+        Settlement.area_id == area.id, Settlement.observed_on == day))
+    footprint = to_shape(area.footprint)
+    stored = 0
+    for part in _parts(now.difference(earlier)):
+        if part.area < min_m2:
+            continue
+        geom = shapely.make_valid(reproject(part, area.utm_epsg, 4326)).intersection(footprint)
+        if geom.is_empty:
+            continue
+        session.add(Change(area_id=area.id, scene_id=scene.id, observed_on=day, previous_on=before,
+                           geom=from_shape(as_multipolygon(geom), srid=4326), area_m2=part.area,
+                           source=ChangeSource.SETTLEMENT, model_version=version))
+        stored += 1
+    session.flush()
+    return stored
+
+
+def settlement_sightings(session: Session, area: Area, scene: Scene) -> dict[int, tuple[float, float]]:
+    """For the open settlement alerts of earlier dates: the share of each that is clear on the scene's
+    date and the share of that clear part the date's layer still holds (the judge's ``sightings``)."""
+    day = scene_date(scene)
+    alerts = session.execute(select(Alert.id, Alert.geom).where(
+        Alert.area_id == area.id, Alert.source == ChangeSource.SETTLEMENT, Alert.status.in_(open_statuses()),
+        Alert.first_seen < day)).all()
+    if not alerts:
+        return {}
+    clear = _clear(area, scene)
+    layer = _union(session, area, Settlement.observed_on == day)
+    out = {}
+    for alert_id, geom in alerts:
+        shape = _utm(to_shape(geom), area.utm_epsg)
+        seen = shape.intersection(clear)
+        out[int(alert_id)] = (seen.area / shape.area if shape.area else 0.0,
+                              seen.intersection(layer).area / seen.area if seen.area else 0.0)
+    return out
 
 
 def layer_dates(session: Session, area: Area) -> list[dt.date]:

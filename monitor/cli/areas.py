@@ -77,6 +77,9 @@ def areas_configure(
     band_order: str = typer.Option(None, "--band-order", help=BAND_ORDER_HELP + " '' forgets it."),
     allow_resolution_mismatch: bool = typer.Option(None, "--allow-resolution-mismatch/--refuse-resolution-mismatch",
                                                    help=RESOLUTION_HELP),
+    settlement_alerts: bool = typer.Option(None, "--settlement-alerts/--no-settlement-alerts",
+                                           help="Judge new settlement growth over a parcel (the classifier's layer) "
+                                           "like new construction: alerts of source 'settlement'."),
     segmenter_model: str = typer.Option(None, "--segmenter-model", help="Model directory ('' to unset)."),
     classifier_model: str = typer.Option(None, "--classifier-model", help="Model directory ('' to unset)."),
     change_model: str = typer.Option(None, "--change-model", help="Model directory or builtin:NAME, e.g. "
@@ -91,7 +94,7 @@ def areas_configure(
                               sources=parse_sources(source, allow_private=st.settings.allow_private_urls),
                               resolution_m=resolution, active=active, models=models, band_order=band_order,
                               allow_resolution_mismatch=allow_resolution_mismatch,
-                              allow_private_urls=st.settings.allow_private_urls)
+                              settlement_alerts=settlement_alerts, allow_private_urls=st.settings.allow_private_urls)
         echo_json(describe(session, area))
 
 

@@ -201,14 +201,18 @@ def train_classifier(
     dense: int = typer.Option(1024, "--dense", help="Units of the dense layer of the head."),
     batch: int = typer.Option(8, "--batch"), lr: float = typer.Option(1e-4, "--lr", help="SGD learning rate."),
     patience: int = typer.Option(10, "--patience", help="Early-stopping patience, epochs."),
+    per_image: bool = typer.Option(None, "--per-image/--global", help="Standardize each tile by the band statistics "
+                                   "of its scene (the default without --weights), or by the training data's."),
+    gain: float = typer.Option(0.0, "--gain", min=0.0, max=0.5, help="Multiply each training tile's bands by random "
+                               "factors 1 + N(0, GAIN), one per band (a brighter or darker date)."),
     time_limit: float = _LIMIT,
 ) -> None:
     """Settlement classifier on train|validation/true|false tiles (ResNet50 recipe by default)."""
     out, version = _out_dir(ctx, out, "classifier")
     _report(training.train_classifier(data, out, epochs=epochs, seed=seed, bands=_bands(bands), backbone=backbone,
                                       weights=weights, freeze=freeze, dense=dense, batch=batch, lr=lr,
-                                      patience=patience, progress=True, time_limit_s=time_limit * 60 or None,
-                                      version=version))
+                                      patience=patience, per_image=per_image, gain=gain, progress=True,
+                                      time_limit_s=time_limit * 60 or None, version=version))
 
 
 @train.command("change")

@@ -131,6 +131,8 @@ class Area(Base):
     band_order: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     # run models whose training resolution differs from the scenes' by more than 1.5x
     allow_resolution_mismatch: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # new settlement growth over a parcel is judged like new construction (changes of source 'settlement')
+    settlement_alerts: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     segmenter_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
     classifier_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
@@ -335,7 +337,7 @@ class Change(Base):
     previous_on: Mapped[dt.date | None] = mapped_column(Date)
     geom = _geom()
     area_m2: Mapped[float] = mapped_column(Float)
-    source: Mapped[str] = mapped_column(String(16), server_default=text("'diff'"))  # diff | change_model
+    source: Mapped[str] = mapped_column(String(16), server_default=text("'diff'"))  # diff | change_model | settlement
     model_version: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _created()
 

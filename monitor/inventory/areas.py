@@ -121,6 +121,7 @@ def describe(session: Session, area: Area) -> dict:
         "resolution_m": area.resolution_m,
         "band_order": list(area.band_order) if area.band_order else None,
         "allow_resolution_mismatch": bool(area.allow_resolution_mismatch),
+        "settlement_alerts": bool(area.settlement_alerts),
         "models": {kind: getattr(area, f"{kind}_model_id") for kind in ModelKind},
         "active": area.active,
         "parcels": parcels,
@@ -140,12 +141,14 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
                    sources: dict[str, str] | None = None, resolution_m: float | None = None,
                    active: bool | None = None, models: dict[str, str] | None = None,
                    band_order: str | Sequence[str] | None = None,
-                   allow_resolution_mismatch: bool | None = None, allow_private_urls: bool = False) -> Area:
+                   allow_resolution_mismatch: bool | None = None, settlement_alerts: bool | None = None,
+                   allow_private_urls: bool = False) -> Area:
     """Change an area's settings; ``models`` maps a kind (segmenter, classifier, change) to a model
     directory, registered on the way, or to '' to unset it. ``band_order`` '' (or an empty list)
     forgets the area's band order; a new band order re-queues the scenes whose fetch failed, new
-    models (or allowing a resolution mismatch) those whose processing failed. Sources are checked as
-    ``areas add`` checks them (``allow_private_urls``: MONITOR_ALLOW_PRIVATE_URLS)."""
+    models (or allowing a resolution mismatch) those whose processing failed. ``settlement_alerts``: new
+    settlement growth over a parcel is judged as new construction. Sources are checked as ``areas add``
+    checks them (``allow_private_urls``: MONITOR_ALLOW_PRIVATE_URLS)."""
     area = get_area(session, name)
     if cadence is not None:
         area.cadence = parse_cadence(cadence)
@@ -167,6 +170,8 @@ def configure_area(session: Session, name: str, *, cadence: str | None = None,
                        Scene.file_path.is_(None))
     if allow_resolution_mismatch is not None:
         area.allow_resolution_mismatch = allow_resolution_mismatch
+    if settlement_alerts is not None:
+        area.settlement_alerts = settlement_alerts
     for kind, model_dir in (models or {}).items():
         if not model_dir:
             setattr(area, f"{kind}_model_id", None)

@@ -234,14 +234,25 @@ def load_segmenter_split(data_dir: str | Path, split: str, bands: list[str]) -> 
     return np.stack(xs), np.stack(ys)
 
 
-def segmenter_scenes(data_dir: str | Path, split: str) -> np.ndarray:
-    """The scene each image tile of ``split`` was cut from (its ``scene`` tag; "" when untagged), in the
-    order ``load_segmenter_split`` loads them."""
+def _scene_tags(files) -> np.ndarray:
     out = []
-    for f in sorted((Path(data_dir) / split / "images").glob("*.tif")):
+    for f in files:
         with rasterio.open(f) as src:
             out.append(src.tags().get("scene", ""))
     return np.asarray(out, dtype=object)
+
+
+def segmenter_scenes(data_dir: str | Path, split: str) -> np.ndarray:
+    """The scene each image tile of ``split`` was cut from (its ``scene`` tag; "" when untagged), in the
+    order ``load_segmenter_split`` loads them."""
+    return _scene_tags(sorted((Path(data_dir) / split / "images").glob("*.tif")))
+
+
+def classifier_scenes(data_dir: str | Path, split: str) -> np.ndarray:
+    """The scene each tile of ``split`` was cut from (its ``scene`` tag; "" when untagged), in the order
+    ``load_classifier_split`` loads them."""
+    root = Path(data_dir) / split
+    return _scene_tags([f for label in ("true", "false") for f in sorted((root / label).glob("*.tif"))])
 
 
 def scene_stats(x: np.ndarray, scenes: np.ndarray):

@@ -18,7 +18,14 @@ from tqdm import tqdm
 from monitor.errors import BadInput
 from monitor.ml import scores
 from monitor.ml.classifier import IMAGENET_BGR_MEAN, build_classifier
-from monitor.ml.datasets import load_classifier_split, load_segmenter_split, read_summary, scene_stats, segmenter_scenes
+from monitor.ml.datasets import (
+    classifier_scenes,
+    load_classifier_split,
+    load_segmenter_split,
+    read_summary,
+    scene_stats,
+    segmenter_scenes,
+)
 from monitor.ml.inference import predict_array
 from monitor.ml.modelstore import LoadedModel, image_stats, normalize, save_model
 from monitor.ml.oscd import load_city, read_change_summary
@@ -251,21 +258,36 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
 def train_classifier(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 50, seed: int = 0,
                      bands: list[str] | None = None, backbone: str = "resnet50", weights: str | Path | None = None,
                      freeze: int = 60, dense: int = 1024, dropout: float = 0.5, batch: int = 8, lr: float = 1e-4,
-                     patience: int = 10, progress: bool = False, precision: str = "auto",
-                     time_limit_s: float | None = None, version: str | None = None) -> Path:
+                     patience: int = 10, per_image: bool | None = None, gain: float = 0.0, progress: bool = False,
+                     precision: str = "auto", time_limit_s: float | None = None, version: str | None = None) -> Path:
     """The settlement classifier on ``DIR/{train,validation}/{true,false}/`` tiles.
 
     SGD (momentum 0.9), binary cross-entropy, augmentation (horizontal flip, zoom 0.3, shifts 0.3,
-    rotation 30 degrees, nearest fill), best validation accuracy kept, early stopping.
+    rotation 30 degrees, nearest fill), best validation accuracy kept, early stopping. ``gain`` > 0
+    also multiplies each training tile's bands by their own random factors (1 + N(0, ``gain``)), as a
+    brighter or darker date, another sun angle or haze would.
+
+    With ``per_image`` (the default without ``weights``) every tile is first standardized by the band
+    statistics of the scene it was cut from (its ``scene`` tag), as ``classify_tiles`` standardizes a
+    whole scene: a date that is brighter or darker in every band reads like the training dates.
+    ImageNet ``weights`` expect their own normalization and take no per-image standardization.
     """
     t0 = time.perf_counter()
     summary = read_summary(data_dir)
     if summary.get("kind") != "classifier":
         raise BadInput(f"is a {summary.get('kind')} dataset; build one with --kind classifier", file=data_dir)
+    per_image = not weights if per_image is None else per_image
+    if per_image and weights:
+        raise BadInput("pretrained weights expect their own normalization; train them with --global",
+                       field="per_image")
     bands = _bands_of(summary, bands, data_dir)
     x_tr, y_tr, _ = load_classifier_split(data_dir, "train", bands)
     x_va, y_va, _ = load_classifier_split(data_dir, "validation", bands)
     tile = x_tr.shape[1]
+    if per_image:
+        for x, split in ((x_tr, "train"), (x_va, "validation")):
+            for idx, (m, sd) in scene_stats(x, classifier_scenes(data_dir, split)):
+                x[idx] = (x[idx] - m) / sd
     if weights:
         mean, std = IMAGENET_BGR_MEAN, [1.0, 1.0, 1.0]
     else:
@@ -284,8 +306,15 @@ def train_classifier(data_dir: str | Path, out_dir: str | Path, *, epochs: int =
         L.RandomRotation(30 / 360, fill_mode="nearest", seed=seed + 3),
     ])
     t = tf()
+    # a gain g on raw values is z * g + (g - 1) * mean / std on standardized ones
+    ratio = t.constant(np.asarray(mean, np.float32) / np.asarray(std, np.float32))
+
+    def radiometry(x):
+        g = t.random.normal((t.shape(x)[0], 1, 1, len(bands)), 0.0, gain)
+        return x * (1 + g) + g * ratio
+
     train = (t.data.Dataset.from_tensor_slices((x_tr, y_tr)).shuffle(len(x_tr), seed=seed).batch(batch)
-             .map(lambda x, y: (augment(x, training=True), y)))
+             .map(lambda x, y: (augment(radiometry(x) if gain > 0 else x, training=True), y)))
     _compile(model, "binary_crossentropy", k.optimizers.SGD(lr, momentum=0.9), ["accuracy"])
     cbs = _callbacks(monitor="val_accuracy", patience=patience, epochs=epochs, progress=progress,
                      time_limit_s=time_limit_s)
@@ -295,13 +324,15 @@ def train_classifier(data_dir: str | Path, out_dir: str | Path, *, epochs: int =
     val["accuracy"] = round(float(np.mean((prob > threshold) == (y_va > 0.5))), 4)
     meta = {
         "version": version, "kind": "classifier", "bands": bands,
-        "normalization": {"mean": list(mean), "std": list(std)}, "tile": tile,
+        "normalization": {"mean": list(mean), "std": list(std), **({"per_image": True} if per_image else {})},
+        "tile": tile,
         "resolution_m": summary.get("resolution_m"), "threshold": threshold,
         "architecture": {"type": "classifier", "backbone": backbone, "freeze": freeze, "dense": dense,
                          "dropout": dropout, "pretrained": str(weights) if weights else None},
         "training": {"data": str(Path(data_dir).resolve()), "train_tiles": {"true": int(y_tr.sum()),
                      "false": int(len(y_tr) - y_tr.sum())}, "validation_tiles": {"true": int(y_va.sum()),
-                     "false": int(len(y_va) - y_va.sum())}, "batch": batch, "lr": lr, "seed": seed,
+                     "false": int(len(y_va) - y_va.sum())}, "batch": batch, "lr": lr, "per_image": per_image,
+                     "gain": gain, "seed": seed,
                      **_summary_of_run(cbs, history, t0)},
         "metrics": {"validation": val},
     }

@@ -20,6 +20,7 @@
     area: { color: '#e5e7eb', weight: 1.5, dashArray: '6 4', fill: false, interactive: false },
     parcel: { color: '#f8fafc', weight: 1, opacity: 0.75, fill: false },
     change: { color: '#fb923c', weight: 1.5, opacity: 0.95, fillColor: '#fb923c', fillOpacity: 0.2 },
+    settlement: { color: '#d97706', weight: 2, opacity: 0.9, dashArray: '5 3', fillColor: '#d97706', fillOpacity: 0.12 },
     alert: { color: '#f43f5e', weight: 1.5, opacity: 0.9, fillColor: '#f43f5e', fillOpacity: 0.15 },
     alertParcel: { color: '#facc15', weight: 3, opacity: 1, fill: false, interactive: false },
     construction: { color: '#ef4444', weight: 2.5, opacity: 1, fillColor: '#ef4444', fillOpacity: 0.3, interactive: false },
@@ -29,6 +30,7 @@
   const state = {
     token: null, who: null, canWrite: false, areas: [], alerts: [], shown: [], counts: null,
     selected: null, area: null, scenes: [], tilejson: new Map(), map: null, layers: {}, loads: 0,
+    settlementDates: new Set(), settlementsOf: null,
   };
 
   // ---------------------------------------------------------------- helpers
@@ -353,6 +355,15 @@
     state.layers = {
       before: null, after: null,
       area: L.geoJSON(null, { style: STYLE.area }).addTo(map),
+      settlements: L.geoJSON(null, {
+        style: STYLE.settlement,
+        onEachFeature: (f, layer) => {
+          const p = f.properties;
+          const carried = p.carried_share ? ` · ${fmt.pct(p.carried_share)} carried over from an earlier date` : '';
+          const prob = p.probability === null ? '' : ` · probability ${p.probability.toFixed(2)}`;
+          layer.bindTooltip(text(`settlement ${p.observed_on}, ${fmt.m2(p.area_m2)}${prob}${carried}`), { sticky: true });
+        },
+      }).addTo(map),
       parcels: L.geoJSON(null, {
         style: STYLE.parcel, renderer: canvas,
         onEachFeature: (f, layer) => layer.bindTooltip(text(`parcel ${f.properties.external_id}`), { sticky: true }),
@@ -377,7 +388,8 @@
     map.on('move zoom resize viewreset', clipSwipe);
     map.on('moveend', debounce(loadVectors, 250));
     $('swipe').addEventListener('input', clipSwipe);
-    for (const [box, layer] of [['show-parcels', 'parcels'], ['show-changes', 'changes'], ['show-alerts', 'alerts']]) {
+    for (const [box, layer] of [['show-parcels', 'parcels'], ['show-changes', 'changes'], ['show-alerts', 'alerts'],
+      ['show-settlements', 'settlements']]) {
       $(box).addEventListener('change', () => {
         if ($(box).checked) state.layers[layer].addTo(map); else state.layers[layer].remove();
         if ($(box).checked) loadVectors();
@@ -462,12 +474,16 @@
   async function loadArea(name) {
     if (state.area === name) return;
     state.area = name;
-    const [geometry, scenes] = await Promise.all([
+    const [geometry, scenes, history] = await Promise.all([
       api(`areas/${encodeURIComponent(name)}/geometry`),
       api(`areas/${encodeURIComponent(name)}/scenes?limit=1000`),
+      api(`areas/${encodeURIComponent(name)}/history`),
     ]);
     if (state.area !== name) return;
     state.layers.area.clearLayers().addData(geometry);
+    // the dates with a settlement layer (an area with a classifier): the others have none to ask for
+    state.settlementDates = new Set(history.filter((r) => r.settlement_km2 !== null && r.settlement_km2 !== undefined)
+      .map((r) => r.observed_on));
     state.scenes = scenes.filter((sc) => DRAWABLE.includes(sc.status) && sc.file_path)
       .sort((a, b) => a.acquired_at.localeCompare(b.acquired_at));
   }
@@ -540,6 +556,17 @@
         .then((fc) => { state.layers.changes.clearLayers().addData(fc); }));
     } else {
       state.layers.changes.clearLayers();
+    }
+    // the settlement layer of the after date, where it has one (the whole layer, fetched once per date)
+    const settlementsOf = state.settlementDates.has(until) ? `${state.area} ${until}` : null;
+    if ($('show-settlements').checked && settlementsOf && settlementsOf !== state.settlementsOf) {
+      jobs.push(api(`areas/${area}/settlements${query({ date: until })}`, { signal }).then((fc) => {
+        state.layers.settlements.clearLayers().addData(fc);
+        state.settlementsOf = settlementsOf;
+      }));
+    } else if (!$('show-settlements').checked || !settlementsOf) {
+      state.layers.settlements.clearLayers();
+      state.settlementsOf = null;
     }
     if (state.selected && state.selected.properties.area === state.area) {
       const p = state.selected.properties;
