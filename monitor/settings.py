@@ -125,6 +125,11 @@ class Settings(BaseSettings):
                                     "area's clear land is new construction is marked `suspect` (a season, a "
                                     "mis-registered or badly calibrated scene): no alerts are raised from it and "
                                     "it is never the baseline of a later date.")
+    alert_min_sightings: int = Field(1, ge=1, le=2, description="Clear dates that must see new construction "
+                                     "on a parcel before its alert is raised: 1 raises it on the first; 2 holds it "
+                                     "until the next date that sees the place clear still sees it built (a "
+                                     "segmenter's one-date flicker is dropped), and dates the alert from the "
+                                     "first sighting.")
     persist_days: int = Field(20, ge=0, description="A probable alert becomes confirmed when its construction is "
                               "still seen on a clear date at least this many days after it was first seen; "
                               "crops and ploughing revert before.")

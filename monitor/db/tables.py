@@ -348,7 +348,7 @@ class ParcelChange(Base):
     fraction: Mapped[float] = mapped_column(Float)
     permit_id: Mapped[int | None] = mapped_column(ForeignKey("permits.id", ondelete="SET NULL"))
     alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id", ondelete="SET NULL"))
-    verdict: Mapped[str] = mapped_column(String(16))  # permitted | alert | below_threshold
+    verdict: Mapped[str] = mapped_column(String(16))  # permitted | alert | below_threshold | unconfirmed | vanished
 
 
 class Subscription(Base):
