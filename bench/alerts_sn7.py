@@ -18,6 +18,7 @@ last month. Scored on the parcels whose centre is in ``--part`` (validation: the
   (negative when the alert came before the label, which lags construction);
 - the same for the model's confirmed alerts only (still seen on a later month, so never those first
   seen in the last month);
+- the settings of the diff and the judge that decided the alerts (``RULES``; set in the environment);
 - the same for the reference: change-vector magnitude between the first and the last month (each
   date standardized per band), the top 1 % of the tile's pixels, a 3-pixel median filter.
 """
@@ -65,6 +66,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_TILES = ROOT.parent / "shared" / "data" / "spacenet7"
 RESOLUTION_M = 4.0
 VAL_FRACTION = 0.2
+
+
+#: The settings of the diff and the judge that decide the alerts, reported with the scores (set them in
+#: the environment, MONITOR_<NAME>).
+RULES = ("shift_tolerance_m", "min_change_m2", "alert_min_px", "alert_min_m2", "alert_min_fraction",
+         "alert_min_sightings", "persist_days")
 
 
 def months_between(a: str, b: str) -> int:
@@ -237,8 +244,9 @@ def main(args: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
             work = a.out or Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
-            alerts, confirmed, run = pipeline_alerts(engine, bench_settings(work / "home", a.min_px), truth,
-                                                     a.model, work)
+            settings = bench_settings(work / "home", a.min_px)
+            alerts, confirmed, run = pipeline_alerts(engine, settings, truth, a.model, work)
+        result["settings"] = {k: getattr(settings, k) for k in RULES}
         result["model"] = {"spec": a.model, **score(truth.parcels, truth.buildings, alerts, **common), "run": run}
         result["model_confirmed"] = score(truth.parcels, truth.buildings, confirmed, **common)
     rows = [[name, r["precision"], r["recall"], r["building_recall"], r["false_alerts_per_km2"],
