@@ -116,10 +116,10 @@ class Settings(BaseSettings):
     min_change_m2: float = Field(20.0, description="Changes smaller than this are dropped, m2 (a floor over "
                                  "MONITOR_MIN_CHANGE_PX).")
     change_min_z: float = Field(0.0, ge=0, description="Keep a new construction piece of the diff only where "
-                                "the imagery changed too: its mean change-vector magnitude between the two dates "
-                                "(bands standardized per image) at least this many robust standard deviations "
-                                "(1.4826 x MAD) above the scene's median; drops a segmenter's first find of an old "
-                                "building (0 disables).")
+                                "the imagery changed too: its mean change-vector magnitude against the oldest "
+                                "image the diff remembers (bands standardized per image) at least this many "
+                                "robust standard deviations (1.4826 x MAD) above the scene's median; drops a "
+                                "segmenter's late first find of an old building (0 disables).")
     alert_min_px: int = Field(3, ge=1, description="New built area on a parcel that raises an alert, pixels of "
                               "the scene.")
     alert_min_m2: float = Field(50.0, description="New built area on a parcel that raises an alert, m2 (a floor "

@@ -31,7 +31,7 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
     What any of those earlier dates saw built is not new either, even where a newer date decided the
     place (a building a segmenter missed one month and found the next). The first date of an area is
     its baseline: nothing is new. With ``change_min_z`` above 0, pieces where the imagery itself did not
-    change between the two dates are dropped (``drop_unchanged``).
+    change since the oldest date remembered are dropped (``drop_unchanged``).
     """
     metrics = metrics or default_metrics()
     session.execute(delete(Change).where(Change.scene_id == scene.id, Change.source == ChangeSource.DIFF))
@@ -62,26 +62,23 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
 
 
 def drop_unchanged(session: Session, scene: Scene, earlier: list[Scene], z: float) -> set[int]:
-    """Delete the scene's diff changes whose imagery did not change (``imagery_check.unchanged``: mean
-    change-vector magnitude against the date each was decided on under ``z`` robust standard deviations
-    above the scene's median), and return their ids. Changes decided against a date without an image
-    (an imported raster) are kept."""
-    images = {}
-    for prev in reversed(earlier):  # the newest scene of a date wins, as in the diff
-        images[scene_date(prev)] = prev
-    if scene.provider == Provider.IMPORT or not scene.file_path:
+    """Delete the scene's diff changes whose imagery did not change, and return their ids: the mean
+    change-vector magnitude inside each, against the oldest image the diff remembers (the oldest of
+    ``earlier`` whose file is imagery), is under ``z`` robust standard deviations above the scene's
+    median (``imagery_check.unchanged``). Construction is new only when no remembered date saw it
+    built, so the image must have changed since the oldest of them; comparing with the date the piece
+    was decided on would miss a building the segmenter first finds some dates after it was built.
+    Nothing is dropped when the scene or no earlier date has an image (imported rasters)."""
+    images = [e for e in earlier if e.provider != Provider.IMPORT and e.file_path]
+    if scene.provider == Provider.IMPORT or not scene.file_path or not images:
         return set()
-    rows = session.execute(text("SELECT id, previous_on, ST_AsBinary(geom) AS g FROM changes "
+    oldest = images[-1]  # earlier is newest first
+    rows = session.execute(text("SELECT id, ST_AsBinary(geom) AS g FROM changes "
                                 "WHERE scene_id = :sid AND source = 'diff'"), dict(sid=scene.id)).all()
-    dropped: set[int] = set()
-    for day in sorted({r.previous_on for r in rows}):
-        before = images.get(day)
-        if before is None or before.provider == Provider.IMPORT or not before.file_path:
-            continue
-        clear = [to_shape(c) for c in (scene.clear_geom, before.clear_geom) if c is not None]
-        region = shapely.intersection_all(clear) if clear else None
-        pieces = [(r.id, shapely.from_wkb(bytes(r.g))) for r in rows if r.previous_on == day]
-        dropped.update(unchanged(pieces, str(scene.file_path), str(before.file_path), z, region))
+    clear = [to_shape(c) for c in (scene.clear_geom, oldest.clear_geom) if c is not None]
+    region = shapely.intersection_all(clear) if clear else None
+    pieces = [(r.id, shapely.from_wkb(bytes(r.g))) for r in rows]
+    dropped = set(unchanged(pieces, str(scene.file_path), str(oldest.file_path), z, region))
     if dropped:
         session.execute(delete(Change).where(Change.id.in_(dropped)))
     return dropped
