@@ -256,8 +256,8 @@ def main(args: list[str] | None = None) -> None:
         result["settings"] = {k: getattr(settings, k) for k in RULES}
         result["model"] = {"spec": a.model, **score(truth.parcels, truth.buildings, alerts, **common), "run": run}
         result["model_confirmed"] = score(truth.parcels, truth.buildings, confirmed, **common)
-    rows = [[name, r["precision"], r["recall"], r["building_recall"], r["false_alerts_per_km2"], r["false_alerts_unbuilt"],
-             r["median_delay_months"], r["alerted"], r["changed"]]
+    rows = [[name, r["precision"], r["recall"], r["building_recall"], r["false_alerts_per_km2"],
+             r["false_alerts_unbuilt"], r["median_delay_months"], r["alerted"], r["changed"]]
             for name, r in (("reference", result["reference"]), ("model", result.get("model")),
                             ("model, confirmed alerts", result.get("model_confirmed"))) if r]
     print_table(rows, ["", "precision", "recall", "building recall", "false/km2", "false unbuilt", "median delay",
