@@ -1,5 +1,5 @@
 """parcel verdicts for construction held back until a later date sees it again (MONITOR_ALERT_MIN_SIGHTINGS):
-unconfirmed, and vanished when a later clear date no longer sees it
+unconfirmed, and vanished when a later clear date no longer sees it; a partial index finds the held ones
 
 Revision ID: 0012
 Revises: 0007
@@ -8,6 +8,7 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
@@ -25,10 +26,15 @@ def _check(allowed: tuple[str, ...]) -> None:
                                f"verdict IN ({', '.join(repr(v) for v in allowed)})")
 
 
+HELD = sa.text("verdict = 'unconfirmed'")
+
+
 def upgrade() -> None:
     _check(AFTER)
+    op.create_index("ix_parcel_changes_unconfirmed", "parcel_changes", ["parcel_id"], postgresql_where=HELD)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_parcel_changes_unconfirmed", table_name="parcel_changes", postgresql_where=HELD)
     op.execute("UPDATE parcel_changes SET verdict = 'below_threshold' WHERE verdict IN ('unconfirmed', 'vanished')")
     _check(BEFORE)

@@ -338,6 +338,8 @@ class ParcelChange(Base):
 
     __tablename__ = "parcel_changes"
     __table_args__ = (UniqueConstraint("change_id", "parcel_id", name="uq_parcel_changes_change_parcel"),
+                      Index("ix_parcel_changes_unconfirmed", "parcel_id",
+                            postgresql_where=text("verdict = 'unconfirmed'")),
                       one_of("verdict", Verdict))
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
