@@ -12,12 +12,14 @@ at least ``--min-px`` (3) of those pixels fall in it, alerted when it has an ale
 last month. Scored on the parcels whose centre is in ``--part`` (validation: the east fifth, the part
 ``monitor dataset spacenet7`` holds out). Prints a table and, on its last line, JSON:
 
-- parcel precision and recall, changed and alerted parcel counts, false alerts per km²;
+- parcel precision and recall, changed and alerted parcel counts, false alerts per km², and false alerts
+  on parcels where no building of any month stands (ground, vegetation and their seasons);
 - building recall: share of the new buildings (centre in the part) that touch an alerted parcel;
 - median delay: months from a building's first label to the first alert on a parcel it touches
   (negative when the alert came before the label, which lags construction);
 - the same for the model's confirmed alerts only (still seen on a later month, so never those first
   seen in the last month);
+- the settings of the diff and the judge that decided the alerts (``RULES``; set in the environment);
 - the same for the reference: change-vector magnitude between the first and the last month (each
   date standardized per band), the top 1 % of the tile's pixels, a 3-pixel median filter.
 """
@@ -67,6 +69,12 @@ RESOLUTION_M = 4.0
 VAL_FRACTION = 0.2
 
 
+#: The settings of the diff and the judge that decide the alerts, reported with the scores (set them in
+#: the environment, MONITOR_<NAME>).
+RULES = ("shift_tolerance_m", "min_change_m2", "alert_min_px", "alert_min_m2", "alert_min_fraction",
+         "alert_min_sightings", "persist_days")
+
+
 def months_between(a: str, b: str) -> int:
     """Whole months from YYYY-MM ``a`` to ``b``."""
     return (int(b[:4]) - int(a[:4])) * 12 + int(b[5:7]) - int(a[5:7])
@@ -79,10 +87,13 @@ def score(parcels: dict[str, dict], buildings: list[dict], alerts: dict[str, str
     ``parcels``: id -> {"new_px": labelled new-building pixels in it}, the scored parcels only;
     ``buildings``: the scored new buildings, each {"first_month": YYYY-MM, "parcels": ids it touches};
     ``alerts``: parcel id -> YYYY-MM of its first alert (parcels without an alert absent).
+    ``false_alerts_unbuilt`` counts the false alerts on parcels where no footprint of any month lies
+    (``"built_px"`` 0): ground, vegetation and their seasons, nothing built ever.
     """
     changed = {p for p, v in parcels.items() if v["new_px"] >= min_px}
     alerted = {p for p in alerts if p in parcels}
     tp = len(changed & alerted)
+    unbuilt = {p for p in alerted - changed if parcels[p].get("built_px", 1) == 0}
     delays, hit = [], 0
     for b in buildings:
         when = sorted(alerts[p] for p in b["parcels"] if p in alerts)
@@ -94,6 +105,7 @@ def score(parcels: dict[str, dict], buildings: list[dict], alerts: dict[str, str
         "precision": round(tp / len(alerted), 4) if alerted else 0.0,
         "recall": round(tp / len(changed), 4) if changed else 0.0,
         "false_alerts_per_km2": round((len(alerted) - tp) / area_km2, 3) if area_km2 else 0.0,
+        "false_alerts_unbuilt": len(unbuilt),
         "new_buildings": len(buildings), "building_recall": round(hit / len(buildings), 4) if buildings else 0.0,
         "median_delay_months": statistics.median(delays) if delays else None,
     }
@@ -128,11 +140,13 @@ class Truth:
         index = rasterize(((box, k + 1) for k, box in enumerate(cells.values())), out_shape=(g.height, g.width),
                           transform=g.transform, fill=0, dtype="uint32")
         counts = np.bincount(index[new_px > 0].ravel(), minlength=len(names) + 1)
+        ever = footprint_mask([g for _ids, geoms in per_month.values() for g in geoms], g)
+        built = np.bincount(index[ever > 0].ravel(), minlength=len(names) + 1)
 
         def inside(x: float) -> bool:
             return part == "all" or (x >= x_split) == (part == "validation")
 
-        self.parcels = {n: {"new_px": int(counts[k + 1])} for k, n in enumerate(names)
+        self.parcels = {n: {"new_px": int(counts[k + 1]), "built_px": int(built[k + 1])} for k, n in enumerate(names)
                         if inside(cells[n].centroid.x)}
         self.area_km2 = sum(cells[n].area for n in self.parcels) / 1e6
         tree = shapely.STRtree(list(cells.values()))
@@ -237,16 +251,17 @@ def main(args: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
             work = a.out or Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
-            alerts, confirmed, run = pipeline_alerts(engine, bench_settings(work / "home", a.min_px), truth,
-                                                     a.model, work)
+            settings = bench_settings(work / "home", a.min_px)
+            alerts, confirmed, run = pipeline_alerts(engine, settings, truth, a.model, work)
+        result["settings"] = {k: getattr(settings, k) for k in RULES}
         result["model"] = {"spec": a.model, **score(truth.parcels, truth.buildings, alerts, **common), "run": run}
         result["model_confirmed"] = score(truth.parcels, truth.buildings, confirmed, **common)
     rows = [[name, r["precision"], r["recall"], r["building_recall"], r["false_alerts_per_km2"],
-             r["median_delay_months"], r["alerted"], r["changed"]]
+             r["false_alerts_unbuilt"], r["median_delay_months"], r["alerted"], r["changed"]]
             for name, r in (("reference", result["reference"]), ("model", result.get("model")),
                             ("model, confirmed alerts", result.get("model_confirmed"))) if r]
-    print_table(rows, ["", "precision", "recall", "building recall", "false/km2", "median delay", "alerted",
-                       "changed"])
+    print_table(rows, ["", "precision", "recall", "building recall", "false/km2", "false unbuilt", "median delay",
+                       "alerted", "changed"])
     print(json.dumps(result))
 
 

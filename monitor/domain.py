@@ -125,6 +125,8 @@ class Verdict(StrEnum):
     PERMITTED = "permitted"
     ALERT = "alert"
     BELOW_THRESHOLD = "below_threshold"
+    UNCONFIRMED = "unconfirmed"  # enough for an alert, held until a later date sees it again
+    VANISHED = "vanished"  # held, and a later clear date no longer saw it built
 
 
 class AlertEvent(StrEnum):

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     min_change_px: int = Field(3, ge=1, description="Changes of fewer pixels of the scene than this are dropped.")
     min_change_m2: float = Field(20.0, description="Changes smaller than this are dropped, m2 (a floor over "
                                  "MONITOR_MIN_CHANGE_PX).")
+    change_min_z: float = Field(0.0, ge=0, description="Keep a new construction piece of the diff only where "
+                                "the imagery changed too: its mean change-vector magnitude against the oldest "
+                                "image the diff remembers (bands standardized per image) at least this many "
+                                "robust standard deviations (1.4826 x MAD) above the scene's median; drops a "
+                                "segmenter's late first find of an old building (0 disables).")
     alert_min_px: int = Field(3, ge=1, description="New built area on a parcel that raises an alert, pixels of "
                               "the scene.")
     alert_min_m2: float = Field(50.0, description="New built area on a parcel that raises an alert, m2 (a floor "
@@ -134,6 +139,11 @@ class Settings(BaseSettings):
                                     "area's clear land is new construction is marked `suspect` (a season, a "
                                     "mis-registered or badly calibrated scene): no alerts are raised from it and "
                                     "it is never the baseline of a later date.")
+    alert_min_sightings: int = Field(1, ge=1, le=2, description="Clear dates that must see new construction "
+                                     "on a parcel before its alert is raised: 1 raises it on the first; 2 holds it "
+                                     "until the next date that sees the place clear still sees it built (a "
+                                     "segmenter's one-date flicker is dropped), and dates the alert from the "
+                                     "first sighting.")
     persist_days: int = Field(20, ge=0, description="A probable alert becomes confirmed when its construction is "
                               "still seen on a clear date at least this many days after it was first seen; "
                               "crops and ploughing revert before.")

@@ -398,3 +398,46 @@ def test_change_model_polygons_and_metrics(world, cli, engine, settings):
     assert sample("monitor_settlement_km2", {"area": "ba"}) == 0.0123
     # C is a corner parcel: its 54 m cloud reaches 2 m beyond the area on two sides
     assert ind.settlement_km2 == 0.0123 and ind.clear_fraction == pytest.approx(1 - 52 * 52 / 40000, abs=1e-6)
+
+
+def test_alerts_wait_for_a_second_sighting(world, cli, engine):
+    """MONITOR_ALERT_MIN_SIGHTINGS=2: new construction raises its alert only when a later clear date sees it
+    again, dated from the first sighting; one seen once is dropped as flicker."""
+    env = {**ENV, "MONITOR_ALERT_MIN_SIGHTINGS": "2"}
+
+    def run(day, canvas, name):
+        return json.loads(cli("detections", "import", "--area", "ba", "--date", day, canvas.write(world / name),
+                              "--json", env=env).stdout)
+
+    subscribe(engine)
+    run(D1, buildings(), "d1.tif")
+    s2 = run(D2, buildings().put(*A, *NEW).put(*B, *NEW).put(*H, *NEW), "d2.tif")
+    assert s2["alerts"]["created"] == 0 and alerts_by_parcel(engine) == {}
+    verdicts = dict(q(engine, "SELECT p.external_id, pc.verdict FROM parcel_changes pc JOIN parcels p "
+                              "ON p.id = pc.parcel_id"))
+    assert verdicts == {pid(*A): "unconfirmed", pid(*B): "unconfirmed", pid(*H): "unconfirmed"}
+
+    # A seen again; H gone on a clear date (flicker); B under a cloud; I new on this date
+    s3 = run(D3, buildings().put(*A, *NEW).put(*B, *NEW).cloud(*B).put(*I, *NEW), "d3.tif")
+    assert s3["alerts"]["created"] == 1
+    alerts = alerts_by_parcel(engine)
+    assert list(alerts) == [pid(*A)]
+    a = alerts[pid(*A)]
+    assert (str(a["first_seen"]), str(a["last_seen"]), a["confidence"], a["status"]) == (D2, D3, "confirmed", "new")
+    assert abs(a["new_area_m2"] - 400) / 400 < 0.05 and a["fraction"] == pytest.approx(a["new_area_m2"] / 2500)
+    verdicts = dict(q(engine, "SELECT p.external_id || ' ' || pc.observed_on, pc.verdict FROM parcel_changes pc "
+                              "JOIN parcels p ON p.id = pc.parcel_id"))
+    assert verdicts == {f"{pid(*A)} {D2}": "alert", f"{pid(*B)} {D2}": "unconfirmed", f"{pid(*H)} {D2}": "vanished",
+                        f"{pid(*I)} {D3}": "unconfirmed"}
+    assert deliveries(engine) == [(pid(*A), "alert.created")]
+
+    # B is seen again once clear, and dated from its first sighting; I too; nothing is raised twice
+    d4 = "2024-04-10"
+    s4 = run(d4, buildings().put(*A, *NEW).put(*B, *NEW).put(*I, *NEW), "d4.tif")
+    assert s4["alerts"]["created"] == 2
+    alerts = alerts_by_parcel(engine)
+    assert {p: (str(a["first_seen"]), str(a["last_seen"])) for p, a in alerts.items()} == {
+        pid(*A): (D2, d4), pid(*B): (D2, d4), pid(*I): (D3, d4)}
+    assert pid(*H) not in alerts
+    assert run(d4, buildings().put(*A, *NEW).put(*B, *NEW).put(*I, *NEW), "d4.tif")["alerts"]["created"] == 0
+    assert q(engine, "SELECT count(*) FROM alerts")[0][0] == 3

@@ -295,3 +295,23 @@ def test_a_corrupt_scene_fails_for_good_and_the_others_go_on(settings, engine, w
     again = run_area(engine, area_id, settings, metrics)
     assert again["processed"] == 0 and again["errors"] == []
     assert metrics.registry.get_sample_value("monitor_run_errors_total", {"area": "demo", "step": "infer"}) == 1
+
+
+@pytest.mark.slow
+def test_imagery_check_and_second_sighting_keep_real_construction(settings, engine, world, roof_model, tmp_path):
+    """MONITOR_CHANGE_MIN_Z and MONITOR_ALERT_MIN_SIGHTINGS=2 on the world's imagery: every new unpermitted
+    building seen on two dates is still alerted, dated from its first sighting; one first seen on the last
+    date waits for the next."""
+    from monitor.pipeline import run_area
+
+    area_id = _area_with_drops(engine, world, roof_model, tmp_path, DATES, parcels=True)
+    strict = settings.model_copy(update={"change_min_z": 3.0, "alert_min_sightings": 2})
+    assert run_area(engine, area_id, strict)["processed"] == len(DATES)
+    new = {t["parcel"]: t["date"] for t in world.truth["new_unpermitted"] + world.truth["new_permitted"]}  # no permits
+    expected = {p: d for p, d in new.items() if d < DATES[-1].isoformat()}
+    assert 0 < len(expected) < len(new)
+    assert {a[0]: a[1] for a in _alerts(engine)} == expected
+    with engine.connect() as conn:
+        held = conn.execute(sa.text("SELECT DISTINCT p.external_id FROM parcel_changes pc JOIN parcels p "
+                                    "ON p.id = pc.parcel_id WHERE verdict = 'unconfirmed'")).scalars().all()
+    assert set(held) == set(new) - set(expected)

@@ -3,12 +3,15 @@ PostGIS (``monitor/db/sql/diff_*.sql``), in the area's UTM zone."""
 
 from __future__ import annotations
 
+import shapely
+from geoalchemy2.shape import to_shape
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
+from monitor.change.imagery_check import unchanged
 from monitor.db.queries import earlier_scenes, no_jit, run_sql, scene_date, scene_pixel_m, sql
 from monitor.db.tables import Area, Change, Scene
-from monitor.domain import ChangeSource
+from monitor.domain import ChangeSource, Provider
 from monitor.metrics import Metrics, default_metrics
 from monitor.settings import Settings
 
@@ -27,7 +30,8 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
     (``Settings.min_area_m2("change", ...)``: pixels of the scene, with an m2 floor) are dropped.
     What any of those earlier dates saw built is not new either, even where a newer date decided the
     place (a building a segmenter missed one month and found the next). The first date of an area is
-    its baseline: nothing is new.
+    its baseline: nothing is new. With ``change_min_z`` above 0, pieces where the imagery itself did not
+    change since the oldest date remembered are dropped (``drop_unchanged``).
     """
     metrics = metrics or default_metrics()
     session.execute(delete(Change).where(Change.scene_id == scene.id, Change.source == ChangeSource.DIFF))
@@ -50,8 +54,34 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
                                                            min_m2=settings.min_area_m2(
                                                                "change", scene_pixel_m(scene, settings)))).all()
     session.execute(text("DROP TABLE IF EXISTS _diff_cur, _diff_region, _diff_new, _diff_prev, _diff_cells"))
+    if settings.change_min_z > 0 and stored:
+        dropped = drop_unchanged(session, scene, earlier, settings.change_min_z)
+        stored = [r for r in stored if r.id not in dropped]
     metrics.changes.labels(area=area.name).inc(len(stored))
     return len(stored)
+
+
+def drop_unchanged(session: Session, scene: Scene, earlier: list[Scene], z: float) -> set[int]:
+    """Delete the scene's diff changes whose imagery did not change, and return their ids: the mean
+    change-vector magnitude inside each, against the oldest image the diff remembers (the oldest of
+    ``earlier`` whose file is imagery), is under ``z`` robust standard deviations above the scene's
+    median (``imagery_check.unchanged``). Construction is new only when no remembered date saw it
+    built, so the image must have changed since the oldest of them; comparing with the date the piece
+    was decided on would miss a building the segmenter first finds some dates after it was built.
+    Nothing is dropped when the scene or no earlier date has an image (imported rasters)."""
+    images = [e for e in earlier if e.provider != Provider.IMPORT and e.file_path]
+    if scene.provider == Provider.IMPORT or not scene.file_path or not images:
+        return set()
+    oldest = images[-1]  # earlier is newest first
+    rows = session.execute(text("SELECT id, ST_AsBinary(geom) AS g FROM changes "
+                                "WHERE scene_id = :sid AND source = 'diff'"), dict(sid=scene.id)).all()
+    clear = [to_shape(c) for c in (scene.clear_geom, oldest.clear_geom) if c is not None]
+    region = shapely.intersection_all(clear) if clear else None
+    pieces = [(r.id, shapely.from_wkb(bytes(r.g))) for r in rows]
+    dropped = set(unchanged(pieces, str(scene.file_path), str(oldest.file_path), z, region))
+    if dropped:
+        session.execute(delete(Change).where(Change.id.in_(dropped)))
+    return dropped
 
 
 def changed_share(session: Session, area: Area, scene: Scene) -> float:

@@ -55,6 +55,45 @@ def meets_thresholds(new_m2: float, fraction: float | None, settings: Settings, 
     return settings.alert_min_fraction <= 0 or (fraction or 0.0) >= settings.alert_min_fraction
 
 
+def _raise_held(session: Session, area: Area, scene: Scene, settings: Settings) -> list[tuple[int, AlertEvent]]:
+    """Construction held back on earlier dates (``alert_min_sightings`` 2) measured on this one: an alert,
+    dated from its first sighting, where at least ``STILL_SEEN_CLEAR`` of it is clear and
+    ``STILL_SEEN_BUILT`` of that still built; ``vanished`` where it is clear and less is built; held on
+    where it is not seen well enough. A permit that covers it by now, or an alert the parcel already has
+    for it, takes it instead of a new alert. Returns the created alerts' events."""
+    day = scene_date(scene)
+    epsg = int(area.utm_epsg)
+    events: list[tuple[int, AlertEvent]] = []
+    raised: dict[int, int] = {}  # parcel -> alert raised here
+    for row in session.execute(text(sql("judge_held")), dict(
+            aid=area.id, sid=scene.id, day=day, epsg=epsg, tol=float(settings.shift_tolerance_m),
+            open_statuses=open_statuses())).all():
+        clear_share = row.clear_m2 / row.total if row.total > 0 else 0.0
+        if clear_share < STILL_SEEN_CLEAR:
+            continue  # not seen well enough on this date to say: held on
+        permit_id, alert_id = row.permit_id, row.alert_id or raised.get(row.parcel_id)
+        if row.built_m2 / row.clear_m2 < STILL_SEEN_BUILT:
+            verdict = Verdict.VANISHED
+        elif permit_id is not None:
+            verdict = Verdict.PERMITTED
+        else:
+            verdict = Verdict.ALERT
+            if alert_id is None:
+                confidence = (Confidence.CONFIRMED if (day - row.observed_on).days >= settings.persist_days
+                              else Confidence.PROBABLE)
+                alert_id = session.execute(text(sql("judge_create_held")), dict(
+                    aid=area.id, pid=row.parcel_id, geom=row.geom, first_seen=row.observed_on, day=day, epsg=epsg,
+                    parcel_m2=row.parcel_m2, source=row.source, model_version=row.model_version,
+                    confidence=str(confidence))).scalar_one()
+                raised[row.parcel_id] = alert_id
+                events.append((alert_id, AlertEvent.CREATED))
+        session.execute(text("UPDATE parcel_changes SET verdict = :verdict, permit_id = :permit, alert_id = :alert "
+                             "WHERE id = ANY(:ids)"),
+                        dict(verdict=str(verdict), permit=permit_id if verdict == Verdict.PERMITTED else None,
+                             alert=alert_id if verdict == Verdict.ALERT else None, ids=list(row.ids)))
+    return events
+
+
 def judge(session: Session, area: Area, scene: Scene, settings: Settings,
           metrics: Metrics | None = None, segmented: bool = True,
           sightings: dict[int, tuple[float, float]] | None = None, replace: bool = False) -> list[Event]:
@@ -64,6 +103,9 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
     ``permitted`` when a permit is valid on the date (for a parcel with an open alert: at any time
     since the alert was first seen, which resolves the alert), an ``alert`` when it reaches
     ``alert_min_m2`` (and ``alert_min_fraction`` of the parcel, when set), else ``below_threshold``.
+    With ``alert_min_sightings`` 2, the diff's construction that would raise an alert is held
+    (``unconfirmed``) until the next date that sees it clear: still built there, the alert is raised
+    then, dated from the first sighting; no longer built, it ``vanished``.
     A parcel has at most one open alert: later construction updates it. An open alert still seen
     on a clear date at least ``persist_days`` after it was first seen becomes ``confirmed``
     (construction stays; crops and ploughing come and go). A ``new`` alert of the diff that a later
@@ -129,6 +171,9 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
             dict(ids=gone, reverted=str(AlertStatus.REVERTED))).scalars().all()
         events += [(i, AlertEvent.REVERTED) for i in reverted]
 
+    if settings.alert_min_sightings > 1 and segmented:
+        events += _raise_held(session, area, scene, settings)
+
     run_sql(session, "judge_pieces", aid=area.id, sid=scene.id, epsg=epsg, min_piece=MIN_PIECE_M2)
     verdicts: list[tuple[int, str, int | None, int | None]] = []  # parcel, verdict, permit, alert
     to_create, to_update = [], []
@@ -142,6 +187,8 @@ def judge(session: Session, area: Area, scene: Scene, settings: Settings,
                 verdicts.append((row.parcel_id, Verdict.ALERT, None, row.open_id))
             elif row.closed_id is not None:
                 verdicts.append((row.parcel_id, Verdict.ALERT, None, row.closed_id))
+            elif settings.alert_min_sightings > 1 and row.source == ChangeSource.DIFF:
+                verdicts.append((row.parcel_id, Verdict.UNCONFIRMED, None, None))
             else:
                 to_create.append(row.parcel_id)
         else:

@@ -382,6 +382,8 @@ class ParcelChange(Base):
 
     __tablename__ = "parcel_changes"
     __table_args__ = (UniqueConstraint("change_id", "parcel_id", name="uq_parcel_changes_change_parcel"),
+                      Index("ix_parcel_changes_unconfirmed", "parcel_id",
+                            postgresql_where=text("verdict = 'unconfirmed'")),
                       one_of("verdict", Verdict))
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -392,7 +394,7 @@ class ParcelChange(Base):
     fraction: Mapped[float] = mapped_column(Float)
     permit_id: Mapped[int | None] = mapped_column(ForeignKey("permits.id", ondelete="SET NULL"))
     alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id", ondelete="SET NULL"))
-    verdict: Mapped[str] = mapped_column(String(16))  # permitted | alert | below_threshold
+    verdict: Mapped[str] = mapped_column(String(16))  # permitted | alert | below_threshold | unconfirmed | vanished
 
 
 class Subscription(Base):

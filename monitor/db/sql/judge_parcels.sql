@@ -1,6 +1,6 @@
 -- Per parcel with new construction: its open alert, a permit covering [first seen, this date],
 -- and an alert already closed (dismissed/resolved) for construction seen on this date.
-SELECT j.parcel_id, j.new_m2, j.new_m2 / NULLIF(j.parcel_m2, 0) AS fraction, oa.id AS open_id,
+SELECT j.parcel_id, j.source, j.new_m2, j.new_m2 / NULLIF(j.parcel_m2, 0) AS fraction, oa.id AS open_id,
        pm.id AS permit_id, ca.id AS closed_id
 FROM _judge_parcels j
 LEFT JOIN alerts oa ON oa.parcel_id = j.parcel_id AND oa.status = ANY(:open_statuses)
