@@ -52,7 +52,7 @@ def cva_meta(bands: list[str] | None = None, sigma: float = CVA_SIGMA, k: float 
         "resolution_m": None, "threshold": 0.5,
         "threshold_rule": {"rule": "robust_z", "k": k, "on": "odds"},
         "architecture": {"type": "cva", "depth": 0, "sigma": sigma},
-        "inference": {"tta": False},
+        "inference": {"tta": False, "precision": "float32"},
         "description": "change vector analysis: per-image standardized bands, L2 norm of the difference, "
                        f"Gaussian smoothing (sigma {sigma} px), change above the scene's median + {k:g} x 1.4826 x MAD",
     }

@@ -263,3 +263,19 @@ def test_test_time_augmentation_makes_maps_turn_with_the_scene(tmp_path):
         np.testing.assert_allclose(predict_array(tta, np.rot90(a, k)), np.rot90(q, k), atol=1e-5)
     np.testing.assert_allclose(predict_array(tta, a[:, ::-1]), q[:, ::-1], atol=1e-5)
     assert np.abs(q - p).max() > 1e-3
+
+
+def test_fixed_blur_stays_float32_and_model_json_names_its_precision(tmp_path):
+    """The Gaussian blur of the change networks runs in float32 under any policy (oneDNN's bfloat16 large
+    depthwise convolutions are very slow), and ``auto`` follows a model's ``inference.precision``."""
+    from monitor.ml.changenet import save_cva
+
+    d = save_cva(tmp_path / "cva", bands=["B02", "B03"])
+    assert ModelMeta.read(d).to_dict()["inference"]["precision"] == "float32"
+    assert load_model(d).policy == "float32"  # auto, as model.json says
+    low = load_model(d, precision="bfloat16")
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in low.net.layers)
+    blurs = [layer for layer in low.net.layers if type(layer).__name__ == "GaussianBlur"]
+    assert blurs and all(layer.dtype_policy.name == "float32" for layer in blurs)
+    x = np.random.default_rng(3).normal(0, 1, (1, 48, 48, 4)).astype(np.float32)
+    np.testing.assert_allclose(low(x), load_model(d)(x), atol=3e-2)

@@ -141,7 +141,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         "resolution_m": summary.get("resolution_m"), "threshold": 0.5,
         "architecture": {"type": "features", "depth": 0, "sigmas": list(SIGMAS), "filters": filters,
                          "dropout": dropout},
-        "inference": {"tta": False},
+        "inference": {"tta": False, "precision": "float32"},
     }
     seed_everything(seed)
     k = keras()

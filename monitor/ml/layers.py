@@ -51,7 +51,13 @@ def custom_objects() -> dict:
 
     @register
     class GaussianBlur(k.layers.Layer):  # type: ignore[name-defined]
-        """Each channel smoothed by a fixed Gaussian of ``sigma`` pixels (a depthwise convolution, zero padded)."""
+        """Each channel smoothed by a fixed Gaussian of ``sigma`` pixels (a depthwise convolution, zero padded).
+
+        It always runs in float32 (``float32_only``): oneDNN has no fast bfloat16 kernel for large depthwise
+        convolutions, where a 25x25 blur ran over a hundred times slower than in float32.
+        """
+
+        float32_only = True
 
         def __init__(self, sigma: float = 1.0, **kw):
             super().__init__(**kw)
