@@ -1,5 +1,6 @@
 """Tile probabilities -> settlement polygons: median filter, threshold, union of the positive
-tiles' rectangles, simplify. Pure: numpy, scipy, shapely.
+tiles' rectangles (or the threshold's crossing between tile centres), simplify. Pure: numpy, scipy,
+shapely, rasterio's polygonizer.
 
 The classifier runs on a grid of overlapping tiles (``monitor.ml.inference.classify_tiles`` with
 ``span`` > 1): cell ``(r, c)`` of the grid holds the probability of the tile whose top-left corner
