@@ -23,7 +23,6 @@ import numpy as np
 import rasterio.features
 import shapely
 from affine import Affine
-from scipy.ndimage import map_coordinates
 from shapely.geometry import Polygon, box
 
 # Douglas-Peucker tolerance, in grid cells: a union of rectangles is already rectilinear, this
@@ -48,17 +47,28 @@ def median_grid(probs: np.ndarray, size: int = 3) -> np.ndarray:
     return out
 
 
+def _linear_weights(n: int, sub: int) -> np.ndarray:
+    """(n * sub, n) weights of linear interpolation between n cell centres at the centres of
+    ``sub`` sub-cells a cell (held constant past the first and the last centre)."""
+    pos = np.clip((np.arange(n * sub) + 0.5) / sub - 0.5, 0, n - 1)
+    lo = np.minimum(np.floor(pos).astype(int), max(n - 2, 0))
+    frac = pos - lo
+    w = np.zeros((n * sub, n), np.float32)
+    rows = np.arange(n * sub)
+    w[rows, lo] = 1 - frac
+    if n > 1:
+        w[rows, lo + 1] += frac
+    return w
+
+
 def interpolated_mask(grid: np.ndarray, threshold: float, sub: int) -> np.ndarray:
     """Where the bilinear interpolation of ``grid`` between its cells' centres is at or above
     ``threshold``, on ``sub`` x ``sub`` sub-cells per cell (the sub-cells nearest a NaN cell are out)."""
     ny, nx = grid.shape
-    y = np.clip((np.arange(ny * sub) + 0.5) / sub - 0.5, 0, ny - 1)
-    x = np.clip((np.arange(nx * sub) + 0.5) / sub - 0.5, 0, nx - 1)
-    yy, xx = np.meshgrid(y, x, indexing="ij")
-    filled = np.where(np.isnan(grid), 0.0, grid)
-    up = map_coordinates(filled, [yy, xx], order=1)
-    nearest = np.isnan(grid)[np.repeat(np.arange(ny), sub)[:, None], np.repeat(np.arange(nx), sub)[None, :]]
-    return (up >= threshold) & ~nearest
+    missing = np.isnan(grid)
+    filled = np.where(missing, 0.0, grid).astype(np.float32)
+    up = _linear_weights(ny, sub) @ filled @ _linear_weights(nx, sub).T
+    return (up >= threshold) & ~np.repeat(np.repeat(missing, sub, axis=0), sub, axis=1)
 
 
 def tile_polygons(probs: np.ndarray, transform: Affine, *, span: int = 2, threshold: float = 0.5,
