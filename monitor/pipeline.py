@@ -59,6 +59,8 @@ from monitor.vectorize import polygonize, read_probability
 log = logging.getLogger(__name__)
 #: Settlement tiles start every 1/SETTLEMENT_SPAN of a tile: each overlaps its neighbours by half.
 SETTLEMENT_SPAN = 2
+#: Settlement polygons follow the threshold's crossing between tile centres on this many sub-cells a cell.
+SETTLEMENT_SUBCELLS = 8
 
 
 class Stopped(Exception):
@@ -144,11 +146,13 @@ def check_resolutions(models: dict[str, LoadedModel | None], pixel_m: float, are
 
 def settlement_polygons(classifier: LoadedModel, scene_path: Path) -> dict:
     """The classifier's settlement polygons of a scene: tiles every half tile, their probability grid
-    median-filtered, thresholded and the centres of the positive tiles merged (``monitor.settlements``).
+    median-filtered, and the polygons drawn where it crosses the threshold between tile centres
+    (``monitor.settlements``).
 
     Returns ``{"crs": WKT, "version", "polygons": [[WKB hex, mean probability], ...]}`` (JSON-able)."""
     probs, transform = classify_tiles(classifier, scene_path, span=SETTLEMENT_SPAN)
-    polys = tile_polygons(probs, transform, span=SETTLEMENT_SPAN, threshold=classifier.threshold, centres=True)
+    polys = tile_polygons(probs, transform, span=SETTLEMENT_SPAN, threshold=classifier.threshold, centres=True,
+                          interpolate=SETTLEMENT_SUBCELLS)
     with rasterio.open(scene_path) as src:
         crs = src.crs.to_wkt()
     return {"crs": crs, "version": classifier.version,

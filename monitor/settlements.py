@@ -1,5 +1,6 @@
 """Tile probabilities -> settlement polygons: median filter, threshold, union of the positive
-tiles' rectangles, simplify. Pure: numpy, scipy, shapely.
+tiles' rectangles (or the threshold's crossing between tile centres), simplify. Pure: numpy, scipy,
+shapely, rasterio's polygonizer.
 
 The classifier runs on a grid of overlapping tiles (``monitor.ml.inference.classify_tiles`` with
 ``span`` > 1): cell ``(r, c)`` of the grid holds the probability of the tile whose top-left corner
@@ -7,6 +8,11 @@ is the cell's, and a tile covers ``span`` x ``span`` cells, so neighbouring tile
 is median-filtered over 3 x 3 cells (cells without a probability, NaN, are left out of their
 neighbours' medians and stay without one), thresholded, and the rectangles of the positive tiles
 are merged into polygons, each with the mean probability of its tiles.
+
+With ``interpolate`` the polygons follow the threshold's crossing between tile centres instead: the
+smoothed grid is interpolated bilinearly between the centres of its tiles on a finer grid, and the
+outline of the sub-cells at or above the threshold is the polygon (marching squares, drawn on
+sub-cells). The whole squares of tiles just above the threshold then no longer count in full.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import rasterio.features
 import shapely
 from affine import Affine
 from shapely.geometry import Polygon, box
@@ -40,8 +47,32 @@ def median_grid(probs: np.ndarray, size: int = 3) -> np.ndarray:
     return out
 
 
+def _linear_weights(n: int, sub: int) -> np.ndarray:
+    """(n * sub, n) weights of linear interpolation between n cell centres at the centres of
+    ``sub`` sub-cells a cell (held constant past the first and the last centre)."""
+    pos = np.clip((np.arange(n * sub) + 0.5) / sub - 0.5, 0, n - 1)
+    lo = np.minimum(np.floor(pos).astype(int), max(n - 2, 0))
+    frac = pos - lo
+    w = np.zeros((n * sub, n), np.float32)
+    rows = np.arange(n * sub)
+    w[rows, lo] = 1 - frac
+    if n > 1:
+        w[rows, lo + 1] += frac
+    return w
+
+
+def interpolated_mask(grid: np.ndarray, threshold: float, sub: int) -> np.ndarray:
+    """Where the bilinear interpolation of ``grid`` between its cells' centres is at or above
+    ``threshold``, on ``sub`` x ``sub`` sub-cells per cell (the sub-cells nearest a NaN cell are out)."""
+    ny, nx = grid.shape
+    missing = np.isnan(grid)
+    filled = np.where(missing, 0.0, grid).astype(np.float32)
+    up = _linear_weights(ny, sub) @ filled @ _linear_weights(nx, sub).T
+    return (up >= threshold) & ~np.repeat(np.repeat(missing, sub, axis=0), sub, axis=1)
+
+
 def tile_polygons(probs: np.ndarray, transform: Affine, *, span: int = 2, threshold: float = 0.5,
-                  median: int = 3, centres: bool = False) -> list[tuple[Polygon, float]]:
+                  median: int = 3, centres: bool = False, interpolate: int = 0) -> list[tuple[Polygon, float]]:
     """Settlement polygons (in the grid's CRS) of a grid of overlapping tile probabilities, each with
     the mean probability of the tiles that make it up.
 
@@ -55,6 +86,11 @@ def tile_polygons(probs: np.ndarray, transform: Affine, *, span: int = 2, thresh
     tiles reach half a tile past a settlement's edge. With ``centres`` each positive tile keeps only
     the one-cell square at its centre, the ground it is nearest to (neighbouring centres share
     edges): the polygons then measure the settlement's area without that outward bias.
+
+    With ``interpolate`` > 0 (sub-cells per cell; ``centres`` is then implied) a polygon's edge runs
+    where the smoothed probability, interpolated linearly between neighbouring tiles' centres, crosses
+    ``threshold``: a tile just above the threshold beside one far below it gives only the part of its
+    square on its side of the crossing.
     """
     if span < 1:
         raise ValueError(f"a tile spans at least one cell, not {span}")
@@ -64,14 +100,25 @@ def tile_polygons(probs: np.ndarray, transform: Affine, *, span: int = 2, thresh
         positive = np.argwhere(smooth >= threshold)
     if len(positive) == 0:
         return []
+    cell = max(abs(transform.a), abs(transform.e))
+    if interpolate > 0:
+        mask = interpolated_mask(smooth, threshold, interpolate)
+        # sub-cell (0, 0) starts half a cell before the first tile's centre, span / 2 cells in
+        shift = span / 2 - 0.5
+        sub = transform * Affine.translation(shift, shift) * Affine.scale(1 / interpolate)
+        shapes = rasterio.features.shapes(mask.astype("uint8"), mask=mask, transform=sub)
+        merged = shapely.union_all([shapely.geometry.shape(g) for g, _ in shapes])
+        if merged.is_empty:
+            return []
+        merged = merged.simplify(SIMPLIFY_CELLS * cell)
     rects = []
     lo, hi = ((span - 1) / 2, (span + 1) / 2) if centres else (0, span)
     for r, c in positive:
         x0, y0 = transform * (c + lo, r + lo)
         x1, y1 = transform * (c + hi, r + hi)
         rects.append(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
-    cell = max(abs(transform.a), abs(transform.e))
-    merged = shapely.union_all(rects).simplify(SIMPLIFY_CELLS * cell)
+    if interpolate <= 0:
+        merged = shapely.union_all(rects).simplify(SIMPLIFY_CELLS * cell)
     parts = [g for g in getattr(merged, "geoms", [merged]) if isinstance(g, Polygon) and not g.is_empty]
     centres = shapely.points([((r.bounds[0] + r.bounds[2]) / 2, (r.bounds[1] + r.bounds[3]) / 2) for r in rects])
     values = np.array([raw[r, c] if np.isfinite(raw[r, c]) else smooth[r, c] for r, c in positive])

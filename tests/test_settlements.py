@@ -93,6 +93,38 @@ def test_separate_settlements_stay_separate_and_nan_cells_are_left_out():
     assert np.isnan(m[0, 0]) and m[1, 1] == pytest.approx(0.9)
 
 
+def test_interpolated_polygons_follow_the_threshold_crossing_between_tile_centres():
+    # a band of settlement four tiles wide across the whole grid: columns 3..6 at 1, the rest at 0
+    g = np.zeros((10, 12))
+    g[:, 3:7] = 1.0
+    # tile centres are one cell in (span 2); the probability runs linearly from 0 at column 2's centre
+    # to 1 at column 3's, so it crosses 0.25 a quarter of a cell past column 2's centre: the band
+    # reaches from column 2.25 to 6.75 (tile-centre units), from the first row's centre less half a
+    # cell to the last row's plus half a cell
+    [(poly, prob)] = tile_polygons(g, T, span=2, threshold=0.25, interpolate=8)
+    assert poly.equals(box(1000 + 10 * 3.25, 2000 - 10 * 10.5, 1000 + 10 * 7.75, 2000 - 10 * 0.5))
+    assert poly.area == pytest.approx(4.5 * 10 * 100) and prob == pytest.approx(1.0)
+    # a higher threshold is crossed nearer the settlement: 3.5 columns instead of the centres' 4
+    [(poly, _)] = tile_polygons(g, T, span=2, threshold=0.75, interpolate=8)
+    assert poly.area == pytest.approx(3.5 * 10 * 100)
+    [(squares, _)] = tile_polygons(g, T, span=2, threshold=0.75, centres=True)
+    assert squares.area == pytest.approx(4 * 10 * 100)
+    # a tile just above the threshold beside ones far below gives only its side of the crossing
+    g[:, 7] = 0.3
+    [(poly, prob)] = tile_polygons(g, T, span=2, threshold=0.25, interpolate=8)
+    # 0.3 at column 7's centre, 0 at column 8's: 0.25 is crossed at 7 + 1/6, the last sub-cell whose
+    # centre is before it ends at 7.125
+    assert poly.bounds[2] == pytest.approx(1000 + 10 * (1 + 7.125))
+    assert prob == pytest.approx((4 * 1.0 + 0.3) / 5)
+    # a cell without data is left out with the sub-cells nearest it, and splits nothing else
+    g = np.zeros((10, 12))
+    g[:, 3:7] = 1.0
+    g[0, 4] = np.nan
+    [(poly, _)] = tile_polygons(g, T, span=2, threshold=0.25, interpolate=8, median=1)
+    assert not poly.intersects(box(1000 + 10 * 4.5 + 1, 1995 - 9, 1000 + 10 * 5.5 - 1, 1995 - 1))
+    assert poly.area == pytest.approx(4.5 * 10 * 100 - 100 - 2 * (0.5 * 0.25 * 100), abs=50)
+
+
 def test_nothing_positive_gives_no_polygon():
     assert tile_polygons(np.zeros((4, 4)), T) == []
     assert tile_polygons(np.full((3, 3), np.nan), T) == []
