@@ -71,7 +71,7 @@ VAL_FRACTION = 0.2
 
 #: The settings of the diff and the judge that decide the alerts, reported with the scores (set them in
 #: the environment, MONITOR_<NAME>).
-RULES = ("shift_tolerance_m", "min_change_m2", "alert_min_px", "alert_min_m2", "alert_min_fraction",
+RULES = ("shift_tolerance_m", "min_change_m2", "change_min_z", "alert_min_px", "alert_min_m2", "alert_min_fraction",
          "alert_min_sightings", "persist_days")
 
 
@@ -219,6 +219,11 @@ def pipeline_alerts(engine, settings, truth: Truth, model: str,
     return alerts, confirmed, {"scenes": scenes, "processed": run["processed"], "errors": run["errors"][:5]}
 
 
+def rules(settings: Settings) -> dict:
+    """The settings of the diff and the judge that decided the alerts, by name."""
+    return {k: getattr(settings, k) for k in RULES}
+
+
 def bench_settings(home: Path, min_px: int):
     """The monitor's settings with the database of the environment, a private home, and alerts raised
     at ``min_px`` pixels of 4 m."""
@@ -253,7 +258,7 @@ def main(args: list[str] | None = None) -> None:
             work.mkdir(parents=True, exist_ok=True)
             settings = bench_settings(work / "home", a.min_px)
             alerts, confirmed, run = pipeline_alerts(engine, settings, truth, a.model, work)
-        result["settings"] = {k: getattr(settings, k) for k in RULES}
+        result["settings"] = rules(settings)
         result["model"] = {"spec": a.model, **score(truth.parcels, truth.buildings, alerts, **common), "run": run}
         result["model_confirmed"] = score(truth.parcels, truth.buildings, confirmed, **common)
     rows = [[name, r["precision"], r["recall"], r["building_recall"], r["false_alerts_per_km2"],

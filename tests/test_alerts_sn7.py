@@ -12,7 +12,15 @@ import rasterio
 from rasterio.windows import Window
 from sqlalchemy import select
 
-from bench.alerts_sn7 import Truth, bench_settings, months_between, pipeline_alerts, reference_alerts, score
+from bench.alerts_sn7 import (
+    Truth,
+    bench_settings,
+    months_between,
+    pipeline_alerts,
+    reference_alerts,
+    rules,
+    score,
+)
 from monitor.db.engine import transaction
 from monitor.db.tables import Scene
 from monitor.ml.modelstore import save_model
@@ -40,6 +48,16 @@ def test_scoring_of_a_hand_computed_case():
     assert months_between("2018-10", "2020-01") == 15
     assert score(parcels, [], {}, min_px=3, area_km2=0.5)["precision"] == 0.0
 
+
+
+def test_reported_rules_carry_the_environment_settings(tmp_path, monkeypatch):
+    # the two rules of the SpaceNet 7 measurement, set in the environment, are reported with the scores
+    monkeypatch.setenv("MONITOR_CHANGE_MIN_Z", "1")
+    monkeypatch.setenv("MONITOR_ALERT_MIN_SIGHTINGS", "2")
+    reported = rules(bench_settings(tmp_path, 3))
+    assert reported["change_min_z"] == 1.0
+    assert reported["alert_min_sightings"] == 2
+    assert reported["alert_min_m2"] == pytest.approx(48.0)
 
 @pytest.fixture
 def rgb_rule_model(tmp_path):
