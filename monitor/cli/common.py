@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import overload
 
 import click
 import typer
@@ -15,7 +17,7 @@ from sqlalchemy.orm import Session
 from typer.core import TyperGroup
 
 from monitor.db.engine import make_engine
-from monitor.errors import MonitorError
+from monitor.errors import BadInput, MonitorError
 from monitor.redact import RedactingFilter, redact
 from monitor.settings import Settings
 from monitor.text import table
@@ -42,6 +44,20 @@ class State:
         """One transaction: committed when the block ends, rolled back on any error."""
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
+
+
+@overload
+def parse_date(value: str, field: str) -> dt.date: ...
+@overload
+def parse_date(value: str | None, field: str) -> dt.date | None: ...
+def parse_date(value: str | None, field: str) -> dt.date | None:
+    """An ISO date given on the command line (None stays None); anything else is bad input naming ``field``."""
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise BadInput(f"{value!r} is not a date (use YYYY-MM-DD)", field=field) from None
 
 
 def state(ctx: typer.Context) -> State:

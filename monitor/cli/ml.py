@@ -5,7 +5,6 @@ TensorFlow itself is loaded (by ``monitor.ml.runtime``) only when a command buil
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from sqlalchemy import select
 
 from monitor import builtins
 from monitor.alerts.feedback import CHIP_PX, build_feedback
-from monitor.cli.common import echo_json, new_app, state, table
+from monitor.cli.common import echo_json, new_app, parse_date, state, table
 from monitor.db.tables import Model
 from monitor.domain import ModelKind, ModelMeta
 from monitor.errors import BadInput
@@ -112,7 +111,7 @@ def dataset_feedback(
 ) -> None:
     """Reviewed alerts as before/after chips in the change layout: confirmed ones with their change
     polygons as the mask, dismissed ones with an empty mask (for `monitor train change --init`)."""
-    day = _since(since)
+    day = parse_date(since, "since")
     with state(ctx).transaction() as session:
         s = build_feedback(session, area, out, since=day, size=size, overwrite=overwrite)
     typer.echo(table([(c, e["parcel"], e["status"], e["width"], e["height"], " / ".join(e["dates"]),
@@ -123,14 +122,6 @@ def dataset_feedback(
     typer.echo(f"{s['counts']['positive']} positive and {s['counts']['negative']} negative sites, bands "
                f"{','.join(s['bands'])}, written to {out}")
 
-
-def _since(text: str | None) -> dt.date | None:
-    if not text:
-        return None
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise BadInput(f"{text!r} is not a date (use YYYY-MM-DD)", field="since") from None
 
 
 @dataset.command("spacenet7")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import typer
 import uvicorn
 
 from monitor.api import create_app
-from monitor.cli.common import echo_json, state
+from monitor.cli.common import echo_json, parse_date, state
 from monitor.demo import run_demo
 from monitor.errors import BadInput
 from monitor.inventory.areas import get_area
@@ -32,12 +31,7 @@ def process(ctx: typer.Context,
     st = state(ctx)
     if since is not None and not reprocess:
         raise BadInput("--since goes with --reprocess", field="since")
-    day = None
-    if since is not None:
-        try:
-            day = dt.date.fromisoformat(since)
-        except ValueError:
-            raise BadInput(f"{since!r} is not a date (YYYY-MM-DD)", field="since") from None
+    day = parse_date(since, "since")
     with st.transaction() as session:
         area_id = get_area(session, area).id
     summary = run_area(st.engine, area_id, st.settings, progress=not quiet, reprocess=reprocess, since=day)

@@ -11,7 +11,7 @@ import typer
 
 from monitor.alerts.export import alerts_file, file_format, write_alerts
 from monitor.alerts.lifecycle import list_alerts, names, review
-from monitor.cli.common import echo_json, new_app, state, table
+from monitor.cli.common import echo_json, new_app, parse_date, state, table
 from monitor.errors import BadInput
 from monitor.history import AREA_COLUMNS, PARCEL_COLUMNS, area_history, parcel_history
 from monitor.pipeline import import_detections
@@ -20,12 +20,6 @@ detections = new_app("Import detections made elsewhere (probability or 0/1 mask 
 alerts = new_app("List and review alerts of unpermitted construction.")
 history = new_app("Built-up history of a parcel or an area.")
 
-
-def _parse_date(value: str, field: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise BadInput(f"{value!r} is not a date (use YYYY-MM-DD)", field=field) from None
 
 
 @detections.command("import")
@@ -41,7 +35,7 @@ def detections_import(
 ) -> None:
     """Vectorize a raster as the area's detections of DATE, diff it against the previous date,
     judge the changes against parcels and permits, and record the indicators (one transaction)."""
-    day = _parse_date(date, "date")
+    day = parse_date(date, "date")
     if day > dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=1):
         raise BadInput(f"{day} is in the future: give the acquisition date of the imagery", field="date")
     st = state(ctx)

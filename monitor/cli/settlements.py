@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import typer
 from geoalchemy2.shape import to_shape
 
 from monitor.change.settlements import GROWTH_COLUMNS, growth, list_settlements, to_geojson
-from monitor.cli.common import echo_json, new_app, state, table
+from monitor.cli.common import echo_json, new_app, parse_date, state, table
 from monitor.errors import BadInput
 from monitor.inventory.areas import get_area
 from monitor.readers import write_polygons
@@ -17,14 +16,6 @@ from monitor.readers import write_polygons
 app = new_app("The informal-settlement layer of an area per date, and its growth.")
 FORMATS = ("table", "json", "geojson", "gpkg")
 
-
-def _date(value: str | None) -> dt.date | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise BadInput(f"{value!r} is not a date (use YYYY-MM-DD)", field="date") from None
 
 
 @app.command("list")
@@ -44,10 +35,10 @@ def settlements_list(
         raise BadInput("a GeoPackage is a file: give it with --out", field="out")
     if out is not None and fmt not in ("geojson", "gpkg"):
         raise BadInput("--out writes geojson or gpkg: add --format geojson or --format gpkg", field="out")
-    day = _date(date)
+    asked = parse_date(date, "date")
     with state(ctx).transaction() as session:
         a = get_area(session, area)
-        day, rows = list_settlements(session, a, day)
+        day, rows = list_settlements(session, a, asked)
         doc = to_geojson(a, rows)
         geoms = [to_shape(r.geom) for r in rows]
     props = [f["properties"] for f in doc["features"]]
