@@ -12,8 +12,9 @@ at least ``--min-px`` (3) of those pixels fall in it, alerted when it has an ale
 last month. Scored on the parcels whose centre is in ``--part`` (validation: the east fifth, the part
 ``monitor dataset spacenet7`` holds out). Prints a table and, on its last line, JSON:
 
-- parcel precision and recall, changed and alerted parcel counts, false alerts per km², and false alerts
-  on parcels where no building of any month stands (ground, vegetation and their seasons);
+- parcel precision and recall, changed and alerted parcel counts, false alerts per km², and the false
+  alerts by what their parcel holds: no building of any month (ground, vegetation and their seasons), a
+  new building reaching in by fewer than ``--min-px`` pixels, or only buildings of the first month;
 - building recall: share of the new buildings (centre in the part) that touch an alerted parcel;
 - median delay: months from a building's first label to the first alert on a parcel it touches
   (negative when the alert came before the label, which lags construction);
@@ -71,7 +72,7 @@ VAL_FRACTION = 0.2
 
 #: The settings of the diff and the judge that decide the alerts, reported with the scores (set them in
 #: the environment, MONITOR_<NAME>).
-RULES = ("shift_tolerance_m", "min_change_m2", "change_min_z", "alert_min_px", "alert_min_m2", "alert_min_fraction",
+RULES = ("shift_tolerance_m", "min_change_m2", "change_min_z", "change_check_same_season", "alert_min_px", "alert_min_m2", "alert_min_fraction",
          "alert_min_sightings", "persist_days")
 
 
@@ -87,13 +88,18 @@ def score(parcels: dict[str, dict], buildings: list[dict], alerts: dict[str, str
     ``parcels``: id -> {"new_px": labelled new-building pixels in it}, the scored parcels only;
     ``buildings``: the scored new buildings, each {"first_month": YYYY-MM, "parcels": ids it touches};
     ``alerts``: parcel id -> YYYY-MM of its first alert (parcels without an alert absent).
-    ``false_alerts_unbuilt`` counts the false alerts on parcels where no footprint of any month lies
-    (``"built_px"`` 0): ground, vegetation and their seasons, nothing built ever.
+    The false alerts are also counted by what their parcel holds: ``false_alerts_unbuilt`` where no
+    footprint of any month lies (``"built_px"`` 0: ground, vegetation and their seasons, nothing built
+    ever), ``false_alerts_beside_new`` where a new building reaches in by fewer than ``min_px`` pixels (a
+    blob over a parcel line), ``false_alerts_old_building`` where only buildings of the first month stand
+    (a house found late, or its outline grown).
     """
     changed = {p for p, v in parcels.items() if v["new_px"] >= min_px}
     alerted = {p for p in alerts if p in parcels}
     tp = len(changed & alerted)
-    unbuilt = {p for p in alerted - changed if parcels[p].get("built_px", 1) == 0}
+    false = alerted - changed
+    unbuilt = {p for p in false if parcels[p].get("built_px", 1) == 0}
+    beside_new = {p for p in false if parcels[p]["new_px"] > 0}
     delays, hit = [], 0
     for b in buildings:
         when = sorted(alerts[p] for p in b["parcels"] if p in alerts)
@@ -105,7 +111,8 @@ def score(parcels: dict[str, dict], buildings: list[dict], alerts: dict[str, str
         "precision": round(tp / len(alerted), 4) if alerted else 0.0,
         "recall": round(tp / len(changed), 4) if changed else 0.0,
         "false_alerts_per_km2": round((len(alerted) - tp) / area_km2, 3) if area_km2 else 0.0,
-        "false_alerts_unbuilt": len(unbuilt),
+        "false_alerts_unbuilt": len(unbuilt), "false_alerts_beside_new": len(beside_new),
+        "false_alerts_old_building": len(false) - len(unbuilt) - len(beside_new),
         "new_buildings": len(buildings), "building_recall": round(hit / len(buildings), 4) if buildings else 0.0,
         "median_delay_months": statistics.median(delays) if delays else None,
     }
@@ -262,11 +269,12 @@ def main(args: list[str] | None = None) -> None:
         result["model"] = {"spec": a.model, **score(truth.parcels, truth.buildings, alerts, **common), "run": run}
         result["model_confirmed"] = score(truth.parcels, truth.buildings, confirmed, **common)
     rows = [[name, r["precision"], r["recall"], r["building_recall"], r["false_alerts_per_km2"],
-             r["false_alerts_unbuilt"], r["median_delay_months"], r["alerted"], r["changed"]]
+             r["false_alerts_unbuilt"], r["false_alerts_beside_new"], r["false_alerts_old_building"],
+             r["median_delay_months"], r["alerted"], r["changed"]]
             for name, r in (("reference", result["reference"]), ("model", result.get("model")),
                             ("model, confirmed alerts", result.get("model_confirmed"))) if r]
-    print_table(rows, ["", "precision", "recall", "building recall", "false/km2", "false unbuilt", "median delay",
-                       "alerted", "changed"])
+    print_table(rows, ["", "precision", "recall", "building recall", "false/km2", "false unbuilt", "false beside new",
+                       "false old building", "median delay", "alerted", "changed"])
     print(json.dumps(result))
 
 

@@ -129,6 +129,11 @@ class Settings(BaseSettings):
                                 "image the diff remembers (bands standardized per image) at least this many "
                                 "robust standard deviations (1.4826 x MAD) above the scene's median; drops a "
                                 "segmenter's late first find of an old building (0 disables).")
+    change_check_same_season: bool = Field(False, description="The imagery check (MONITOR_CHANGE_MIN_Z) "
+                                           "compares with the remembered image nearest in the season among those "
+                                           "at least 300 days older, when there is one (the oldest of equals), "
+                                           "rather than with the oldest: shadows, crops and leaves then read the "
+                                           "same.")
     alert_min_px: int = Field(3, ge=1, description="New built area on a parcel that raises an alert, pixels of "
                               "the scene.")
     alert_min_m2: float = Field(50.0, description="New built area on a parcel that raises an alert, m2 (a floor "

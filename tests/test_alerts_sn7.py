@@ -29,12 +29,12 @@ from tests.sn7 import TILE, crop_tile
 
 
 def test_scoring_of_a_hand_computed_case():
-    # six parcels: a, b, c changed (3+ new-building pixels), d has 2 (not changed), e and f none
-    # d has an old building, e and f nothing ever built
+    # seven parcels: a, b, c changed (3+ new-building pixels), d has 2 (not changed), e, f and g none;
+    # e and f have nothing ever built, g only an old building
     parcels = {"a": {"new_px": 10}, "b": {"new_px": 3}, "c": {"new_px": 7}, "d": {"new_px": 2, "built_px": 9},
-               "e": {"new_px": 0, "built_px": 0}, "f": {"new_px": 0, "built_px": 0}}
-    # alerts on a (right), c (right), d and e (wrong); "z" is outside the scored part and ignored
-    alerts = {"a": "2018-10", "c": "2019-07", "d": "2019-01", "e": "2018-04", "z": "2018-04"}
+               "e": {"new_px": 0, "built_px": 0}, "f": {"new_px": 0, "built_px": 0}, "g": {"new_px": 0, "built_px": 5}}
+    # alerts on a (right), c (right), d, e and g (wrong); "z" is outside the scored part and ignored
+    alerts = {"a": "2018-10", "c": "2019-07", "d": "2019-01", "e": "2018-04", "g": "2019-04", "z": "2018-04"}
     buildings = [
         {"first_month": "2018-07", "parcels": ["a"]},       # alerted 2018-10: 3 months
         {"first_month": "2019-01", "parcels": ["b", "c"]},  # c alerted 2019-07: 6 months
@@ -42,8 +42,9 @@ def test_scoring_of_a_hand_computed_case():
         {"first_month": "2019-01", "parcels": ["d", "a"]},  # first alert on its parcels 2018-10: -3 months
     ]
     r = score(parcels, buildings, alerts, min_px=3, area_km2=0.5)
-    assert r == {"parcels": 6, "changed": 3, "alerted": 4, "true_alerts": 2, "precision": 0.5, "recall": 0.6667,
-                 "false_alerts_per_km2": 4.0, "false_alerts_unbuilt": 1, "new_buildings": 4, "building_recall": 0.75,
+    assert r == {"parcels": 7, "changed": 3, "alerted": 5, "true_alerts": 2, "precision": 0.4, "recall": 0.6667,
+                 "false_alerts_per_km2": 6.0, "false_alerts_unbuilt": 1, "false_alerts_beside_new": 1,
+                 "false_alerts_old_building": 1, "new_buildings": 4, "building_recall": 0.75,
                  "median_delay_months": 3}
     assert months_between("2018-10", "2020-01") == 15
     assert score(parcels, [], {}, min_px=3, area_km2=0.5)["precision"] == 0.0

@@ -62,3 +62,28 @@ def test_magnitude_is_standardized_and_masked(pair, tmp_path):
     mag2, valid2, _t, _c = change_magnitude(after, shifted)
     assert np.allclose(mag2[valid2], mag[valid2], atol=1e-3)
     assert robust_cut(mag, np.zeros_like(valid), 3.0) == float("inf")
+
+
+def test_reference_image_matches_the_season_a_year_back():
+    import datetime as dt
+
+    from monitor.change.diff import reference_image
+    from monitor.db.tables import Scene
+
+    def scene(day: str) -> Scene:
+        return Scene(acquired_at=dt.datetime.fromisoformat(day + "T10:00:00+00:00"))
+
+    # quarterly mosaics, newest first as the diff remembers them
+    earlier = [scene(d) for d in ("2019-10-01", "2019-07-01", "2019-04-01", "2019-01-01", "2018-10-01",
+                                  "2018-07-01", "2018-04-01", "2018-01-01")]
+    oldest = earlier[-1]
+    jan20, jul19, oct18 = scene("2020-01-01"), scene("2019-07-01"), scene("2018-10-01")
+    assert reference_image(jan20, earlier, same_season=False) is oldest
+    # January 2020: January 2019 and January 2018 match the season; the older of the two
+    assert reference_image(jan20, earlier, same_season=True) is oldest
+    assert reference_image(jul19, earlier[2:], same_season=True).acquired_at.date() == dt.date(2018, 7, 1)
+    # nothing a year old yet: the oldest
+    assert reference_image(oct18, earlier[5:], same_season=True) is oldest
+    # late December matches early January across the new year
+    dec = scene("2019-12-28")
+    assert reference_image(dec, earlier[3:], same_season=True).acquired_at.date() == dt.date(2018, 1, 1)

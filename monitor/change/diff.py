@@ -17,6 +17,8 @@ from monitor.settings import Settings
 
 #: Grid cell (m) of the hash join that finds today's buildings already there on an earlier date.
 DIFF_CELL_M = 64.0
+#: An earlier image this many days older or more can match a scene's season (``reference_image``).
+SEASON_MIN_DAYS = 300
 
 
 def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics: Metrics | None = None) -> int:
@@ -55,30 +57,48 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
                                                                "change", scene_pixel_m(scene, settings)))).all()
     session.execute(text("DROP TABLE IF EXISTS _diff_cur, _diff_region, _diff_new, _diff_prev, _diff_cells"))
     if settings.change_min_z > 0 and stored:
-        dropped = drop_unchanged(session, scene, earlier, settings.change_min_z)
+        dropped = drop_unchanged(session, scene, earlier, settings.change_min_z, settings.change_check_same_season)
         stored = [r for r in stored if r.id not in dropped]
     metrics.changes.labels(area=area.name).inc(len(stored))
     return len(stored)
 
 
-def drop_unchanged(session: Session, scene: Scene, earlier: list[Scene], z: float) -> set[int]:
+def reference_image(scene: Scene, images: list[Scene], same_season: bool) -> Scene:
+    """The earlier image the imagery check compares ``scene`` with, from ``images`` (newest first): the
+    oldest; or, with ``same_season``, the one nearest in the day of the year among those at least
+    ``SEASON_MIN_DAYS`` older (the oldest of equals), when there is one."""
+    day = scene_date(scene)
+    if same_season:
+        year_old = [e for e in images if (day - scene_date(e)).days >= SEASON_MIN_DAYS]
+        if year_old:
+            def season_gap(e: Scene) -> int:
+                d = abs(day.timetuple().tm_yday - scene_date(e).timetuple().tm_yday)
+                return min(d, 365 - d)
+            return min(reversed(year_old), key=season_gap)
+    return images[-1]
+
+
+def drop_unchanged(session: Session, scene: Scene, earlier: list[Scene], z: float,
+                   same_season: bool = False) -> set[int]:
     """Delete the scene's diff changes whose imagery did not change, and return their ids: the mean
     change-vector magnitude inside each, against the oldest image the diff remembers (the oldest of
-    ``earlier`` whose file is imagery), is under ``z`` robust standard deviations above the scene's
-    median (``imagery_check.unchanged``). Construction is new only when no remembered date saw it
-    built, so the image must have changed since the oldest of them; comparing with the date the piece
-    was decided on would miss a building the segmenter first finds some dates after it was built.
+    ``earlier`` whose file is imagery; with ``same_season`` the one of ``reference_image``), is under
+    ``z`` robust standard deviations above the scene's median (``imagery_check.unchanged``).
+    Construction is new only when no remembered date saw it built, so the image must have changed
+    since the oldest of them; comparing with the date the piece was decided on would miss a building
+    the segmenter first finds some dates after it was built. An image of the same season a year or
+    more before shows the same shadows, crops and leaves, so that only what was built since differs.
     Nothing is dropped when the scene or no earlier date has an image (imported rasters)."""
     images = [e for e in earlier if e.provider != Provider.IMPORT and e.file_path]
     if scene.provider == Provider.IMPORT or not scene.file_path or not images:
         return set()
-    oldest = images[-1]  # earlier is newest first
+    reference = reference_image(scene, images, same_season)
     rows = session.execute(text("SELECT id, ST_AsBinary(geom) AS g FROM changes "
                                 "WHERE scene_id = :sid AND source = 'diff'"), dict(sid=scene.id)).all()
-    clear = [to_shape(c) for c in (scene.clear_geom, oldest.clear_geom) if c is not None]
+    clear = [to_shape(c) for c in (scene.clear_geom, reference.clear_geom) if c is not None]
     region = shapely.intersection_all(clear) if clear else None
     pieces = [(r.id, shapely.from_wkb(bytes(r.g))) for r in rows]
-    dropped = set(unchanged(pieces, str(scene.file_path), str(oldest.file_path), z, region))
+    dropped = set(unchanged(pieces, str(scene.file_path), str(reference.file_path), z, region))
     if dropped:
         session.execute(delete(Change).where(Change.id.in_(dropped)))
     return dropped
