@@ -164,6 +164,9 @@ def train_segmenter(
     seed: int = _SEED, bands: str = _BANDS,
     depth: int = typer.Option(4, "--depth", help="U-Net levels (poolings)."),
     base_filters: int = typer.Option(16, "--base-filters", help="Filters of the first level, doubled per level."),
+    upsample: int = typer.Option(1, "--upsample", min=1, max=4, help="Enlarge the input this many times inside the "
+                                 "network (probabilities come out on the input's grid): small buildings a few pixels "
+                                 "wide get more pixels, for upsample² times the computation."),
     batch: int = typer.Option(8, "--batch"), lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
     patience: int = typer.Option(10, "--patience", help="Early-stopping patience, epochs."),
     min_steps: int = typer.Option(200, "--min-steps", help="Training steps before epochs are compared and early "
@@ -175,7 +178,7 @@ def train_segmenter(
     """U-Net on image/mask tiles; loss BCE + Dice; IoU and F1 metrics."""
     out, version = _out_dir(ctx, out, "segmenter")
     _report(training.train_segmenter(data, out, epochs=epochs, seed=seed, bands=_bands(bands), depth=depth,
-                                     base_filters=base_filters, batch=batch, lr=lr, patience=patience,
+                                     base_filters=base_filters, upsample=upsample, batch=batch, lr=lr, patience=patience,
                                      min_steps=min_steps, per_image=per_image, progress=True,
                                      time_limit_s=time_limit * 60 or None, version=version))
 

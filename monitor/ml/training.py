@@ -179,7 +179,7 @@ def _bands_of(summary: dict, bands: list[str] | None, data_dir) -> list[str]:
 
 def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 50, seed: int = 0,
                     bands: list[str] | None = None, depth: int = 4, base_filters: int = 16, dropout: float = 0.1,
-                    batch: int = 8, lr: float = 1e-3, pos_weight: float = 1.0, patience: int = 10,
+                    upsample: int = 1, batch: int = 8, lr: float = 1e-3, pos_weight: float = 1.0, patience: int = 10,
                     min_steps: int = 200, per_image: bool = True, progress: bool = False, precision: str = "auto",
                     time_limit_s: float | None = None, version: str | None = None) -> Path:
     """U-Net on ``dataset build --kind segmenter`` (or ``dataset spacenet7``) tiles; loss BCE + Dice; returns
@@ -212,7 +212,7 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
     x_tr, x_va = normalize(x_tr, mean, std), normalize(x_va, mean, std)
     seed_everything(seed)
     k = keras()
-    model = build_unet(len(bands), depth=depth, base_filters=base_filters, dropout=dropout,
+    model = build_unet(len(bands), depth=depth, base_filters=base_filters, dropout=dropout, upsample=upsample,
                        policy=precision_policy(precision), name="segmenter")
     _compile(model, bce_dice(pos_weight), k.optimizers.Adam(lr),
              [_f1_metric(), k.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")])
@@ -243,7 +243,8 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
         "version": version, "kind": "segmenter", "bands": bands, "normalization": normalization,
         "tile": tile,
         "resolution_m": summary.get("resolution_m"), "threshold": threshold,
-        "architecture": {"type": "unet", "depth": depth, "base_filters": base_filters, "dropout": dropout},
+        "architecture": {"type": "unet", "depth": depth, "base_filters": base_filters, "dropout": dropout,
+                         "upsample": upsample},
         "training": {"data": str(Path(data_dir).resolve()), "train_tiles": len(x_tr), "validation_tiles": len(x_va),
                      "positive_pixel_fraction": round(float(y_tr.mean()), 6), "batch": batch, "lr": lr,
                      "pos_weight": pos_weight, "min_steps": min_steps, "per_image": per_image, "seed": seed,
