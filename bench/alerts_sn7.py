@@ -72,7 +72,8 @@ VAL_FRACTION = 0.2
 
 #: The settings of the diff and the judge that decide the alerts, reported with the scores (set them in
 #: the environment, MONITOR_<NAME>).
-RULES = ("shift_tolerance_m", "min_change_m2", "change_min_z", "change_check_same_season", "alert_min_px", "alert_min_m2", "alert_min_fraction",
+RULES = ("shift_tolerance_m", "min_change_m2", "change_min_z", "change_check_same_season", "faint_memory_share",
+         "alert_min_px", "alert_min_m2", "alert_min_fraction",
          "alert_min_sightings", "persist_days")
 
 

@@ -190,7 +190,7 @@ def infer_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Metr
     models = _models(dirs, settings, scene_path)
     if not area.allow_resolution_mismatch:
         check_resolutions(models, queries.scene_pixel_m(scene, settings), area.name)
-    out_dir = settings.data_dir / "probability" / str(area.id)
+    out_dir = settings.probability_dir(area.id)
     if fresh:
         for old in out_dir.glob(f"{scene.id}_*.tif"):
             old.unlink()

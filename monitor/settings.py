@@ -134,6 +134,11 @@ class Settings(BaseSettings):
                                            "at least 300 days older, when there is one (the oldest of equals), "
                                            "rather than with the oldest: shadows, crops and leaves then read the "
                                            "same.")
+    faint_memory_share: float = Field(0.0, ge=0, description="Drop a new construction piece of the diff when, "
+                                      "on an earlier date the diff remembers, the segmenter's mean probability "
+                                      "inside it was at least this share of its threshold: a building found "
+                                      "for the first time that was there, just under the threshold, all along "
+                                      "(0 disables).")
     alert_min_px: int = Field(3, ge=1, description="New built area on a parcel that raises an alert, pixels of "
                               "the scene.")
     alert_min_m2: float = Field(50.0, description="New built area on a parcel that raises an alert, m2 (a floor "
@@ -181,6 +186,10 @@ class Settings(BaseSettings):
     dask_areas: int = Field(4, ge=1, description="Areas the daemon passes over at once when MONITOR_DASK_SCHEDULER "
                             "is set (in this process: one).")
     dask_connect_timeout_s: float = Field(30.0, description="Wait for the Dask scheduler to answer, seconds.")
+
+    def probability_dir(self, area_id: int) -> Path:
+        """Where the pipeline keeps an area's probability rasters, ``<scene id>_<kind>_<model version>.tif``."""
+        return self.data_dir / "probability" / str(area_id)
 
     def min_area_m2(self, what: Literal["region", "change", "alert"], pixel_m: float) -> float:
         """The smallest region, change or alert that counts on scenes of ``pixel_m`` metre pixels:

@@ -87,3 +87,45 @@ def test_reference_image_matches_the_season_a_year_back():
     # late December matches early January across the new year
     dec = scene("2019-12-28")
     assert reference_image(dec, earlier[3:], same_season=True).acquired_at.date() == dt.date(2018, 1, 1)
+
+
+def test_a_piece_the_segmenter_saw_faintly_before_is_not_new(engine, settings):
+    """MONITOR_FAINT_MEMORY_SHARE: a new piece whose place an earlier date's segmenter raster gave at least
+    that share of its threshold is dropped; a place it gave nothing to is kept; a date without a raster
+    has no say."""
+    import datetime as dt
+
+    from geoalchemy2.shape import from_shape
+    from shapely.geometry import MultiPolygon
+    from sqlalchemy.orm import Session
+
+    from monitor.change.diff import drop_seen_faintly
+    from monitor.db.tables import Change, Scene
+    from monitor.inventory.areas import add_area, area_spec
+
+    footprint = _cell(0, 0, 40)
+    with Session(engine) as s, s.begin():
+        area = add_area(s, area_spec(settings, "faint", providers="local"), footprint)
+        scenes = [Scene(area_id=area.id, provider="local", product_id=f"p{i}", status="processed",
+                        acquired_at=dt.datetime(2024, 1 + i, 1, tzinfo=dt.UTC)) for i in range(3)]
+        s.add_all(scenes)
+        s.flush()
+        old, unseen, now = scenes
+        faint, never = _cell(4, 4, 6), _cell(20, 20, 6)
+        pieces = [Change(area_id=area.id, scene_id=now.id, observed_on=dt.date(2024, 3, 1), source="diff",
+                         area_m2=576.0, geom=from_shape(MultiPolygon([g]), srid=4326)) for g in (faint, never)]
+        s.add_all(pieces)
+        s.flush()
+        # the oldest date's raster: 0.3 where the first piece is (under its threshold 0.5), 0.05 elsewhere
+        prob = np.full((1, 40, 40), 0.05, np.float32)
+        prob[0, 4:10, 4:10] = 0.3
+        folder = settings.probability_dir(area.id)
+        folder.mkdir(parents=True)
+        with rasterio.open(folder / f"{old.id}_segmenter_v1.tif", "w", driver="GTiff", width=40, height=40, count=1,
+                           dtype="float32", crs=f"EPSG:{EPSG}", transform=GRID, nodata=-1) as dst:
+            dst.write(prob)
+            dst.update_tags(threshold="0.5")
+        earlier = [unseen, old]  # newest first; the middle date has no raster
+        assert drop_seen_faintly(s, now, earlier, folder, 0.7) == set()  # 0.3 < 0.7 x 0.5
+        assert drop_seen_faintly(s, now, earlier, folder, 0.5) == {pieces[0].id}  # 0.3 >= 0.25
+        assert s.query(Change).filter(Change.scene_id == now.id).count() == 1

@@ -3,17 +3,23 @@ PostGIS (``monitor/db/sql/diff_*.sql``), in the area's UTM zone."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import rasterio
 import shapely
 from geoalchemy2.shape import to_shape
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
-from monitor.change.imagery_check import unchanged
+from monitor.change.imagery_check import mean_inside, unchanged
 from monitor.db.queries import earlier_scenes, no_jit, run_sql, scene_date, scene_pixel_m, sql
 from monitor.db.tables import Area, Change, Scene
-from monitor.domain import ChangeSource, Provider
+from monitor.domain import ChangeSource, ModelKind, Provider
+from monitor.geo import reproject
 from monitor.metrics import Metrics, default_metrics
 from monitor.settings import Settings
+from monitor.vectorize import read_probability
 
 #: Grid cell (m) of the hash join that finds today's buildings already there on an earlier date.
 DIFF_CELL_M = 64.0
@@ -33,7 +39,8 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
     What any of those earlier dates saw built is not new either, even where a newer date decided the
     place (a building a segmenter missed one month and found the next). The first date of an area is
     its baseline: nothing is new. With ``change_min_z`` above 0, pieces where the imagery itself did not
-    change since the oldest date remembered are dropped (``drop_unchanged``).
+    change since the oldest date remembered are dropped (``drop_unchanged``); with ``faint_memory_share``
+    above 0, pieces the segmenter saw faintly on a remembered date (``drop_seen_faintly``).
     """
     metrics = metrics or default_metrics()
     session.execute(delete(Change).where(Change.scene_id == scene.id, Change.source == ChangeSource.DIFF))
@@ -58,6 +65,10 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
     session.execute(text("DROP TABLE IF EXISTS _diff_cur, _diff_region, _diff_new, _diff_prev, _diff_cells"))
     if settings.change_min_z > 0 and stored:
         dropped = drop_unchanged(session, scene, earlier, settings.change_min_z, settings.change_check_same_season)
+        stored = [r for r in stored if r.id not in dropped]
+    if settings.faint_memory_share > 0 and stored:
+        dropped = drop_seen_faintly(session, scene, earlier, settings.probability_dir(area.id),
+                                    settings.faint_memory_share)
         stored = [r for r in stored if r.id not in dropped]
     metrics.changes.labels(area=area.name).inc(len(stored))
     return len(stored)
@@ -104,6 +115,39 @@ def drop_unchanged(session: Session, scene: Scene, earlier: list[Scene], z: floa
     return dropped
 
 
+def drop_seen_faintly(session: Session, scene: Scene, earlier: list[Scene], probability_dir: Path,
+                      share: float) -> set[int]:
+    """Delete the scene's diff changes that the segmenter saw faintly on an earlier date, and return their
+    ids: on one of ``earlier`` (the dates the diff remembers), the mean of its probability raster (in
+    ``probability_dir``, as the pipeline wrote it) inside the piece was at least ``share`` of that raster's
+    threshold. A building found for the first time is often one the segmenter had seen all along just
+    under its threshold; a truly new one was not there to be seen. Dates without a segmenter raster
+    have no say."""
+    rows = session.execute(text("SELECT id, ST_AsBinary(geom) AS g FROM changes "
+                                "WHERE scene_id = :sid AND source = 'diff'"), dict(sid=scene.id)).all()
+    if not rows:
+        return set()
+    pieces = [(r.id, shapely.force_2d(shapely.from_wkb(bytes(r.g)))) for r in rows]
+    dropped: set[int] = set()
+    for before in earlier:
+        found = sorted(probability_dir.glob(f"{before.id}_{ModelKind.SEGMENTER}_*.tif"), key=lambda f: f.stat().st_mtime)
+        if not found:
+            continue
+        prob = read_probability(found[-1])
+        with rasterio.open(found[-1]) as src:
+            cut = share * float(src.tags().get("threshold", 0.5))
+        values = np.nan_to_num(prob.values)
+        for i, geom in pieces:
+            if i in dropped:
+                continue
+            m = mean_inside(values, prob.valid, prob.transform, reproject(geom, 4326, prob.crs))
+            if m is not None and m >= cut:
+                dropped.add(i)
+    if dropped:
+        session.execute(delete(Change).where(Change.id.in_(dropped)))
+    return dropped
+
+
 def changed_share(session: Session, area: Area, scene: Scene) -> float:
     """The largest share of the area's clear land on the scene's date that one source of changes (the
     diff, a change model) calls new construction: 0 when nothing is clear or nothing changed. Settlement
@@ -128,3 +172,4 @@ def suspect_reason(session: Session, area: Area, scene: Scene, settings: Setting
     return (f"suspect: {share:.0%} of the area's clear land changed at once (more than MONITOR_MAX_CHANGE_SHARE "
             f"{settings.max_change_share:.0%}): a season, haze or mis-registration, not construction; no alerts "
             "raised from this date")
+
