@@ -38,18 +38,21 @@ def test_segmenter_learns_roofs(tmp_path):
     assert r["f1"] == meta["metrics"]["validation"]["f1"]
 
 
-def test_upsampled_segmenter_answers_on_the_input_grid(tmp_path):
+def test_upsampled_segmenter_with_tta_answers_on_the_input_grid(tmp_path):
     scene, labels, _ = buildings_scene(tmp_path, size=256, n=40)
     build_tiles(scene, labels, tmp_path / "seg", kind="segmenter", tile=32, val_fraction=0.25)
     d = train_segmenter(tmp_path / "seg", tmp_path / "model", epochs=6, depth=2, base_filters=8, batch=8,
-                        lr=3e-3, seed=1, upsample=2)
+                        lr=3e-3, seed=1, upsample=2, tta=True)
     meta = ModelMeta.read(d).to_dict()
-    assert meta["architecture"]["upsample"] == 2 and meta["tile"] == 32
+    assert meta["architecture"]["upsample"] == 2 and meta["tile"] == 32 and meta["inference"]["tta"] is True
     model = load_model(d, precision="float32")
+    assert model.tta
     x = np.zeros((1, 48, 80, len(BANDS)), np.float32)
     assert model(x).shape[:3] == (1, 48, 80)  # enlarged inside, averaged back to the input's pixels
     r = evaluate(model, tmp_path / "seg")
     assert r["f1"] > 0.7 and r["iou"] > 0.5, r
+    # the threshold and the scores of model.json are those of the averaged maps inference makes
+    assert r["f1"] == meta["metrics"]["validation"]["f1"]
 
 
 def test_classifier_learns_which_tiles_have_roofs(tmp_path):

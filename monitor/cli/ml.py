@@ -173,13 +173,15 @@ def train_segmenter(
                                   "stopping may stop."),
     per_image: bool = typer.Option(True, "--per-image/--global", help="Standardize each tile by the band statistics "
                                    "of its scene (default), or all by the training data's."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average the model's maps over the 8 flips and rotations "
+                             "of its input (8 times the inference time); the threshold is chosen on such maps."),
     time_limit: float = _LIMIT,
 ) -> None:
     """U-Net on image/mask tiles; loss BCE + Dice; IoU and F1 metrics."""
     out, version = _out_dir(ctx, out, "segmenter")
     _report(training.train_segmenter(data, out, epochs=epochs, seed=seed, bands=_bands(bands), depth=depth,
                                      base_filters=base_filters, upsample=upsample, batch=batch, lr=lr, patience=patience,
-                                     min_steps=min_steps, per_image=per_image, progress=True,
+                                     min_steps=min_steps, per_image=per_image, tta=tta, progress=True,
                                      time_limit_s=time_limit * 60 or None, version=version))
 
 

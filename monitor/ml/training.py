@@ -158,10 +158,12 @@ def _compile(model, loss, optimizer, metrics) -> None:
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=False)
 
 
-def _batched_call(model, x: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Probabilities of normalized inputs through one compiled call of ``model``, batch by batch."""
+def _batched_call(model, x: np.ndarray, batch: int = 16, tta: bool = False) -> np.ndarray:
+    """Probabilities of normalized inputs through one compiled call of ``model``, batch by batch; with
+    ``tta`` each map the mean over the 8 flips and rotations of its input, as inference makes it."""
     n = model.inputs[0].shape[-1]
-    run = LoadedModel(Path("."), {"kind": "segmenter", "bands": [str(i) for i in range(n)]}, model)
+    run = LoadedModel(Path("."), {"kind": "segmenter", "bands": [str(i) for i in range(n)],
+                                  "inference": {"tta": tta}}, model)
     return np.concatenate([run(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
@@ -180,8 +182,8 @@ def _bands_of(summary: dict, bands: list[str] | None, data_dir) -> list[str]:
 def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 50, seed: int = 0,
                     bands: list[str] | None = None, depth: int = 4, base_filters: int = 16, dropout: float = 0.1,
                     upsample: int = 1, batch: int = 8, lr: float = 1e-3, pos_weight: float = 1.0, patience: int = 10,
-                    min_steps: int = 200, per_image: bool = True, progress: bool = False, precision: str = "auto",
-                    time_limit_s: float | None = None, version: str | None = None) -> Path:
+                    min_steps: int = 200, per_image: bool = True, tta: bool = False, progress: bool = False,
+                    precision: str = "auto", time_limit_s: float | None = None, version: str | None = None) -> Path:
     """U-Net on ``dataset build --kind segmenter`` (or ``dataset spacenet7``) tiles; loss BCE + Dice; returns
     the model directory.
 
@@ -191,7 +193,9 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
     compared on the best F1 over thresholds on the validation tiles' valid pixels, and not before
     ``min_steps`` training steps: the first epochs of a small dataset are noise. When the dataset has
     ``buildings/`` rasters (``dataset spacenet7``), ``model.json`` also reports building-level recall
-    on validation by size class.
+    on validation by size class. With ``tta`` the model's maps are the mean over the 8 flips and
+    rotations of its input (8 times the inference time), and the threshold and validation scores are
+    those of such maps.
     """
     t0 = time.perf_counter()
     summary = read_summary(data_dir)
@@ -232,7 +236,7 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
                      first=[_val_f1_callback(lambda: _batched_call(model, x_va, batch), y_va > 0.5, valid)],
                      start_from_epoch=start)
     history = model.fit(batches(), steps_per_epoch=steps, epochs=epochs, callbacks=cbs, verbose=0, shuffle=False)
-    prob = _batched_call(model, x_va, batch)
+    prob = _batched_call(model, x_va, batch, tta=tta)
     threshold, pixel_scores = scores.best_threshold(prob, y_va > 0.5, valid)
     val: dict = dict(pixel_scores)
     recall = building_recall(data_dir, "validation", (prob > threshold) & valid)
@@ -245,6 +249,7 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
         "resolution_m": summary.get("resolution_m"), "threshold": threshold,
         "architecture": {"type": "unet", "depth": depth, "base_filters": base_filters, "dropout": dropout,
                          "upsample": upsample},
+        "inference": {"tta": tta},
         "training": {"data": str(Path(data_dir).resolve()), "train_tiles": len(x_tr), "validation_tiles": len(x_va),
                      "positive_pixel_fraction": round(float(y_tr.mean()), 6), "batch": batch, "lr": lr,
                      "pos_weight": pos_weight, "min_steps": min_steps, "per_image": per_image, "seed": seed,
