@@ -279,3 +279,25 @@ def test_fixed_blur_stays_float32_and_model_json_names_its_precision(tmp_path):
     assert blurs and all(layer.dtype_policy.name == "float32" for layer in blurs)
     x = np.random.default_rng(3).normal(0, 1, (1, 48, 48, 4)).astype(np.float32)
     np.testing.assert_allclose(low(x), load_model(d)(x), atol=3e-2)
+
+
+def test_texture_layers_measure_local_spread_and_the_feature_net_with_them_round_trips(tmp_path):
+    """``LocalStd`` is the spread of each channel in a Gaussian window (0 on a flat image, 1 on a +-1
+    checkerboard), ``DateSplitNorm`` the norm of each date's bands; a feature network with texture
+    features saves and loads through the registered layers."""
+    from monitor.ml.layers import build_feature_net, custom_objects
+    from monitor.ml.runtime import keras
+
+    c = custom_objects()
+    checker = (np.indices((32, 32)).sum(0) % 2 * 2 - 1).astype(np.float32)
+    x = np.stack([np.full((32, 32), 3.0, np.float32), checker], -1)[None]
+    s = np.asarray(c["LocalStd"](1.5)(x))
+    assert s.shape == x.shape and s[0, 16, 16, 0] < 0.01 and abs(s[0, 16, 16, 1] - 1.0) < 0.02
+    d = np.asarray(c["DateSplitNorm"]()(np.array([[[[3.0, 4.0, 0.0, 0.0]]]], np.float32)))
+    np.testing.assert_allclose(d[0, 0, 0], [5.0, 0.0], atol=1e-5)
+    net = build_feature_net(4, texture=(1.5,))
+    assert 2500 < net.count_params() < 4000
+    net.save(tmp_path / "m.keras")
+    again = keras().saving.load_model(tmp_path / "m.keras", compile=False)
+    a = np.random.default_rng(0).normal(0, 1, (1, 40, 40, 8)).astype(np.float32)
+    np.testing.assert_allclose(again(a), net(a), atol=1e-6)

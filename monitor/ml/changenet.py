@@ -1,9 +1,11 @@
 """The default change model: a small network over fixed change features, trained to hold up on unseen cities.
 
 Each image is standardized per band by its own statistics (which removes most radiometric differences
-between dates, sensors and places). Inside the network (``layers.build_feature_net``) the difference
-of the dates and the change-vector magnitude smoothed at 1, 2 and 4 pixels are computed by fixed
-layers; one 3x3 convolution and two 1x1 convolutions learn the rest, about 2,000 weights in all.
+between dates, sensors and places). Inside the network (``layers.build_feature_net``) fixed layers
+compute the difference of the dates, the change-vector magnitude smoothed at 1, 2 and 4 pixels, and
+texture at 1.5 pixels (the local spread of the difference, of each date, and its change: construction
+changes the fine structure of a place where crops, water and seasons mostly change its colour); one
+3x3 convolution and two 1x1 convolutions learn the rest, about 3,200 weights in all.
 Training patches get a random flip or rotation, their own gain and offset per band and date, and a
 random swap of the dates; half of them are centred near a change pixel. Each city keeps a band of rows
 for validation: the epoch with the best validation F1 is kept, and the threshold rule (a fixed
@@ -31,6 +33,7 @@ from monitor.ml.runtime import keras, precision_policy, seed_everything
 
 FEATURE_BANDS = ["B02", "B03", "B04", "B08"]
 SIGMAS = (1.0, 2.0, 4.0)
+TEXTURE = (1.5,)
 RULES = ([{"rule": "fixed"}] + [{"rule": "robust_z", "k": k} for k in (3.0, 4.0, 5.0, 6.0, 8.0, 10.0)]
          + [{"rule": "top_quantile", "q": q} for q in (0.01, 0.015, 0.02, 0.03, 0.04)])
 
@@ -60,17 +63,24 @@ def standardized(d: dict) -> np.ndarray:
     return x
 
 
-def _sample(parts, patch: int, change_share: float, jitter: float, swap: float, rng: np.random.Generator):
-    """One augmented training patch (x, y) from ``parts`` [(x, y, change pixel coordinates)]."""
+def _sample(parts, patch: int, change_share: float, jitter: float, swap: float, rng: np.random.Generator,
+            weights: np.ndarray | None = None):
+    """One augmented training patch (x, y) from ``parts`` [(x, y, change pixel coordinates)]; ``weights``
+    (one per part) are the chances of each part for patches drawn anywhere (default: by area)."""
     with_change = [i for i, p in enumerate(parts) if len(p[2])]
     if with_change and rng.random() < change_share:
-        i = with_change[int(rng.integers(len(with_change)))]
+        if weights is None:
+            i = with_change[int(rng.integers(len(with_change)))]
+        else:
+            w = weights[with_change]
+            i = with_change[int(rng.choice(len(with_change), p=w / w.sum()))]
         x, y, ch = parts[i]
         cy, cx = ch[rng.integers(len(ch))]
         r = int(np.clip(cy - rng.integers(patch), 0, x.shape[0] - patch))
         c = int(np.clip(cx - rng.integers(patch), 0, x.shape[1] - patch))
     else:
-        sizes = np.array([p[0].shape[0] * p[0].shape[1] for p in parts], float)
+        sizes = (np.array([p[0].shape[0] * p[0].shape[1] for p in parts], float) if weights is None
+                 else np.asarray(weights, float))
         x, y, _ = parts[int(rng.choice(len(parts), p=sizes / sizes.sum()))]
         r, c = int(rng.integers(x.shape[0] - patch + 1)), int(rng.integers(x.shape[1] - patch + 1))
     x, y = x[r:r + patch, c:c + patch], y[r:r + patch, c:c + patch]
@@ -87,7 +97,8 @@ def _sample(parts, patch: int, change_share: float, jitter: float, swap: float, 
 
 
 def choose_rule(maps: dict[str, np.ndarray], truth: dict[str, np.ndarray], valid: dict[str, np.ndarray],
-                held: dict[str, np.ndarray], fixed: float, rules: list[dict] | None = None) -> tuple[dict, dict]:
+                held: dict[str, np.ndarray], fixed: float, rules: list[dict] | None = None,
+                by: str = "pooled") -> tuple[dict, dict]:
     """The threshold rule with the best pooled F1 over the ``held`` pixels of each city, each city's threshold
     computed from its whole map; returns the rule and its scores."""
     best: tuple[float, dict, dict] = (-1.0, {}, {})
@@ -97,8 +108,9 @@ def choose_rule(maps: dict[str, np.ndarray], truth: dict[str, np.ndarray], valid
             t = scores.scene_threshold(p, valid[c], rule, fixed)
             cms.append(scores.confusion(p > t, truth[c], valid[c] & held[c]))
         s = scores.scores(scores.add(*cms))
-        if s["f1"] > best[0]:
-            best = (s["f1"], rule, s)
+        f = s["f1"] if by == "pooled" else float(np.mean([scores.scores(cm)["f1"] for cm in cms]))
+        if f > best[0]:
+            best = (f, rule, s)
     return best[1], best[2]
 
 
@@ -108,8 +120,15 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
                           lr: float = 3e-3, pos_weight: float = 3.0, change_share: float = 0.5, jitter: float = 0.1,
                           swap: float = 0.5, val_fraction: float = 0.2, patience: int = 8, seed: int = 0,
                           time_limit_s: float | None = 1500, progress: bool = False, precision: str = "float32",
-                          version: str | None = None) -> Path:
-    """Train the feature network on a change dataset (``monitor dataset oscd``); returns the model directory."""
+                          version: str | None = None, sigmas: tuple[float, ...] = SIGMAS,
+                          texture: tuple[float, ...] = TEXTURE, texture_skip: bool = True, dates: bool = True, balance: str = "area",
+                          rule_by: str = "pooled") -> Path:
+    """Train the feature network on a change dataset (``monitor dataset oscd``); returns the model directory.
+
+    ``sigmas``, ``texture``, ``texture_skip`` and ``dates`` shape the network (``layers.build_feature_net``);
+    ``balance`` ``"city"`` draws patches from every city equally often (default ``"area"``: by area), and
+    ``rule_by`` ``"city_mean"`` chooses the threshold rule by the mean of per-city F1 instead of pooled F1.
+    """
     t0 = time.perf_counter()
     summary = read_change_summary(data_dir)
     labelled = [c for c, e in summary["cities"].items() if e.get("labelled")]
@@ -119,7 +138,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         raise BadInput(f"has no labelled city {', '.join(unknown)} (labelled: {', '.join(labelled)})",
                        file=data_dir, field="cities")
     bands = training._bands_of(summary, bands or [b for b in FEATURE_BANDS if b in summary["bands"]], data_dir)
-    parts, maps_in, truth, valid, held, split = [], {}, {}, {}, {}, {}
+    parts, maps_in, truth, valid, held, split, owner = [], {}, {}, {}, {}, {}, []
     for c in cities:
         d = load_city(data_dir, c, bands)
         x = standardized(d)
@@ -132,6 +151,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         for a, b in ((0, v0), (v1, x.shape[0])):
             if b - a >= patch and x.shape[1] >= patch:
                 parts.append((x[a:b], y[a:b], np.argwhere(y[a:b] > 0)))
+                owner.append(c)
     if not parts:
         raise BadInput(f"no training part of the cities is at least {patch}x{patch} pixels", field="patch")
     n = len(bands)
@@ -139,13 +159,14 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         "version": version, "kind": "change", "bands": bands, "input": "before and after stacked band-wise",
         "normalization": {"mean": [0.0] * 2 * n, "std": [1.0] * 2 * n, "per_image": True}, "tile": patch,
         "resolution_m": summary.get("resolution_m"), "threshold": 0.5,
-        "architecture": {"type": "features", "depth": 0, "sigmas": list(SIGMAS), "filters": filters,
-                         "dropout": dropout},
+        "architecture": {"type": "features", "depth": 0, "sigmas": list(sigmas), "filters": filters,
+                         "dropout": dropout, "texture": list(texture), "dates": dates},
         "inference": {"tta": False, "precision": "float32"},
     }
     seed_everything(seed)
     k = keras()
-    model = build_feature_net(n, sigmas=SIGMAS, filters=filters, dropout=dropout, policy=precision_policy(precision))
+    model = build_feature_net(n, sigmas=tuple(sigmas), filters=filters, dropout=dropout,
+                              policy=precision_policy(precision), texture=tuple(texture), texture_skip=texture_skip, dates=dates)
     training._compile(model, training.bce_dice(pos_weight), k.optimizers.Adam(lr), [training._f1_metric()])
     live = LoadedModel(Path(out_dir), meta, model)
 
@@ -162,10 +183,16 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
     val_truth = np.concatenate([truth[c][slice(*split[c]["validation_rows"])].ravel() for c in cities])
     val_valid = np.concatenate([val_idx[c][slice(*split[c]["validation_rows"])].ravel() for c in cities])
 
+    weights = None
+    if balance == "city":  # every city as likely, its parts by area
+        area = np.array([p[0].shape[0] * p[0].shape[1] for p in parts], float)
+        weights = np.array([area[i] / sum(area[j] for j in range(len(parts)) if owner[j] == o)
+                            for i, o in enumerate(owner)])
+
     def batches():
         rng = np.random.default_rng(seed)
         while True:
-            pairs = [_sample(parts, patch, change_share, jitter, swap, rng) for _ in range(batch)]
+            pairs = [_sample(parts, patch, change_share, jitter, swap, rng, weights) for _ in range(batch)]
             yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])[..., None]
 
     cbs = training._callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress,
@@ -176,7 +203,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
     maps = full_maps()
     fixed, _ = scores.best_threshold(np.concatenate([maps[c][val_idx[c]] for c in cities]),
                                      np.concatenate([truth[c][val_idx[c]] for c in cities]))
-    rule, val = choose_rule(maps, truth, valid, held, fixed)
+    rule, val = choose_rule(maps, truth, valid, held, fixed, by=rule_by)
     per_city = {}
     for c in cities:
         t = scores.scene_threshold(maps[c], valid[c], rule, fixed)
@@ -185,6 +212,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         "recipe": "features", "data": str(Path(data_dir).resolve()), "cities": cities, "split": split,
         "patch": patch, "batch": batch, "steps_per_epoch": steps_per_epoch, "lr": lr, "pos_weight": pos_weight,
         "change_share": change_share, "jitter": jitter, "swap": swap, "val_fraction": val_fraction, "seed": seed,
+        "balance": balance, "rule_by": rule_by,
         **training._summary_of_run(cbs, history, t0)},
         metrics={"validation": {**val, "cities": per_city}})
     return save_model(model, out_dir, meta)

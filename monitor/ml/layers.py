@@ -1,5 +1,6 @@
 """Keras layers without trained weights that change models are built from: the difference of the two
-dates stacked in the input, its per-pixel L2 norm (the change-vector magnitude), and a fixed Gaussian blur.
+dates stacked in the input, its per-pixel L2 norm (the change-vector magnitude), a fixed Gaussian blur,
+a local standard deviation (texture) and the norm of each date's bands.
 
 The classes are made (and registered for loading saved models) on first use of ``custom_objects``.
 """
@@ -75,13 +76,51 @@ def custom_objects() -> dict:
             return {**super().get_config(), "sigma": self.sigma}
 
     @register
+    class LocalStd(k.layers.Layer):  # type: ignore[name-defined]
+        """Each channel's local standard deviation in a Gaussian window of ``sigma`` pixels (texture):
+        sqrt(max(0, blur(x^2) - blur(x)^2)). Float32 only, like ``GaussianBlur``."""
+
+        float32_only = True
+
+        def __init__(self, sigma: float = 1.0, **kw):
+            super().__init__(**kw)
+            self.sigma = float(sigma)
+
+        def call(self, x):
+            g = gaussian_kernel(self.sigma)
+            kernel = ops.cast(np.repeat(g[:, :, None, None], x.shape[-1], axis=2), x.dtype)
+            m = ops.depthwise_conv(x, kernel, padding="same")
+            m2 = ops.depthwise_conv(ops.square(x), kernel, padding="same")
+            return ops.sqrt(ops.maximum(m2 - ops.square(m), 0.0) + 1e-6)
+
+        def compute_output_shape(self, shape):
+            return shape
+
+        def get_config(self):
+            return {**super().get_config(), "sigma": self.sigma}
+
+    @register
+    class DateSplitNorm(k.layers.Layer):  # type: ignore[name-defined]
+        """(..., 2n) before then after -> (..., 2): the L2 norm over the channels of each date."""
+
+        def call(self, x):
+            n = x.shape[-1] // 2
+            return ops.concatenate([
+                ops.sqrt(ops.sum(ops.square(x[..., :n]), axis=-1, keepdims=True) + 1e-12),
+                ops.sqrt(ops.sum(ops.square(x[..., n:]), axis=-1, keepdims=True) + 1e-12)], axis=-1)
+
+        def compute_output_shape(self, shape):
+            return (*shape[:-1], 2)
+
+    @register
     class OddsToProbability(k.layers.Layer):  # type: ignore[name-defined]
         """x >= 0 -> x / (1 + x) in [0, 1): a magnitude as a probability whose odds it is."""
 
         def call(self, x):
             return x / (1 + x)
 
-    return {c.__name__: c for c in (DateDifference, ChannelNorm, GaussianBlur, OddsToProbability)}
+    return {c.__name__: c for c in (DateDifference, ChannelNorm, GaussianBlur, LocalStd, DateSplitNorm,
+                                    OddsToProbability)}
 
 
 def build_cva(bands: int, sigma: float):
@@ -99,12 +138,17 @@ def build_cva(bands: int, sigma: float):
 
 
 def build_feature_net(bands: int, *, sigmas: tuple[float, ...] = (1.0, 2.0, 4.0), filters: int = 16,
-                      dropout: float = 0.1, policy: str = "float32"):
+                      dropout: float = 0.1, policy: str = "float32", texture: tuple[float, ...] = (),
+                      texture_skip: bool = True, dates: bool = True):
     """The default change network: few parameters on top of fixed change features.
 
     From per-image standardized before+after bands it computes the difference, the change-vector
-    magnitude smoothed at each of ``sigmas`` pixels, and concatenates them with both dates; one 3x3
-    convolution of ``filters`` and two 1x1 convolutions make a change probability per pixel.
+    magnitude smoothed at each of ``sigmas`` pixels, and concatenates them with both dates (unless not
+    ``dates``); one 3x3 convolution of ``filters`` and two 1x1 convolutions make a change probability per
+    pixel. For each of ``texture`` (Gaussian sigmas in pixels) it adds texture features: the norm of the
+    local standard deviations of the difference, that of each date's bands, and the size of their change;
+    with ``texture_skip`` they also reach the last layer directly, beside the smoothed magnitudes.
+    The defaults (no texture) are the network of ``builtin:oscd-change`` version 1.
     """
     k = keras()
     L, c = k.layers, custom_objects()
@@ -113,12 +157,19 @@ def build_feature_net(bands: int, *, sigmas: tuple[float, ...] = (1.0, 2.0, 4.0)
         diff = c["DateDifference"](name="difference")(inputs)
         mag = c["ChannelNorm"](name="magnitude")(diff)
         smooth = [c["GaussianBlur"](s, name=f"magnitude_s{i}")(mag) for i, s in enumerate(sigmas)]
-        x = L.Concatenate(name="features")([inputs, diff, mag, *smooth])
+        extra = []
+        for i, s in enumerate(texture):
+            # texture of the change (local spread of the difference) and of each date, and its change
+            dtex = c["ChannelNorm"](name=f"difference_texture_{i}")(c["LocalStd"](s, name=f"difference_std_{i}")(diff))
+            tex = c["DateSplitNorm"](name=f"date_texture_{i}")(c["LocalStd"](s, name=f"date_std_{i}")(inputs))
+            tdiff = c["ChannelNorm"](name=f"texture_change_{i}")(c["DateDifference"](name=f"texture_diff_{i}")(tex))
+            extra += [dtex, tex, tdiff]
+        x = L.Concatenate(name="features")([*([inputs] if dates else []), diff, mag, *smooth, *extra])
         x = L.Conv2D(filters, 3, padding="same", activation="relu", name="conv3")(x)
         if dropout:
             x = L.SpatialDropout2D(dropout)(x)
         x = L.Conv2D(filters, 1, activation="relu", name="conv1")(x)
-        x = L.Concatenate(name="with_magnitude")([x, *smooth])
+        x = L.Concatenate(name="with_magnitude")([x, *smooth, *(extra if texture_skip else [])])
         logits = L.Conv2D(1, 1, name="logits")(x)
         out = L.Activation("sigmoid", dtype="float32", name="probability")(logits)
     return k.Model(inputs, out, name="change_features")
