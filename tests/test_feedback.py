@@ -11,6 +11,7 @@ import pytest
 import rasterio
 from rasterio.windows import from_bounds
 
+from monitor import builtins
 from monitor.domain import ModelMeta
 from tests.test_alerts import two_alerts  # noqa: F401  (a fixture)
 from tests.test_change import NEW, PARCEL, X0, Y0, A, C, pid, world  # noqa: F401  (world is a fixture)
@@ -88,7 +89,7 @@ def test_fine_tune_from_feedback_records_its_parent(feedback, cli, tmp_path):
               "--epochs", "2", "--steps", "2", "--batch", "4", "--patch", "32").stdout
     assert "fine-tuned from builtin:oscd-change" in out
     meta = ModelMeta.read(model).to_dict()
-    assert meta["parent"]["model"] == "builtin:oscd-change" and meta["parent"]["version"] == "builtin-oscd-change-1"
+    assert meta["parent"]["model"] == "builtin:oscd-change" and meta["parent"]["version"] == "builtin-oscd-change-2"
     assert meta["bands"] == ["B02", "B03", "B04", "B08"] and meta["architecture"]["type"] == "features"
     t = meta["training"]
     assert t["recipe"] == "fine-tune" and t["init"] == "builtin:oscd-change" and t["epochs_run"] == 2
@@ -105,7 +106,8 @@ def test_fine_tune_from_feedback_records_its_parent(feedback, cli, tmp_path):
     cli("train", "change", "--init", "builtin:oscd-change", "--data", negatives, "--out", tmp_path / "neg",
         "--epochs", "1", "--steps", "1", "--batch", "4")
     meta = ModelMeta.read(tmp_path / "neg").to_dict()
-    assert meta["threshold"] == meta["parent"]["threshold"] == 0.54 and meta.get("threshold_rule") is None
+    shipped = ModelMeta.read(builtins.resolve("builtin:oscd-change")).to_dict()["threshold"]
+    assert meta["threshold"] == meta["parent"]["threshold"] == shipped and meta.get("threshold_rule") is None
     assert meta["training"]["threshold_chosen_by"].startswith("the parent's fixed threshold")
     # what the fine-tuning keeps fixed is refused, and so is a model without weights
     assert "--init" in cli("train", "change", "--init", "builtin:oscd-change", "--data", feedback["out"],

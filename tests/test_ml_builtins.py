@@ -183,27 +183,10 @@ def test_a_new_area_on_real_10m_imagery_uses_the_shipped_change_model(cli, engin
         versions = conn.execute(sa.text("SELECT model_versions FROM runs WHERE scene_id IS NOT NULL "
                                         "AND status = 'succeeded'")).scalars().all()
         sources = conn.execute(sa.text("SELECT DISTINCT source FROM changes")).scalars().all()
-    assert versions and all(v == {"change": "builtin-oscd-change-1"} for v in versions), versions
+    assert versions and all(v == {"change": "builtin-oscd-change-2"} for v in versions), versions
     assert sources in ([], ["change_model"])
     cli("areas", "add", "ba2", "--geometry", ba / "lots.shp", "--provider", "local", "--source", f"local={drops}",
         "--band-order", "B04,B03,B02,B08")
     none = cli("process", "--area", "ba2", "--quiet", env={"MONITOR_DEFAULT_CHANGE_MODEL": ""}, expect=1)
     assert "has no segmenter or change model" in none.stdout
 
-
-def test_patches_can_be_drawn_by_city_and_the_rule_chosen_by_mean_city_f1():
-    from monitor.ml.changenet import _sample, choose_rule
-
-    rng = np.random.default_rng(0)
-    parts = [(np.full((8, 8, 2), i, np.float32), np.zeros((8, 8), np.float32), np.zeros((0, 2), int))
-             for i in range(2)]
-    got = {float(_sample(parts, 4, 0.5, 0.0, 0.0, rng, np.array([0.0, 1.0]))[0][0, 0, 0]) for _ in range(20)}
-    assert got == {1.0}
-    # city a (1000 pixels, its top 30 % changed) counts most in pooled F1, best at q 0.5 there; city b (100
-    # pixels, its top 10 % changed) is as heavy as a in the mean of per-city F1, which is best at q 0.1
-    pa, pb = (np.linspace(0, 1, n, dtype=np.float32).reshape(10, -1) for n in (1000, 100))
-    maps, truth = {"a": pa, "b": pb}, {"a": pa > np.quantile(pa, 0.7), "b": pb > np.quantile(pb, 0.9)}
-    valid = {c: np.ones(p.shape, bool) for c, p in maps.items()}
-    rules = [{"rule": "top_quantile", "q": 0.5}, {"rule": "top_quantile", "q": 0.1}]
-    assert choose_rule(maps, truth, valid, valid, 0.5, rules)[0]["q"] == 0.5
-    assert choose_rule(maps, truth, valid, valid, 0.5, rules, by="city_mean")[0]["q"] == 0.1

@@ -63,24 +63,17 @@ def standardized(d: dict) -> np.ndarray:
     return x
 
 
-def _sample(parts, patch: int, change_share: float, jitter: float, swap: float, rng: np.random.Generator,
-            weights: np.ndarray | None = None):
-    """One augmented training patch (x, y) from ``parts`` [(x, y, change pixel coordinates)]; ``weights``
-    (one per part) are the chances of each part for patches drawn anywhere (default: by area)."""
+def _sample(parts, patch: int, change_share: float, jitter: float, swap: float, rng: np.random.Generator):
+    """One augmented training patch (x, y) from ``parts`` [(x, y, change pixel coordinates)]."""
     with_change = [i for i, p in enumerate(parts) if len(p[2])]
     if with_change and rng.random() < change_share:
-        if weights is None:
-            i = with_change[int(rng.integers(len(with_change)))]
-        else:
-            w = weights[with_change]
-            i = with_change[int(rng.choice(len(with_change), p=w / w.sum()))]
+        i = with_change[int(rng.integers(len(with_change)))]
         x, y, ch = parts[i]
         cy, cx = ch[rng.integers(len(ch))]
         r = int(np.clip(cy - rng.integers(patch), 0, x.shape[0] - patch))
         c = int(np.clip(cx - rng.integers(patch), 0, x.shape[1] - patch))
     else:
-        sizes = (np.array([p[0].shape[0] * p[0].shape[1] for p in parts], float) if weights is None
-                 else np.asarray(weights, float))
+        sizes = np.array([p[0].shape[0] * p[0].shape[1] for p in parts], float)
         x, y, _ = parts[int(rng.choice(len(parts), p=sizes / sizes.sum()))]
         r, c = int(rng.integers(x.shape[0] - patch + 1)), int(rng.integers(x.shape[1] - patch + 1))
     x, y = x[r:r + patch, c:c + patch], y[r:r + patch, c:c + patch]
@@ -97,8 +90,7 @@ def _sample(parts, patch: int, change_share: float, jitter: float, swap: float, 
 
 
 def choose_rule(maps: dict[str, np.ndarray], truth: dict[str, np.ndarray], valid: dict[str, np.ndarray],
-                held: dict[str, np.ndarray], fixed: float, rules: list[dict] | None = None,
-                by: str = "pooled") -> tuple[dict, dict]:
+                held: dict[str, np.ndarray], fixed: float, rules: list[dict] | None = None) -> tuple[dict, dict]:
     """The threshold rule with the best pooled F1 over the ``held`` pixels of each city, each city's threshold
     computed from its whole map; returns the rule and its scores."""
     best: tuple[float, dict, dict] = (-1.0, {}, {})
@@ -108,9 +100,8 @@ def choose_rule(maps: dict[str, np.ndarray], truth: dict[str, np.ndarray], valid
             t = scores.scene_threshold(p, valid[c], rule, fixed)
             cms.append(scores.confusion(p > t, truth[c], valid[c] & held[c]))
         s = scores.scores(scores.add(*cms))
-        f = s["f1"] if by == "pooled" else float(np.mean([scores.scores(cm)["f1"] for cm in cms]))
-        if f > best[0]:
-            best = (f, rule, s)
+        if s["f1"] > best[0]:
+            best = (s["f1"], rule, s)
     return best[1], best[2]
 
 
@@ -121,13 +112,11 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
                           swap: float = 0.5, val_fraction: float = 0.2, patience: int = 8, seed: int = 0,
                           time_limit_s: float | None = 1500, progress: bool = False, precision: str = "float32",
                           version: str | None = None, sigmas: tuple[float, ...] = SIGMAS,
-                          texture: tuple[float, ...] = TEXTURE, texture_skip: bool = True, dates: bool = True, balance: str = "area",
-                          rule_by: str = "pooled") -> Path:
+                          texture: tuple[float, ...] = TEXTURE, texture_skip: bool = True,
+                          dates: bool = True) -> Path:
     """Train the feature network on a change dataset (``monitor dataset oscd``); returns the model directory.
 
-    ``sigmas``, ``texture``, ``texture_skip`` and ``dates`` shape the network (``layers.build_feature_net``);
-    ``balance`` ``"city"`` draws patches from every city equally often (default ``"area"``: by area), and
-    ``rule_by`` ``"city_mean"`` chooses the threshold rule by the mean of per-city F1 instead of pooled F1.
+    ``sigmas``, ``texture``, ``texture_skip`` and ``dates`` shape the network (``layers.build_feature_net``).
     """
     t0 = time.perf_counter()
     summary = read_change_summary(data_dir)
@@ -138,7 +127,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         raise BadInput(f"has no labelled city {', '.join(unknown)} (labelled: {', '.join(labelled)})",
                        file=data_dir, field="cities")
     bands = training._bands_of(summary, bands or [b for b in FEATURE_BANDS if b in summary["bands"]], data_dir)
-    parts, maps_in, truth, valid, held, split, owner = [], {}, {}, {}, {}, {}, []
+    parts, maps_in, truth, valid, held, split = [], {}, {}, {}, {}, {}
     for c in cities:
         d = load_city(data_dir, c, bands)
         x = standardized(d)
@@ -151,7 +140,6 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         for a, b in ((0, v0), (v1, x.shape[0])):
             if b - a >= patch and x.shape[1] >= patch:
                 parts.append((x[a:b], y[a:b], np.argwhere(y[a:b] > 0)))
-                owner.append(c)
     if not parts:
         raise BadInput(f"no training part of the cities is at least {patch}x{patch} pixels", field="patch")
     n = len(bands)
@@ -183,16 +171,10 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
     val_truth = np.concatenate([truth[c][slice(*split[c]["validation_rows"])].ravel() for c in cities])
     val_valid = np.concatenate([val_idx[c][slice(*split[c]["validation_rows"])].ravel() for c in cities])
 
-    weights = None
-    if balance == "city":  # every city as likely, its parts by area
-        area = np.array([p[0].shape[0] * p[0].shape[1] for p in parts], float)
-        weights = np.array([area[i] / sum(area[j] for j in range(len(parts)) if owner[j] == o)
-                            for i, o in enumerate(owner)])
-
     def batches():
         rng = np.random.default_rng(seed)
         while True:
-            pairs = [_sample(parts, patch, change_share, jitter, swap, rng, weights) for _ in range(batch)]
+            pairs = [_sample(parts, patch, change_share, jitter, swap, rng) for _ in range(batch)]
             yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])[..., None]
 
     cbs = training._callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress,
@@ -203,7 +185,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
     maps = full_maps()
     fixed, _ = scores.best_threshold(np.concatenate([maps[c][val_idx[c]] for c in cities]),
                                      np.concatenate([truth[c][val_idx[c]] for c in cities]))
-    rule, val = choose_rule(maps, truth, valid, held, fixed, by=rule_by)
+    rule, val = choose_rule(maps, truth, valid, held, fixed)
     per_city = {}
     for c in cities:
         t = scores.scene_threshold(maps[c], valid[c], rule, fixed)
@@ -212,7 +194,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         "recipe": "features", "data": str(Path(data_dir).resolve()), "cities": cities, "split": split,
         "patch": patch, "batch": batch, "steps_per_epoch": steps_per_epoch, "lr": lr, "pos_weight": pos_weight,
         "change_share": change_share, "jitter": jitter, "swap": swap, "val_fraction": val_fraction, "seed": seed,
-        "balance": balance, "rule_by": rule_by,
+
         **training._summary_of_run(cbs, history, t0)},
         metrics={"validation": {**val, "cities": per_city}})
     return save_model(model, out_dir, meta)

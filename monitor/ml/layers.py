@@ -148,7 +148,8 @@ def build_feature_net(bands: int, *, sigmas: tuple[float, ...] = (1.0, 2.0, 4.0)
     pixel. For each of ``texture`` (Gaussian sigmas in pixels) it adds texture features: the norm of the
     local standard deviations of the difference, that of each date's bands, and the size of their change;
     with ``texture_skip`` they also reach the last layer directly, beside the smoothed magnitudes.
-    The defaults (no texture) are the network of ``builtin:oscd-change`` version 1.
+    The defaults (no texture) build the network of the first ``builtin:oscd-change``; the recipe
+    (``changenet.train_change_features``) adds texture at 1.5 pixels.
     """
     k = keras()
     L, c = k.layers, custom_objects()
