@@ -64,10 +64,13 @@ def custom_objects() -> dict:
             super().__init__(**kw)
             self.sigma = float(sigma)
 
-        def call(self, x):
+        def blur(self, x):
             g = gaussian_kernel(self.sigma)
             kernel = np.repeat(g[:, :, None, None], x.shape[-1], axis=2)
             return ops.depthwise_conv(x, ops.cast(kernel, x.dtype), padding="same")
+
+        def call(self, x):
+            return self.blur(x)
 
         def compute_output_shape(self, shape):
             return shape
@@ -76,28 +79,12 @@ def custom_objects() -> dict:
             return {**super().get_config(), "sigma": self.sigma}
 
     @register
-    class LocalStd(k.layers.Layer):  # type: ignore[name-defined]
+    class LocalStd(GaussianBlur):  # type: ignore[name-defined]
         """Each channel's local standard deviation in a Gaussian window of ``sigma`` pixels (texture):
         sqrt(max(0, blur(x^2) - blur(x)^2)). Float32 only, like ``GaussianBlur``."""
 
-        float32_only = True
-
-        def __init__(self, sigma: float = 1.0, **kw):
-            super().__init__(**kw)
-            self.sigma = float(sigma)
-
         def call(self, x):
-            g = gaussian_kernel(self.sigma)
-            kernel = ops.cast(np.repeat(g[:, :, None, None], x.shape[-1], axis=2), x.dtype)
-            m = ops.depthwise_conv(x, kernel, padding="same")
-            m2 = ops.depthwise_conv(ops.square(x), kernel, padding="same")
-            return ops.sqrt(ops.maximum(m2 - ops.square(m), 0.0) + 1e-6)
-
-        def compute_output_shape(self, shape):
-            return shape
-
-        def get_config(self):
-            return {**super().get_config(), "sigma": self.sigma}
+            return ops.sqrt(ops.maximum(self.blur(ops.square(x)) - ops.square(self.blur(x)), 0.0) + 1e-6)
 
     @register
     class DateSplitNorm(k.layers.Layer):  # type: ignore[name-defined]
