@@ -9,6 +9,7 @@ import numpy as np
 import rasterio
 import shapely
 from geoalchemy2.shape import to_shape
+from shapely.geometry.base import BaseGeometry
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
@@ -74,6 +75,13 @@ def diff(session: Session, area: Area, scene: Scene, settings: Settings, metrics
     return len(stored)
 
 
+def diff_pieces(session: Session, scene: Scene) -> list[tuple[int, BaseGeometry]]:
+    """The scene's diff changes as (id, EPSG:4326 geometry)."""
+    rows = session.execute(text("SELECT id, ST_AsBinary(geom) AS g FROM changes "
+                                "WHERE scene_id = :sid AND source = 'diff'"), dict(sid=scene.id)).all()
+    return [(r.id, shapely.from_wkb(bytes(r.g))) for r in rows]
+
+
 def reference_image(scene: Scene, images: list[Scene], same_season: bool) -> Scene:
     """The earlier image the imagery check compares ``scene`` with, from ``images`` (newest first): the
     oldest; or, with ``same_season``, the one nearest in the day of the year among those at least
@@ -104,11 +112,9 @@ def drop_unchanged(session: Session, scene: Scene, earlier: list[Scene], z: floa
     if scene.provider == Provider.IMPORT or not scene.file_path or not images:
         return set()
     reference = reference_image(scene, images, same_season)
-    rows = session.execute(text("SELECT id, ST_AsBinary(geom) AS g FROM changes "
-                                "WHERE scene_id = :sid AND source = 'diff'"), dict(sid=scene.id)).all()
     clear = [to_shape(c) for c in (scene.clear_geom, reference.clear_geom) if c is not None]
     region = shapely.intersection_all(clear) if clear else None
-    pieces = [(r.id, shapely.from_wkb(bytes(r.g))) for r in rows]
+    pieces = diff_pieces(session, scene)
     dropped = set(unchanged(pieces, str(scene.file_path), str(reference.file_path), z, region))
     if dropped:
         session.execute(delete(Change).where(Change.id.in_(dropped)))
@@ -123,11 +129,7 @@ def drop_seen_faintly(session: Session, scene: Scene, earlier: list[Scene], prob
     threshold. A building found for the first time is often one the segmenter had seen all along just
     under its threshold; a truly new one was not there to be seen. Dates without a segmenter raster
     have no say."""
-    rows = session.execute(text("SELECT id, ST_AsBinary(geom) AS g FROM changes "
-                                "WHERE scene_id = :sid AND source = 'diff'"), dict(sid=scene.id)).all()
-    if not rows:
-        return set()
-    pieces = [(r.id, shapely.force_2d(shapely.from_wkb(bytes(r.g)))) for r in rows]
+    pieces = [(i, shapely.force_2d(g)) for i, g in diff_pieces(session, scene)]
     dropped: set[int] = set()
     for before in earlier:
         found = sorted(probability_dir.glob(f"{before.id}_{ModelKind.SEGMENTER}_*.tif"), key=lambda f: f.stat().st_mtime)
