@@ -10,8 +10,9 @@ with the change model ``--model`` (default ``builtin:oscd-change``), or, with ``
 ``loco-<seed>-<city>`` that `bench.oscd_loco --out DIR` trained without that city. A parcel truly
 changed when at least ``--min-pixels`` labelled change pixels (200 m2 at 10 m) fall inside it; it is
 alerted when the pipeline opened an alert on it (``MONITOR_ALERT_MIN_M2`` 200: two pixels). Prints per
-city and pooled precision and recall of alerted parcels, and JSON on the last line. Needs the database
-server of the settings (`monitor db start`); works in a scratch database dropped afterwards.
+city and pooled precision and recall of alerted parcels, and JSON on the last line. Works in a scratch
+database, dropped afterwards, on the server of the settings (``DATABASE_URL``, or the private cluster,
+started when needed as `monitor db url` does).
 """
 
 from __future__ import annotations

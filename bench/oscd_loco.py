@@ -43,10 +43,10 @@ def main(args: list[str] | None = None) -> None:
 
 
     from monitor.ml import scores
-    from monitor.ml.changenet import cva_model, train_change_features
+    from monitor.ml.changenet import train_change_features
     from monitor.ml.evaluation import evaluate
     from monitor.ml.inference import predict_array
-    from monitor.ml.modelstore import load_model
+    from monitor.ml.modelstore import cva_model, load_model
     from monitor.ml.oscd import convert_oscd, load_city, read_change_summary
     from monitor.ml.training import train_change
 

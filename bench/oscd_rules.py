@@ -69,9 +69,8 @@ def _in_family(family: str, rule: tuple, smooth: str, gate_k, min_px: int) -> bo
 
 
 def _maps(loco: Path, seeds: list[str], cities: list[str]) -> Path:
-    from monitor.ml.changenet import cva_model
     from monitor.ml.inference import predict_array
-    from monitor.ml.modelstore import load_model
+    from monitor.ml.modelstore import cva_model, load_model
     from monitor.ml.oscd import load_city
 
     out = loco / "maps"

@@ -43,6 +43,24 @@ def test_robust_z_threshold_of_a_hand_made_map():
     np.testing.assert_array_equal(m > on_m, m / (1 + m) > on_odds)
 
 
+def test_cva_share_takes_the_top_share_the_change_vector_outliers_give():
+    # the reference (odds m of a change-vector map) has median 1 and MAD 0: its 10 pixels of 5 are the outliers
+    m = np.concatenate([np.ones(90), np.full(10, 5.0)]).astype(np.float32)
+    reference = (m / (1 + m)).reshape(10, 10)
+    prob = np.arange(100, dtype=np.float32).reshape(10, 10)
+    rule = {"rule": "cva_share", "a": 0.5, "k": 4.0}
+    assert scores.reference_share(rule, reference) == pytest.approx(0.1 * 0.5)
+    t = scores.scene_threshold(prob, None, rule, reference=reference)
+    assert int((prob > t).sum()) == 5  # the model's own top 5 %, wherever the outliers are
+    assert scores.reference_share({**rule, "a": 10.0}, reference) == scores.SHARE_BOUNDS[1]
+    assert scores.reference_share(rule, np.full((10, 10), 0.5, np.float32)) == scores.SHARE_BOUNDS[0]
+    valid = np.ones((10, 10), bool)
+    valid[9] = False  # the last row holds all the outliers: none left
+    assert scores.reference_share(rule, reference, valid) == scores.SHARE_BOUNDS[0]
+    with pytest.raises(ValueError, match="change-vector map"):
+        scores.scene_threshold(prob, None, rule)
+
+
 def test_builtins_resolve_to_shipped_model_directories():
     assert "cva" in builtins.names()
     assert builtins.resolve("builtin:cva") == builtins.SHIPPED / "cva"
@@ -103,6 +121,39 @@ def test_builtin_cva_predict_and_evaluate_on_a_real_city(cli, mumbai, tmp_path):
     assert out["pooled"]["precision"] > 2 * truth.mean() and out["pooled"]["recall"] > 0.1, out["pooled"]
     bad = cli("evaluate", "--model", "builtin:nope", "--data", mumbai, expect=2)
     assert "builtin:cva" in bad.stderr
+
+
+@pytest.mark.realdata
+def test_a_cva_share_model_thresholds_a_raster_as_it_does_an_array(cli, mumbai, tmp_path):
+    """``predict_raster`` records the share the pair's change-vector outliers give, and the raster's
+    threshold takes that share of its map, as ``monitor evaluate`` does from the same pair in memory."""
+    from monitor.errors import ModelError
+    from monitor.ml.changenet import save_cva
+    from monitor.ml.inference import raster_threshold
+
+    d = save_cva(tmp_path / "m", bands=["blue", "green", "red"])
+    meta = json.loads((d / "model.json").read_text())
+    meta["threshold_rule"] = {"rule": "cva_share", "a": 1.0, "k": 4.0}
+    (d / "model.json").write_text(json.dumps(meta))
+    city = mumbai / "mumbai"
+    r = cli("predict", "--model", d, "--scene", city / "after.tif", "--before", city / "before.tif",
+            "--out", tmp_path / "p.tif")
+    assert "rule cva_share" in r.stdout
+    mag, _ = _cva_by_hand(city)
+    med = np.median(mag)
+    by_hand = float((mag > med + 4.0 * 1.4826 * np.median(np.abs(mag - med))).mean())
+    with rasterio.open(tmp_path / "p.tif") as p:
+        share = float(p.tags()["positive_share"])
+        prob = p.read(1)
+    assert share == pytest.approx(by_hand, abs=2e-3) and 0.01 < share < 0.5
+    t = raster_threshold(load_model(d), tmp_path / "p.tif")
+    assert float((prob > t).mean()) == pytest.approx(share, abs=2e-3)
+    out = json.loads(cli("evaluate", "--model", d, "--data", mumbai).stdout)
+    assert out["cities"]["mumbai"]["threshold"] == pytest.approx(t, abs=1e-3)
+    with rasterio.open(tmp_path / "p.tif") as p, rasterio.open(tmp_path / "untagged.tif", "w", **p.profile) as q:
+        q.write(p.read())  # the same map without the tag, as a raster written before the rule would be
+    with pytest.raises(ModelError, match="positive_share"):
+        raster_threshold(load_model(d), tmp_path / "untagged.tif")
 
 
 def test_models_list_shows_builtins_and_areas_take_them(cli, tmp_path):
@@ -183,7 +234,7 @@ def test_a_new_area_on_real_10m_imagery_uses_the_shipped_change_model(cli, engin
         versions = conn.execute(sa.text("SELECT model_versions FROM runs WHERE scene_id IS NOT NULL "
                                         "AND status = 'succeeded'")).scalars().all()
         sources = conn.execute(sa.text("SELECT DISTINCT source FROM changes")).scalars().all()
-    assert versions and all(v == {"change": "builtin-oscd-change-2"} for v in versions), versions
+    assert versions and all(v == {"change": "builtin-oscd-change-3"} for v in versions), versions
     assert sources in ([], ["change_model"])
     cli("areas", "add", "ba2", "--geometry", ba / "lots.shp", "--provider", "local", "--source", f"local={drops}",
         "--band-order", "B04,B03,B02,B08")

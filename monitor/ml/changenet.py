@@ -9,8 +9,11 @@ changes the fine structure of a place where crops, water and seasons mostly chan
 Training patches get a random flip or rotation, their own gain and offset per band and date, and a
 random swap of the dates; half of them are centred near a change pixel. Each city keeps a band of rows
 for validation: the epoch with the best validation F1 is kept, and the threshold rule (a fixed
-probability, or a per-scene ``robust_z`` or ``top_quantile`` rule, see ``scores.scene_threshold``) is the
-one with the best pooled F1 on those bands, each city's threshold computed from its whole map.
+probability, or a per-scene ``robust_z``, ``top_quantile`` or ``cva_share`` rule, see
+``scores.scene_threshold``) is the one with the best pooled F1 on those bands, each city's threshold
+computed from its whole map. ``cva_share`` takes the top share of a scene that the pair's own
+change-vector outliers suggest (a scene whose imagery changed little gets few positives): on unseen
+cities it beat a fixed share of every scene (docs/results.md).
 
 Also here: ``save_cva``, which writes the ``builtin:cva`` model directory.
 """
@@ -27,7 +30,7 @@ from monitor.errors import BadInput
 from monitor.ml import scores, training
 from monitor.ml.inference import predict_array
 from monitor.ml.layers import build_cva, build_feature_net
-from monitor.ml.modelstore import LoadedModel, image_stats, save_model
+from monitor.ml.modelstore import LoadedModel, cva_model, image_stats, save_model
 from monitor.ml.oscd import load_city, read_change_summary
 from monitor.ml.runtime import keras, precision_policy, seed_everything
 
@@ -35,7 +38,8 @@ FEATURE_BANDS = ["B02", "B03", "B04", "B08"]
 SIGMAS = (1.0, 2.0, 4.0)
 TEXTURE = (1.5,)
 RULES = ([{"rule": "fixed"}] + [{"rule": "robust_z", "k": k} for k in (3.0, 4.0, 5.0, 6.0, 8.0, 10.0)]
-         + [{"rule": "top_quantile", "q": q} for q in (0.01, 0.015, 0.02, 0.03, 0.04)])
+         + [{"rule": "top_quantile", "q": q} for q in (0.01, 0.015, 0.02, 0.03, 0.04)]
+         + [{"rule": "cva_share", "a": a, "k": scores.CVA_SHARE_K} for a in (0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0)])
 
 
 def save_cva(out_dir: str | Path, bands: list[str] | None = None, sigma: float = builtins.CVA_SIGMA,
@@ -44,15 +48,6 @@ def save_cva(out_dir: str | Path, bands: list[str] | None = None, sigma: float =
     ``metrics`` (measured scores) go into its ``model.json``."""
     meta = {**builtins.cva_meta(bands, sigma, k), "metrics": metrics or {}}
     return save_model(build_cva(len(meta["bands"]), sigma), out_dir, meta)
-
-
-def cva_model(bands: list[str] | None = None, sigma: float = builtins.CVA_SIGMA, k: float = builtins.CVA_K,
-              rule: dict | None = None) -> LoadedModel:
-    """An in-memory CVA model (as ``save_cva`` writes), optionally with another threshold rule."""
-    meta = {**builtins.cva_meta(bands, sigma, k), "version": f"cva-sigma{sigma:g}"}
-    if rule is not None:
-        meta["threshold_rule"] = rule
-    return LoadedModel(Path("."), meta, build_cva(len(meta["bands"]), sigma))
 
 
 def standardized(d: dict) -> np.ndarray:
@@ -90,14 +85,18 @@ def _sample(parts, patch: int, change_share: float, jitter: float, swap: float, 
 
 
 def choose_rule(maps: dict[str, np.ndarray], truth: dict[str, np.ndarray], valid: dict[str, np.ndarray],
-                held: dict[str, np.ndarray], fixed: float, rules: list[dict] | None = None) -> tuple[dict, dict]:
+                held: dict[str, np.ndarray], fixed: float, rules: list[dict] | None = None,
+                references: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
     """The threshold rule with the best pooled F1 over the ``held`` pixels of each city, each city's threshold
-    computed from its whole map; returns the rule and its scores."""
+    computed from its whole map (and, for a rule that reads it, its change-vector map in ``references``;
+    without them such rules are not tried); returns the rule and its scores."""
     best: tuple[float, dict, dict] = (-1.0, {}, {})
     for rule in rules or RULES:
+        if scores.needs_reference(rule) and references is None:
+            continue
         cms = []
         for c, p in maps.items():
-            t = scores.scene_threshold(p, valid[c], rule, fixed)
+            t = scores.scene_threshold(p, valid[c], rule, fixed, (references or {}).get(c))
             cms.append(scores.confusion(p > t, truth[c], valid[c] & held[c]))
         s = scores.scores(scores.add(*cms))
         if s["f1"] > best[0]:
@@ -127,9 +126,11 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         raise BadInput(f"has no labelled city {', '.join(unknown)} (labelled: {', '.join(labelled)})",
                        file=data_dir, field="cities")
     bands = training._bands_of(summary, bands or [b for b in FEATURE_BANDS if b in summary["bands"]], data_dir)
-    parts, maps_in, truth, valid, held, split = [], {}, {}, {}, {}, {}
+    parts, maps_in, truth, valid, held, split, references = [], {}, {}, {}, {}, {}, {}
+    cva = cva_model(bands)
     for c in cities:
         d = load_city(data_dir, c, bands)
+        references[c] = predict_array(cva, d["x"], ~d["valid"], window=512)
         x = standardized(d)
         y = ((d["change"] == 1) & d["valid"]).astype(np.float32)
         v0, v1 = training.validation_rows(d["change"], d["valid"], val_fraction, patch)
@@ -185,10 +186,10 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
     maps = full_maps()
     fixed, _ = scores.best_threshold(np.concatenate([maps[c][val_idx[c]] for c in cities]),
                                      np.concatenate([truth[c][val_idx[c]] for c in cities]))
-    rule, val = choose_rule(maps, truth, valid, held, fixed)
+    rule, val = choose_rule(maps, truth, valid, held, fixed, references=references)
     per_city = {}
     for c in cities:
-        t = scores.scene_threshold(maps[c], valid[c], rule, fixed)
+        t = scores.scene_threshold(maps[c], valid[c], rule, fixed, references[c])
         per_city[c] = scores.scores(scores.confusion(maps[c] > t, truth[c], val_idx[c]))
     meta.update(threshold=fixed, threshold_rule=None if rule["rule"] == "fixed" else rule, training={
         "recipe": "features", "data": str(Path(data_dir).resolve()), "cities": cities, "split": split,

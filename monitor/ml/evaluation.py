@@ -11,7 +11,7 @@ from monitor.domain import ModelKind, values
 from monitor.errors import BadInput
 from monitor.ml import scores
 from monitor.ml.datasets import load_classifier_split, load_segmenter_split, read_summary, scene_stats, segmenter_scenes
-from monitor.ml.inference import DEFAULT_WINDOW, predict_array
+from monitor.ml.inference import DEFAULT_WINDOW, predict_array, rule_reference
 from monitor.ml.modelstore import LoadedModel
 from monitor.ml.oscd import load_city
 
@@ -67,7 +67,7 @@ def _evaluate_change(model: LoadedModel, data_dir, summary: dict, cities, batch:
     for c in tqdm(cities, desc="evaluate", unit="city", disable=not progress):
         d = load_city(data_dir, c, model.bands)
         prob = predict_array(model, d["x"], ~d["valid"], batch=batch, window=window or DEFAULT_WINDOW, overlap=overlap)
-        threshold = model.threshold_for(prob, d["valid"])
+        threshold = model.threshold_for(prob, d["valid"], rule_reference(model, d["x"], ~d["valid"]))
         cm = scores.confusion(prob > threshold, d["change"] == 1, d["valid"])
         cms.append(cm)
         per_city[c] = {**scores.scores(cm), "threshold": round(threshold, 4), "confusion": cm}

@@ -35,7 +35,7 @@ from monitor.errors import BadInput
 from monitor.ml import scores, training
 from monitor.ml.changenet import RULES, _sample, choose_rule
 from monitor.ml.inference import predict_array
-from monitor.ml.modelstore import LoadedModel, image_stats, open_model, save_model
+from monitor.ml.modelstore import LoadedModel, cva_model, image_stats, open_model, save_model
 from monitor.ml.oscd import load_city, read_change_summary
 from monitor.ml.runtime import keras, seed_everything
 
@@ -113,10 +113,13 @@ def fine_tune_change(data_dir: str | Path, out_dir: str | Path, init: str | Path
     def maps(m: LoadedModel) -> dict[str, np.ndarray]:
         return {c: predict_array(m, raw[c], ~data[c], window=512) for c in sites}
 
+    cva = cva_model(parent.bands)
+    references = {c: predict_array(cva, raw[c], ~data[c], window=512) for c in sites}
+
     def held_scores(m: LoadedModel, rule: dict, fixed: float) -> dict:
         ms = maps(m)
-        cms = [scores.confusion(ms[c] > scores.scene_threshold(ms[c], valid[c], rule, fixed), truth[c], val_idx[c])
-               for c in sites]
+        cms = [scores.confusion(ms[c] > scores.scene_threshold(ms[c], valid[c], rule, fixed, references[c]),
+                                truth[c], val_idx[c]) for c in sites]
         total = scores.add(*cms)
         n = sum(total.values())
         return {**scores.scores(total), "positive_share": round((total["tp"] + total["fp"]) / n, 6) if n else 0.0}
@@ -155,7 +158,7 @@ def fine_tune_change(data_dir: str | Path, out_dir: str | Path, init: str | Path
         fixed, _ = scores.best_threshold(np.concatenate([final[c][val_idx[c]] for c in sites]),
                                          np.concatenate([truth[c][val_idx[c]] for c in sites]))
         candidates = [parent_rule] + [r for r in RULES if r != parent_rule]
-        rule, _ = choose_rule(final, truth, valid, held, fixed, rules=candidates)
+        rule, _ = choose_rule(final, truth, valid, held, fixed, rules=candidates, references=references)
         chosen_by = "pooled F1 on the validation rows"
     else:
         fixed, rule = parent.threshold, {"rule": "fixed"}

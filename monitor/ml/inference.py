@@ -8,6 +8,7 @@ model's threshold.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
@@ -24,7 +25,8 @@ from tqdm import tqdm
 from monitor import builtins
 from monitor.domain import ModelKind, ModelMeta, resolution_fits
 from monitor.errors import BadInput, ModelError
-from monitor.ml.modelstore import LoadedModel, image_stats, open_model
+from monitor.ml import scores
+from monitor.ml.modelstore import LoadedModel, cva_model, image_stats, open_model
 from monitor.ml.rasters import band_indexes, open_raster, pixel_size_m, same_grid, valid_mask
 from monitor.ml.tiling import blend_weights, starts
 
@@ -170,6 +172,21 @@ def predict_array(model: LoadedModel, array_hwc: np.ndarray, nodata_mask: np.nda
     return out
 
 
+def rule_reference(model: LoadedModel, array_hwc: np.ndarray, nodata_mask: np.ndarray | None = None, *,
+                   window: int | None = DEFAULT_WINDOW) -> np.ndarray | None:
+    """The map the model's threshold rule reads beside the model's own, from the same input
+    (``predict_array``'s): the pair's change-vector map for a ``cva_share`` rule; None for other rules."""
+    if not scores.needs_reference(model.threshold_rule):
+        return None
+    return predict_array(_reference_model(tuple(model.bands)), array_hwc, nodata_mask, window=window)
+
+
+@functools.lru_cache(maxsize=8)
+def _reference_model(bands: tuple[str, ...]) -> LoadedModel:
+    """The change-vector model a ``cva_share`` rule reads, one per band list (built once)."""
+    return cva_model(list(bands))
+
+
 def _raster_stats(srcs, idx, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Per-band statistics of whole rasters, from a decimated read (bounded memory)."""
     means, stds = [], []
@@ -212,13 +229,15 @@ def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | No
         height, width = ref.height, ref.width
         stats = _raster_stats(srcs, idx) if model.per_image else None
 
-        def read(r0: int, n: int):
-            parts, valid = [], np.ones((n, width), bool)
-            for s, ix in zip(srcs, idx):
-                d = s.read(ix, window=Window(0, r0, width, n))
-                valid &= valid_mask(s, d)
-                parts.append(np.moveaxis(d, 0, -1))
-            return model.normalize(np.concatenate(parts, axis=-1), stats), valid
+        def reader(m: LoadedModel) -> Reader:
+            def read(r0: int, n: int):
+                parts, valid = [], np.ones((n, width), bool)
+                for s, ix in zip(srcs, idx):
+                    d = s.read(ix, window=Window(0, r0, width, n))
+                    valid &= valid_mask(s, d)
+                    parts.append(np.moveaxis(d, 0, -1))
+                return m.normalize(np.concatenate(parts, axis=-1), stats), valid
+            return read
 
         profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "float32",
                    "crs": ref.crs, "transform": ref.transform, "nodata": NODATA, "compress": "deflate",
@@ -234,8 +253,18 @@ def predict_raster(model: LoadedModel, scene: Path, out: Path, before: Path | No
                 def write(r0: int, p: np.ndarray):
                     dst.write(p[None], window=Window(0, r0, width, p.shape[0]))
 
-                run_tiled(model, height, width, read, write, window=window, overlap=overlap, batch=batch,
+                run_tiled(model, height, width, reader(model), write, window=window, overlap=overlap, batch=batch,
                           progress=progress)
+                if scores.needs_reference(model.threshold_rule):
+                    cva = _reference_model(tuple(model.bands))
+                    ref = np.empty((height, width), np.float32)
+
+                    def keep(r0: int, p: np.ndarray):
+                        ref[r0:r0 + p.shape[0]] = p
+
+                    run_tiled(cva, height, width, reader(cva), keep, window=window, overlap=overlap, batch=batch)
+                    share = scores.reference_share(model.threshold_rule, ref, ref != NODATA)  # type: ignore[arg-type]
+                    dst.update_tags(positive_share=repr(share))
             tmp.replace(out)
         finally:
             tmp.unlink(missing_ok=True)
@@ -266,12 +295,19 @@ def default_change_model(ref: str | Path | None, scene: Path, precision: str = "
 
 def raster_threshold(model: LoadedModel, raster: Path) -> float:
     """The threshold of a probability raster ``predict_raster`` wrote with ``model``: the model's fixed
-    threshold, or its per-scene rule (``LoadedModel.threshold_for``) over the raster's valid pixels."""
+    threshold, or its per-scene rule (``LoadedModel.threshold_for``) over the raster's valid pixels; for a
+    ``cva_share`` rule the top share ``predict_raster`` recorded in the raster's ``positive_share`` tag."""
     if model.threshold_rule is None:
         return model.threshold
     with open_raster(raster) as src:
         p = src.read(1)
-    return model.threshold_for(p, p != NODATA)
+        share = src.tags().get("positive_share")
+    if not scores.needs_reference(model.threshold_rule):
+        return model.threshold_for(p, p != NODATA)
+    if share is None:
+        raise ModelError(f"{raster} has no positive_share tag, which model {model.version}'s "
+                         f"{model.threshold_rule['rule']} rule needs: predict it again")
+    return scores.scene_threshold(p, p != NODATA, {"rule": "top_quantile", "q": float(share)})
 
 
 def classify_tiles(model: LoadedModel, scene: Path, *, batch: int = 32, min_valid: float = 0.5, span: int = 1,

@@ -26,7 +26,7 @@ from monitor.domain import ModelMeta
 from monitor.domain import input_bands as domain_input_bands
 from monitor.errors import BadInput, ModelError
 from monitor.ml import scores
-from monitor.ml.layers import custom_objects
+from monitor.ml.layers import build_cva, custom_objects
 from monitor.ml.runtime import inference_policy, keras, tf
 
 CLIP = 10.0  # standardized values beyond this many deviations (saturated pixels) are clipped
@@ -134,9 +134,11 @@ class LoadedModel:
         """The per-scene threshold rule (``model.json`` ``threshold_rule``), or None for the fixed threshold."""
         return self.meta.get("threshold_rule")
 
-    def threshold_for(self, prob: np.ndarray, valid: np.ndarray | None = None) -> float:
-        """The threshold of one scene's map: ``scores.scene_threshold`` of the model's rule."""
-        return scores.scene_threshold(prob, valid, self.threshold_rule, self.threshold)
+    def threshold_for(self, prob: np.ndarray, valid: np.ndarray | None = None,
+                      reference: np.ndarray | None = None) -> float:
+        """The threshold of one scene's map: ``scores.scene_threshold`` of the model's rule (``reference``:
+        the pair's change-vector map, for a rule that reads it)."""
+        return scores.scene_threshold(prob, valid, self.threshold_rule, self.threshold, reference)
 
     @property
     def bands(self) -> list[str]:
@@ -253,6 +255,16 @@ def load_model(model_dir: str | Path, precision: str = "auto") -> LoadedModel:
         loaded = LoadedModel(model_dir, meta, km, net)
         _cache[key] = loaded
         return loaded
+
+
+def cva_model(bands: list[str] | None = None, sigma: float = builtins.CVA_SIGMA, k: float = builtins.CVA_K,
+              rule: dict | None = None) -> LoadedModel:
+    """An in-memory change-vector-analysis model (``builtin:cva``'s network, or a variant on other bands or
+    with another threshold rule)."""
+    meta = {**builtins.cva_meta(bands, sigma, k), "version": f"cva-sigma{sigma:g}"}
+    if rule is not None:
+        meta["threshold_rule"] = rule
+    return LoadedModel(Path("."), meta, build_cva(len(meta["bands"]), sigma))
 
 
 def open_model(ref: str | Path, precision: str = "auto") -> LoadedModel:

@@ -59,11 +59,33 @@ def best_threshold(prob: np.ndarray, truth: np.ndarray, valid: np.ndarray | None
     return best[1], best[2]
 
 
-THRESHOLD_RULES = ("fixed", "robust_z", "top_quantile")
+THRESHOLD_RULES = ("fixed", "robust_z", "top_quantile", "cva_share")
+#: The least and the most of a scene the ``cva_share`` rule makes positive.
+SHARE_BOUNDS = (0.0005, 0.15)
+#: Robust standard deviations above the median at which ``cva_share`` counts a change-vector outlier.
+CVA_SHARE_K = 4.0
+
+
+def needs_reference(rule: dict | None) -> bool:
+    """Whether a threshold rule reads the pair's change-vector map beside the model's own (``cva_share``)."""
+    return (rule or {}).get("rule") == "cva_share"
+
+
+def reference_share(rule: dict, reference: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """The share of a scene a ``cva_share`` rule makes positive: ``a`` times the share of the valid pixels
+    of ``reference`` (the pair's change-vector map, as ``builtin:cva`` computes it) that are outliers
+    (``robust_z`` ``k`` on the odds, as ``builtin:cva``'s rule), within ``SHARE_BOUNDS``. A scene whose
+    imagery changed little gets a small share, one that changed much a large one."""
+    ref = np.asarray(reference, np.float32)
+    keep = np.isfinite(ref) if valid is None else np.asarray(valid, bool) & np.isfinite(ref)
+    if not keep.any():
+        return SHARE_BOUNDS[0]
+    cut = scene_threshold(ref, keep, {"rule": "robust_z", "k": float(rule.get("k", CVA_SHARE_K)), "on": "odds"})
+    return float(np.clip(float(rule["a"]) * float((ref[keep] > cut).mean()), *SHARE_BOUNDS))
 
 
 def scene_threshold(prob: np.ndarray, valid: np.ndarray | None = None, rule: dict | None = None,
-                    fixed: float = 0.5) -> float:
+                    fixed: float = 0.5, reference: np.ndarray | None = None) -> float:
     """The threshold of one scene's map under a model's threshold ``rule``; a pixel is positive above it.
 
     ``None`` or ``{"rule": "fixed"}``: ``fixed`` (the model's threshold). ``{"rule": "robust_z", "k": k}``:
@@ -71,7 +93,9 @@ def scene_threshold(prob: np.ndarray, valid: np.ndarray | None = None, rule: dic
     pixel). ``{"rule": "top_quantile", "q": q}``: the (1 - q) quantile, so that a share q of the scene is
     positive. A scene without valid values gets ``fixed``. With ``"on": "odds"`` (or ``"logit"``)
     robust_z works on p / (1 - p) (or its log) of the probabilities p, and the threshold found there is
-    turned back into a probability.
+    turned back into a probability. ``{"rule": "cva_share", "a": a, "k": k}``: the top share of the scene
+    that ``reference_share`` gives from ``reference``, the pair's change-vector map (required): the model
+    ranks the pixels, the imagery's own change says how many to take.
     """
     name = (rule or {}).get("rule", "fixed")
     if name not in THRESHOLD_RULES:
@@ -85,6 +109,10 @@ def scene_threshold(prob: np.ndarray, valid: np.ndarray | None = None, rule: dic
         return float(fixed)
     if name == "top_quantile":
         return float(np.quantile(v, 1.0 - float(rule["q"])))  # type: ignore[index]
+    if name == "cva_share":
+        if reference is None:
+            raise ValueError("the cva_share rule needs the pair's change-vector map (reference)")
+        return float(np.quantile(v, 1.0 - reference_share(rule, reference, valid)))  # type: ignore[arg-type]
     on = rule.get("on", "value")  # type: ignore[union-attr]
     if on not in ("value", "odds", "logit"):
         raise ValueError(f"robust_z works on value, odds or logit, not {on!r}")
