@@ -125,6 +125,20 @@ def test_change_layout_holds_the_new_buildings(converted, tile_dir):
     assert json.loads((ds / "change" / "summary.json").read_text())["kind"] == "change"
 
 
+def test_change_training_leaves_the_held_out_columns_alone(converted, tmp_path):
+    import shutil
+
+    from monitor.ml.changenet import train_change_features
+
+    ds, _ = converted
+    copy = shutil.copytree(ds / "change", tmp_path / "change")
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["cities"][TILE]["validation_columns"] = [40, summary["cities"][TILE]["width"]]
+    (copy / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(BadInput, match="no training part"):  # 40 columns are left, narrower than a patch
+        train_change_features(copy, tmp_path / "m", patch=64, epochs=1)
+
+
 def test_alpha_zero_is_no_data(tile_dir, tmp_path):
     src = crop_tile(tile_dir, tmp_path / "crop", col=300, row=300, size=160, months=["2018-01", "2018-04"],
                     alpha_zero={"2018-04": Window(0, 0, 80, 160)})  # the western half of the crop

@@ -115,6 +115,9 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
                           dates: bool = True) -> Path:
     """Train the feature network on a change dataset (``monitor dataset oscd``); returns the model directory.
 
+    A city whose summary entry names ``validation_columns`` (``monitor dataset spacenet7``'s location split)
+    is trained on the columns before them only: the held-out part is left to evaluation.
+
     ``sigmas``, ``texture``, ``texture_skip`` and ``dates`` shape the network (``layers.build_feature_net``).
     """
     t0 = time.perf_counter()
@@ -130,11 +133,14 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
     cva = cva_model(bands)
     for c in cities:
         d = load_city(data_dir, c, bands)
+        held_out = summary["cities"][c].get("validation_columns")
+        if held_out:
+            d = {k: None if v is None else v[:, :held_out[0]] for k, v in d.items()}
         references[c] = predict_array(cva, d["x"], ~d["valid"], window=512)
         x = standardized(d)
         y = ((d["change"] == 1) & d["valid"]).astype(np.float32)
         v0, v1 = training.validation_rows(d["change"], d["valid"], val_fraction, patch)
-        split[c] = {"validation_rows": [v0, v1]}
+        split[c] = {"validation_rows": [v0, v1], **({"held_out_columns": held_out} if held_out else {})}
         maps_in[c], truth[c], valid[c] = x, y > 0, d["valid"]
         held[c] = np.zeros_like(d["valid"])
         held[c][v0:v1] = True
