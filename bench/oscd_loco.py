@@ -2,7 +2,7 @@
 change vector analysis (``builtin:cva``) measured in the same run.
 
     .venv/bin/python -m bench.oscd_loco [--src ../shared/data/oscd] [--data DIR] [--out DIR]
-        [--seeds 0,1] [--cities a,b] [--arch features|unet] [--time-limit MIN] [--reuse]
+        [--seeds 0,1] [--cities a,b] [--arch features|unet] [--time-limit MIN] [--members N] [--reuse]
 
 For each held-out city and seed, ``monitor train change``'s default recipe (``--arch features``) is
 trained on the other cities and scored on the held-out one at its own threshold rule. CVA's k (of the
@@ -37,6 +37,7 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--cities", default=None, help="comma-separated held-out cities (default: every city)")
     p.add_argument("--arch", default="features", choices=["features", "unet"], help="recipe to train")
     p.add_argument("--time-limit", type=float, default=25.0, help="minutes per fold")
+    p.add_argument("--members", type=int, default=1, help="features: networks averaged per model (seeds SEED, SEED+1, ...)")
     p.add_argument("--reuse", action="store_true", help="score the models already in --out (loco-<seed>-<city>) "
                    "instead of training them again")
     a = p.parse_args(args or [])
@@ -89,8 +90,8 @@ def main(args: list[str] | None = None) -> None:
                 if a.reuse and (target / "model.json").is_file():
                     model_dir = target
                 elif a.arch == "features":
-                    model_dir = train_change_features(data, target, cities=train, seed=seed,
-                                                      time_limit_s=a.time_limit * 60)
+                    model_dir = train_change_features(data, target, cities=train, seed=seed, members=a.members,
+                                                      time_limit_s=a.time_limit * 60 * a.members)
                 else:
                     model_dir = train_change(data, target, cities=train, seed=seed, time_limit_s=a.time_limit * 60)
                 model = load_model(model_dir)
@@ -110,7 +111,8 @@ def main(args: list[str] | None = None) -> None:
                                     "std": round(statistics.pstdev(f1s), 4), "min": min(f1s), "max": max(f1s)}
     results["cva_pooled_f1"] = results["cva"]["pooled"]["f1"]
     results["margin_over_cva"] = {str(s): round(f - results["cva_pooled_f1"], 4) for s, f in zip(seeds, f1s)}
-    results["settings"] = {"arch": a.arch, "seeds": seeds, "cities": held_out, "time_limit_min": a.time_limit}
+    results["settings"] = {"arch": a.arch, "seeds": seeds, "cities": held_out, "time_limit_min": a.time_limit,
+                           "members": a.members}
     rows = []
     for city in held_out:
         c = results["cva"]["cities"][city]

@@ -186,6 +186,23 @@ def test_a_few_steps_of_the_default_recipe_make_a_loadable_model(mumbai, tmp_pat
     assert p.shape == (1, 160, 160) and np.all((p >= 0) & (p <= 1))
 
 
+@pytest.mark.realdata
+def test_members_make_a_model_that_is_the_mean_of_its_networks(mumbai, tmp_path):
+    d = train_change_features(mumbai, tmp_path / "m", bands=["blue", "green", "red"], epochs=1, steps_per_epoch=2,
+                              batch=4, patch=32, seed=3, val_fraction=0.25, members=2)
+    meta = json.loads((d / "model.json").read_text())
+    assert meta["architecture"]["members"] == 2
+    assert [m["seed"] for m in meta["training"]["members"]] == [3, 4]
+    m = load_model(d)
+    x = m.normalize(load_city(mumbai, "mumbai", ["blue", "green", "red"])["x"])[None, :64, :64]
+    nets = [m.keras_model.get_layer(f"member_{i}") for i in range(2)]
+    outs = [np.asarray(net(x, training=False))[..., 0] for net in nets]
+    assert not np.allclose(outs[0], outs[1], atol=1e-3)  # two seeds, two networks
+    np.testing.assert_allclose(m(x), (outs[0] + outs[1]) / 2, atol=1e-4)
+    with pytest.raises(BadInput, match="at least 1"):
+        train_change_features(mumbai, tmp_path / "n", members=0)
+
+
 def _scene(path, pixel_m: float):
     with rasterio.open(path, "w", driver="GTiff", width=32, height=32, count=3, dtype="uint16", crs="EPSG:32721",
                        transform=rasterio.transform.from_origin(314000, 6185400, pixel_m, pixel_m)) as dst:

@@ -52,6 +52,9 @@ def _report(model_dir: Path) -> None:
                f"threshold {meta['threshold']:.2f}; validation precision {v['precision']:.3f} recall {v['recall']:.3f} "
                f"F1 {v['f1']:.3f} IoU {v['iou']:.3f}; {meta['training']['epochs_run']} epochs "
                f"({meta['training']['stopped']}), {meta['training']['seconds']} s")
+    if meta["training"].get("members"):
+        typer.echo(f"the mean of {len(meta['training']['members'])} networks; seeds, best epochs: " + ", ".join(
+            f"{m['seed']}: {m['best_epoch']}" for m in meta["training"]["members"]))
     if v.get("building_recall"):
         r = v["building_recall"]
         typer.echo(f"building recall {r['recall']:.3f} of {r['buildings']} building-months; by size: " + ", ".join(
@@ -225,7 +228,8 @@ def train_change(
                                "(--init)."),
     seed: int = _SEED,
     bands: str = typer.Option(None, "--bands", help="Comma-separated bands per date. Default: B02,B03,B04,B08 "
-                              "(features); the 10 m and 20 m bands B02-B08, B8A, B11, B12 (unet); the parent's "
+                              "(features; the dataset's own bands when it has none of them, e.g. red, green, "
+                              "blue); the 10 m and 20 m bands B02-B08, B8A, B11, B12 (unet); the parent's "
                               "(--init, which takes no other)."),
     city: list[str] = typer.Option([], "--city", help="Train on this city (repeatable). Default: every labelled city."),
     patch: int = typer.Option(None, "--patch", help=f"Training patch side, pixels. Default: 64; {finetune.PATCH} "
@@ -245,6 +249,8 @@ def train_change(
                                      "epoch (0: none)."),
     swap: float = typer.Option(0.5, "--swap", help="features and --init: share of training patches whose dates "
                                "are swapped."),
+    members: int = typer.Option(1, "--members", min=1, help="features: train this many networks (seeds SEED, "
+                                "SEED+1, ...; the time limit shared between them) and keep their mean."),
     base_filters: int = typer.Option(16, "--base-filters", help="unet: filters of the first U-Net level."),
     per_image: bool = typer.Option(True, "--per-image/--global", help="unet: standardize each image by its own band "
                                    "statistics first (robust to radiometric differences between dates and places), "
@@ -262,9 +268,9 @@ def train_change(
     common: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     common.update(seed=seed, batch=batch, progress=True, time_limit_s=time_limit * 60 or None, version=version)
     if init is not None:
-        if arch is not None or bands or city:
+        if arch is not None or bands or city or members > 1:
             raise BadInput("--init keeps the parent's architecture and bands and trains on every site: drop "
-                           "--arch, --bands and --city", field="init")
+                           "--arch, --bands, --city and --members", field="init")
         model_dir = finetune.fine_tune_change(data, out, init, swap=swap, **common)
         _report(model_dir)
         m = ModelMeta.read(model_dir).to_dict()
@@ -275,7 +281,9 @@ def train_change(
         return
     common.update(bands=_bands(bands), cities=city or None)
     if arch in (None, "features"):
-        _report(train_change_features(data, out, swap=swap, **common))
+        _report(train_change_features(data, out, swap=swap, members=members, **common))
+    elif members > 1:
+        raise BadInput("--members trains the features network only", field="members")
     elif arch == "unet":
         _report(training.train_change(data, out, base_filters=base_filters, per_image=per_image, shift=shift, tta=tta,
                                       **common))

@@ -29,7 +29,7 @@ from monitor import builtins
 from monitor.errors import BadInput
 from monitor.ml import scores, training
 from monitor.ml.inference import predict_array
-from monitor.ml.layers import build_cva, build_feature_net
+from monitor.ml.layers import build_cva, build_feature_net, mean_of
 from monitor.ml.modelstore import LoadedModel, cva_model, image_stats, save_model
 from monitor.ml.oscd import load_city, read_change_summary
 from monitor.ml.runtime import keras, precision_policy, seed_everything
@@ -112,14 +112,20 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
                           time_limit_s: float | None = 1500, progress: bool = False, precision: str = "float32",
                           version: str | None = None, sigmas: tuple[float, ...] = SIGMAS,
                           texture: tuple[float, ...] = TEXTURE, texture_skip: bool = True,
-                          dates: bool = True) -> Path:
+                          dates: bool = True, members: int = 1) -> Path:
     """Train the feature network on a change dataset (``monitor dataset oscd``); returns the model directory.
+
+    With ``members`` > 1 that many networks are trained, with seeds ``seed``, ``seed + 1``, ..., each
+    with its own early stopping and an equal share of ``time_limit_s``, and the model is their mean
+    (one Keras network averaging them); its threshold and rule are chosen on the mean's maps.
 
     A city whose summary entry names ``validation_columns`` (``monitor dataset spacenet7``'s location split)
     is trained on the columns before them only: the held-out part is left to evaluation.
 
     ``sigmas``, ``texture``, ``texture_skip`` and ``dates`` shape the network (``layers.build_feature_net``).
     """
+    if members < 1:
+        raise BadInput("must be at least 1", field="members")
     t0 = time.perf_counter()
     summary = read_change_summary(data_dir)
     labelled = [c for c, e in summary["cities"].items() if e.get("labelled")]
@@ -155,40 +161,49 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         "normalization": {"mean": [0.0] * 2 * n, "std": [1.0] * 2 * n, "per_image": True}, "tile": patch,
         "resolution_m": summary.get("resolution_m"), "threshold": 0.5,
         "architecture": {"type": "features", "depth": 0, "sigmas": list(sigmas), "filters": filters,
-                         "dropout": dropout, "texture": list(texture), "dates": dates},
+                         "dropout": dropout, "texture": list(texture), "dates": dates,
+                         **({"members": members} if members > 1 else {})},
         "inference": {"tta": False, "precision": "float32"},
     }
-    seed_everything(seed)
     k = keras()
-    model = build_feature_net(n, sigmas=tuple(sigmas), filters=filters, dropout=dropout,
-                              policy=precision_policy(precision), texture=tuple(texture), texture_skip=texture_skip, dates=dates)
-    training._compile(model, training.bce_dice(pos_weight), k.optimizers.Adam(lr), [training._f1_metric()])
+    val_idx = {c: held[c] & valid[c] for c in cities}
+    val_truth = np.concatenate([truth[c][slice(*split[c]["validation_rows"])].ravel() for c in cities])
+    val_valid = np.concatenate([val_idx[c][slice(*split[c]["validation_rows"])].ravel() for c in cities])
+
+    def val_predict(live: LoadedModel) -> np.ndarray:
+        return np.concatenate([predict_array(live, maps_in[c][slice(*split[c]["validation_rows"])],
+                                             ~valid[c][slice(*split[c]["validation_rows"])], window=512).ravel()
+                               for c in cities])
+
+    def batches(member_seed: int):
+        rng = np.random.default_rng(member_seed)
+        while True:
+            pairs = [_sample(parts, patch, change_share, jitter, swap, rng) for _ in range(batch)]
+            yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])[..., None]
+
+    nets, runs = [], []
+    for i in range(members):
+        member_seed = seed + i
+        seed_everything(member_seed)
+        net = build_feature_net(n, sigmas=tuple(sigmas), filters=filters, dropout=dropout,
+                                policy=precision_policy(precision), texture=tuple(texture),
+                                texture_skip=texture_skip, dates=dates)
+        training._compile(net, training.bce_dice(pos_weight), k.optimizers.Adam(lr), [training._f1_metric()])
+        live = LoadedModel(Path(out_dir), meta, net)
+        cbs = training._callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress,
+                                  time_limit_s=time_limit_s / members if time_limit_s else None,
+                                  first=[training._val_f1_callback(lambda live=live: val_predict(live), val_truth,
+                                                                   val_valid)])
+        history = net.fit(batches(member_seed), steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=cbs,
+                          verbose=0, shuffle=False)
+        nets.append(net)
+        runs.append({"seed": member_seed, **training._summary_of_run(cbs, history, t0)})
+    model = nets[0] if members == 1 else mean_of(nets)
     live = LoadedModel(Path(out_dir), meta, model)
 
     def full_maps() -> dict[str, np.ndarray]:
         return {c: predict_array(live, maps_in[c], ~valid[c], window=512) for c in cities}
 
-    val_idx = {c: held[c] & valid[c] for c in cities}
-
-    def val_predict() -> np.ndarray:
-        return np.concatenate([predict_array(live, maps_in[c][slice(*split[c]["validation_rows"])],
-                                             ~valid[c][slice(*split[c]["validation_rows"])], window=512).ravel()
-                               for c in cities])
-
-    val_truth = np.concatenate([truth[c][slice(*split[c]["validation_rows"])].ravel() for c in cities])
-    val_valid = np.concatenate([val_idx[c][slice(*split[c]["validation_rows"])].ravel() for c in cities])
-
-    def batches():
-        rng = np.random.default_rng(seed)
-        while True:
-            pairs = [_sample(parts, patch, change_share, jitter, swap, rng) for _ in range(batch)]
-            yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])[..., None]
-
-    cbs = training._callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress,
-                              time_limit_s=time_limit_s,
-                              first=[training._val_f1_callback(val_predict, val_truth, val_valid)])
-    history = model.fit(batches(), steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=cbs, verbose=0,
-                        shuffle=False)
     maps = full_maps()
     fixed, _ = scores.best_threshold(np.concatenate([maps[c][val_idx[c]] for c in cities]),
                                      np.concatenate([truth[c][val_idx[c]] for c in cities]))
@@ -201,7 +216,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         "recipe": "features", "data": str(Path(data_dir).resolve()), "cities": cities, "split": split,
         "patch": patch, "batch": batch, "steps_per_epoch": steps_per_epoch, "lr": lr, "pos_weight": pos_weight,
         "change_share": change_share, "jitter": jitter, "swap": swap, "val_fraction": val_fraction, "seed": seed,
-
-        **training._summary_of_run(cbs, history, t0)},
+        **{k_: v for k_, v in runs[0].items() if k_ != "seed"}, "seconds": round(time.perf_counter() - t0, 1),
+        **({"members": runs} if members > 1 else {})},
         metrics={"validation": {**val, "cities": per_city}})
     return save_model(model, out_dir, meta)

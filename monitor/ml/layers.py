@@ -161,3 +161,17 @@ def build_feature_net(bands: int, *, sigmas: tuple[float, ...] = (1.0, 2.0, 4.0)
         logits = L.Conv2D(1, 1, name="logits")(x)
         out = L.Activation("sigmoid", dtype="float32", name="probability")(logits)
     return k.Model(inputs, out, name="change_features")
+
+
+def mean_of(nets: list):
+    """One network whose output is the mean of ``nets``' outputs (networks of one input shape): an
+    ensemble that saves, loads and predicts like any model."""
+    k = keras()
+    inputs = k.Input(shape=nets[0].inputs[0].shape[1:], name="bands")
+    members = []
+    for i, net in enumerate(nets):
+        member = k.Model.from_config({**net.get_config(), "name": f"member_{i}"})  # uncompiled, renamed
+        member.set_weights(net.get_weights())
+        members.append(member)
+    out = k.layers.Average(dtype="float32", name="mean")([m(inputs) for m in members])
+    return k.Model(inputs, out, name="ensemble")
