@@ -200,11 +200,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         runs.append({"seed": member_seed, **training._summary_of_run(cbs, history, t0)})
     model = nets[0] if members == 1 else mean_of(nets)
     live = LoadedModel(Path(out_dir), meta, model)
-
-    def full_maps() -> dict[str, np.ndarray]:
-        return {c: predict_array(live, maps_in[c], ~valid[c], window=512) for c in cities}
-
-    maps = full_maps()
+    maps = {c: predict_array(live, maps_in[c], ~valid[c], window=512) for c in cities}
     fixed, _ = scores.best_threshold(np.concatenate([maps[c][val_idx[c]] for c in cities]),
                                      np.concatenate([truth[c][val_idx[c]] for c in cities]))
     rule, val = choose_rule(maps, truth, valid, held, fixed, references=references)
