@@ -248,7 +248,7 @@ def main(args: list[str] | None = None) -> None:
                    help="parcels scored: the east fifth (validation), the rest (train) or all")
     p.add_argument("--months", default=None, help="comma-separated YYYY-MM months to use (default: all)")
     p.add_argument("--min-px", type=int, default=3, help="4 m pixels that make a parcel changed or alerted")
-    p.add_argument("--out", type=Path, default=None, help="keep the work folder here")
+    p.add_argument("--out", type=Path, default=None, help="keep the work folder here (its parcels.geojson: the grid)")
     a = p.parse_args(args or [])
     if a.data is None:
         found = sorted(d for d in SHARED_TILES.glob("*") if (d / "images").is_dir()) if SHARED_TILES.is_dir() else []
@@ -256,6 +256,9 @@ def main(args: list[str] | None = None) -> None:
             raise SystemExit(f"no tile folder under {SHARED_TILES}: give one with --data")
         a.data = found[0]
     truth = Truth(a.data, a.grid_m, a.part, a.months.split(",") if a.months else None)
+    if a.out:  # the parcel grid, for a user's own area over the tile (docs/walkthrough-spacenet7.md)
+        a.out.mkdir(parents=True, exist_ok=True)
+        truth.parcels_geojson(a.out / "parcels.geojson")
     common = {"min_px": a.min_px, "area_km2": truth.area_km2}
     result: dict = {"tile": a.data.name, "part": a.part, "grid_m": a.grid_m,
                     "months": [m.month for m in truth.months], "area_km2": round(truth.area_km2, 3)}

@@ -105,3 +105,18 @@ def test_pipeline_over_three_months_of_a_crop(shared_data, engine, db_url, tmp_p
     assert set(confirmed) <= set(alerts) and set(confirmed.values()) <= {"2018-07"}  # seen again in 2020-01
     ref = score(truth.parcels, truth.buildings, reference_alerts(truth), min_px=3, area_km2=truth.area_km2)
     assert ref["alerted"] > 0 and ref["parcels"] == len(truth.cells)
+
+
+@pytest.mark.realdata
+def test_the_bench_leaves_its_parcel_grid_for_a_users_own_area(shared_data, tmp_path, capsys):
+    import json
+
+    from bench.alerts_sn7 import main
+
+    src = crop_tile(shared_data / "spacenet7" / TILE, tmp_path / "tile", col=640, row=336, size=96,
+                    months=["2018-01", "2020-01"])
+    main(["--data", str(src), "--part", "all", "--out", str(tmp_path / "work")])  # the reference only
+    grid = json.loads((tmp_path / "work" / "parcels.geojson").read_text())["features"]
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(grid) == printed["reference"]["parcels"] > 0
+    assert len({f["properties"]["parcel_id"] for f in grid}) == len(grid)
