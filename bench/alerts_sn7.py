@@ -1,7 +1,7 @@
 """Parcel alerts on a SpaceNet 7 tile, against its labelled new buildings, beside an untrained reference.
 
     .venv/bin/python -m bench alerts_sn7 [--data TILE_DIR] [--model SPEC] [--grid-m 25] [--part validation|train|all]
-        [--months 2018-01,2018-07,2020-01] [--out DIR]
+        [--months 2018-01,2018-07,2020-01] [--alert-min-m2 M2] [--out DIR]
 
 A fresh database; the area is the tile's footprint, watched through the ``local`` provider with the
 tile's ``images/`` as drop folder (each mosaic a scene dated the 1st of its month), prepared on the
@@ -232,10 +232,10 @@ def rules(settings: Settings) -> dict:
     return {k: getattr(settings, k) for k in RULES}
 
 
-def bench_settings(home: Path, min_px: int):
+def bench_settings(home: Path, min_px: int, alert_min_m2: float | None = None):
     """The monitor's settings with the database of the environment, a private home, and alerts raised
-    at ``min_px`` pixels of 4 m."""
-    return Settings(home=home, alert_min_m2=min_px * RESOLUTION_M ** 2 - 1e-6)
+    at ``min_px`` pixels of 4 m, or at ``alert_min_m2`` when given."""
+    return Settings(home=home, alert_min_m2=min_px * RESOLUTION_M ** 2 - 1e-6 if alert_min_m2 is None else alert_min_m2)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -248,6 +248,8 @@ def main(args: list[str] | None = None) -> None:
                    help="parcels scored: the east fifth (validation), the rest (train) or all")
     p.add_argument("--months", default=None, help="comma-separated YYYY-MM months to use (default: all)")
     p.add_argument("--min-px", type=int, default=3, help="4 m pixels that make a parcel changed or alerted")
+    p.add_argument("--alert-min-m2", type=float, default=None,
+                   help="new built area on a parcel that raises an alert (MONITOR_ALERT_MIN_M2); default: --min-px pixels")
     p.add_argument("--out", type=Path, default=None, help="keep the work folder here (its parcels.geojson: the grid)")
     a = p.parse_args(args or [])
     if a.data is None:
@@ -267,7 +269,7 @@ def main(args: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
             work = a.out or Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
-            settings = bench_settings(work / "home", a.min_px)
+            settings = bench_settings(work / "home", a.min_px, a.alert_min_m2)
             alerts, confirmed, run = pipeline_alerts(engine, settings, truth, a.model, work)
         result["settings"] = rules(settings)
         result["model"] = {"spec": a.model, **score(truth.parcels, truth.buildings, alerts, **common), "run": run}

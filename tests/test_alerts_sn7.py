@@ -107,6 +107,13 @@ def test_pipeline_over_three_months_of_a_crop(shared_data, engine, db_url, tmp_p
     assert ref["alerted"] > 0 and ref["parcels"] == len(truth.cells)
 
 
+
+def test_alerts_may_ask_more_new_area_than_makes_a_parcel_changed(tmp_path):
+    # the truth counts a parcel changed at 3 pixels of 4 m (48 m2); the alert floor follows it unless given
+    assert bench_settings(tmp_path, 3).min_area_m2("alert", 4.0) == pytest.approx(48.0)
+    assert bench_settings(tmp_path, 3, 82.0).min_area_m2("alert", 4.0) == 82.0
+    assert rules(bench_settings(tmp_path, 3, 82.0))["alert_min_m2"] == 82.0
+
 @pytest.mark.realdata
 def test_the_bench_leaves_its_parcel_grid_for_a_users_own_area(shared_data, tmp_path, capsys):
     import json
