@@ -1,7 +1,7 @@
 """Parcel alerts on a SpaceNet 7 tile, against its labelled new buildings, beside an untrained reference.
 
     .venv/bin/python -m bench alerts_sn7 [--data TILE_DIR] [--model SPEC] [--grid-m 25] [--part validation|train|all]
-        [--months 2018-01,2018-07,2020-01] [--alert-min-m2 M2] [--out DIR]
+        [--months 2018-01,2018-07,2020-01] [--alert-min-m2 M2] [--segmenter SEG] [--out DIR]
 
 A fresh database; the area is the tile's footprint, watched through the ``local`` provider with the
 tile's ``images/`` as drop folder (each mosaic a scene dated the 1st of its month), prepared on the
@@ -74,7 +74,7 @@ VAL_FRACTION = 0.2
 #: the environment, MONITOR_<NAME>).
 RULES = ("shift_tolerance_m", "min_change_m2", "change_min_z", "change_check_same_season", "faint_memory_share",
          "alert_min_px", "alert_min_m2", "alert_min_fraction",
-         "alert_min_sightings", "persist_days")
+         "alert_min_sightings", "persist_days", "change_needs_building")
 
 
 def months_between(a: str, b: str) -> int:
@@ -194,11 +194,11 @@ def reference_alerts(truth: Truth, *, top: float = 0.01, median_px: int = 3, min
     return {n: last.month for k, n in enumerate(names) if counts[k + 1] >= min_px}
 
 
-def pipeline_alerts(engine, settings, truth: Truth, model: str,
-                    work: Path) -> tuple[dict[str, str], dict[str, str], dict]:
+def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path,
+                    segmenter: str | None = None) -> tuple[dict[str, str], dict[str, str], dict]:
     """Parcels alerted by the whole pipeline over the months, on ``engine`` (a migrated database):
     parcel id -> month of its first alert, the same for the alerts confirmed (still seen on a later
-    month), and what the pass did."""
+    month), and what the pass did. ``segmenter``: a segmenter beside a change model ``model``."""
     drops = work / "drops"
     drops.mkdir(parents=True, exist_ok=True)
     for m in truth.months:
@@ -206,13 +206,14 @@ def pipeline_alerts(engine, settings, truth: Truth, model: str,
         if not target.exists():
             os.symlink(m.image.resolve(), target)
     kind = ModelMeta.read(Path(model)).kind if Path(model).is_dir() else "change"
+    models = {kind: model, **({"segmenter": segmenter} if segmenter else {})}
     with transaction(engine) as s:
         spec = area_spec(settings, "sn7", cadence="30d", providers="local", max_cloud=100.0,
                          sources={"local": str(drops)}, resolution_m=RESOLUTION_M)
         area = add_area(s, spec, truth.footprint_4326)
         import_parcels(s, area, truth.parcels_geojson(work / "parcels.geojson"), "parcel_id",
                        allow_outside=True)  # the grid covers the tile, the area its imagery
-        configure_area(s, "sn7", models={kind: model})
+        configure_area(s, "sn7", models=models)
         area_id = area.id
     run = run_area(engine, area_id, settings, progress=True)
     with transaction(engine) as s:
@@ -243,6 +244,8 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="SpaceNet 7 tile folder (images/, labels/); default: the first under ../shared/data/spacenet7")
     p.add_argument("--model", default=None, help="model directory (segmenter or change); none: the reference only")
+    p.add_argument("--segmenter", default=None,
+                   help="a segmenter beside the change model --model (see MONITOR_CHANGE_NEEDS_BUILDING)")
     p.add_argument("--grid-m", type=float, default=25.0, help="parcel grid cell, metres")
     p.add_argument("--part", choices=("validation", "train", "all"), default="validation",
                    help="parcels scored: the east fifth (validation), the rest (train) or all")
@@ -270,7 +273,7 @@ def main(args: list[str] | None = None) -> None:
             work = a.out or Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
             settings = bench_settings(work / "home", a.min_px, a.alert_min_m2)
-            alerts, confirmed, run = pipeline_alerts(engine, settings, truth, a.model, work)
+            alerts, confirmed, run = pipeline_alerts(engine, settings, truth, a.model, work, a.segmenter)
         result["settings"] = rules(settings)
         result["model"] = {"spec": a.model, **score(truth.parcels, truth.buildings, alerts, **common), "run": run}
         result["model_confirmed"] = score(truth.parcels, truth.buildings, confirmed, **common)

@@ -25,6 +25,7 @@ import numpy as np
 import rasterio
 import shapely
 from rasterio import features
+from scipy import ndimage
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
@@ -273,13 +274,39 @@ def vectorize_scene(engine: Engine, scene_id: int, settings: Settings, probabili
         return _vectorize(s, scene_id, settings, probabilities, metrics or default_metrics())
 
 
+#: Pixels the segmenter's buildings are grown by before they gate a change model (``gating_buildings``).
+GATE_GROW_PX = 1
+
+
+def gating_buildings(probabilities: dict[str, dict], settings: Settings, clear) -> np.ndarray | None:
+    """With ``change_needs_building`` and both a segmenter and a change model: where the segmenter sees a
+    building on the date, grown by ``GATE_GROW_PX`` pixels (misregistration, rough outlines): the change
+    model's changes count only there; else None."""
+    if not (settings.change_needs_building and ModelKind.SEGMENTER in probabilities
+            and ModelKind.CHANGE in probabilities):
+        return None
+    made = probabilities[ModelKind.SEGMENTER]
+    built = read_probability(made["path"], clear_path=clear)
+    return ndimage.binary_dilation(built.valid & (built.values > made["threshold"]), iterations=GATE_GROW_PX)
+
+
+def diffs_buildings(probabilities: dict[str, dict], settings: Settings) -> bool:
+    """Whether the date's segmenter detections are diffed against earlier dates: there is a segmenter,
+    and it is not only the gate of a change model (``gating_buildings``)."""
+    return ModelKind.SEGMENTER in probabilities and not (settings.change_needs_building
+                                                          and ModelKind.CHANGE in probabilities)
+
+
 def _vectorize(s: Session, scene_id: int, settings: Settings, probabilities: dict[str, dict],
                metrics: Metrics) -> dict[str, int]:
     out: dict[str, int] = {}
     scene, area = queries.scene_and_area(s, scene_id)
     clear = clear_path_for(str(scene.file_path))
+    gate = gating_buildings(probabilities, settings, clear)
     for kind, made in probabilities.items():
         prob = read_probability(made["path"], clear_path=clear)
+        if kind == ModelKind.CHANGE and gate is not None:
+            prob.values[~gate] = 0.0
         polys = polygonize(prob.values, prob.transform, threshold=made["threshold"],
                            median_px=settings.median_filter_px,
                            min_area_m2=settings.min_area_m2("region", queries.scene_pixel_m(scene, settings)),
@@ -367,7 +394,7 @@ def replace_scene(engine: Engine, scene_id: int, settings: Settings, inferred: d
             s.execute(delete(table).where(table.scene_id == scene_id))
         _vectorize(s, scene_id, settings, inferred["probabilities"], metrics)
         segmented = ModelKind.SEGMENTER in inferred["probabilities"]
-        if segmented:
+        if diffs_buildings(inferred["probabilities"], settings):
             scene, area = queries.scene_and_area(s, scene_id)
             change.diff(s, area, scene, settings, metrics=metrics)
         return _judge(s, scene_id, settings, inferred["settlements"], metrics, segmented, seen, replace=True)
@@ -404,7 +431,7 @@ def process_scene(engine: Engine, scene_id: int, settings: Settings, metrics: Me
                                    metrics=metrics))
             _check(stop)
             with rec.step("diff"):
-                if segmented:
+                if diffs_buildings(inferred["probabilities"], settings):
                     summary["changes"] = run("diff", diff_scene, scene_id, settings, metrics=metrics)
             _check(stop)
             with rec.step("judge"):

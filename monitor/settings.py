@@ -134,6 +134,11 @@ class Settings(BaseSettings):
                                            "at least 300 days older, when there is one (the oldest of equals), "
                                            "rather than with the oldest: shadows, crops and leaves then read the "
                                            "same.")
+    change_needs_building: bool = Field(False, description="In an area with both a segmenter and a change "
+                                        "model, new construction is where the change model sees change on a "
+                                        "date and the segmenter sees a building on it (within one pixel); the "
+                                        "diff of the segmenter's detections between dates is not run. Off: each "
+                                        "raises its own alerts.")
     faint_memory_share: float = Field(0.0, ge=0, description="Drop a new construction piece of the diff when, "
                                       "on an earlier date the diff remembers, the segmenter's mean probability "
                                       "inside it was at least this share of its threshold: a building found "

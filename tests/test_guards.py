@@ -259,6 +259,61 @@ def test_a_change_model_field_that_comes_and_goes_is_never_confirmed(cli, engine
     assert [(p, e) for url, p, e in by_sub if url.endswith("confirmed-only")] == [("P20", "alert.escalated")]
 
 
+
+def _rule_segmenter(folder):
+    """A real Keras segmenter whose weights encode a rule: B03 over 1500 is building."""
+    from monitor.ml.modelstore import save_model
+    from monitor.ml.runtime import keras
+
+    k = keras()
+    inputs = k.Input((None, None, 1))
+    model = k.Model(inputs, k.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
+    model.layers[-1].set_weights([np.full((1, 1, 1, 1), 4.0, "float32"), np.zeros(1, "float32")])
+    meta = {"kind": "segmenter", "version": "segmenter-rule", "bands": ["B03"], "tile": 32, "threshold": 0.5,
+            "normalization": {"mean": [1500.0], "std": [100.0]}, "resolution_m": 10.0, "architecture": {"depth": 0}}
+    return save_model(model, folder, meta)
+
+
+def test_a_change_model_that_needs_a_building_keeps_the_house_not_the_field(cli, engine, tmp_path):
+    """With MONITOR_CHANGE_NEEDS_BUILDING an area's change model raises alerts only where its segmenter
+    sees a building on the date: a field that brightened is dropped, a new house kept, and a building
+    there on both dates stays no alert. Without it, the change model and the diff each raise theirs."""
+    from tests.vectors import squares, write
+
+    x0, y0 = 314000.0, 6183400.0
+    area = write(tmp_path / "area.gpkg", [box(x0, y0, x0 + 200, y0 + 200)], [{"name": "a"}], "EPSG:32721",
+                 driver="GPKG")
+    parcels = write(tmp_path / "parcels.gpkg", squares(x0, y0, 4, 50),
+                    [{"parcel_id": f"P{k % 4}{k // 4}"} for k in range(16)], "EPSG:32721", driver="GPKG")
+    change_model, segmenter = _rule_change_model(tmp_path / "change"), _rule_segmenter(tmp_path / "segmenter")
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    for name in ("gated", "union"):
+        cli("areas", "add", name, "--geometry", area, "--provider", "local", "--source", f"local={drops}",
+            "--resolution", "10")
+        cli("parcels", "import", parcels, "--area", name)
+        cli("areas", "configure", name, "--change-model", change_model, "--segmenter-model", segmenter)
+    rows = slice(int((400 - 40) / 10), int((400 - 10) / 10))  # 10..40 m north of y0
+    cols = {p: slice(int((200 + 55 * k) / 10), int((200 + 55 * k + 30) / 10)) for k, p in enumerate(("P00", "P10", "P20", "P30"))}
+    for day, after in (("2024-01-10", False), ("2024-02-10", True)):
+        img = (1000 + np.random.default_rng(len(day)).integers(-20, 20, (2, 60, 60))).astype("uint16")
+        img[1, rows, cols["P30"]] = 1800  # a building on both dates
+        if after:
+            img[0, rows, cols["P10"]] = 1800  # a field that brightened
+            img[:, rows, cols["P20"]] = 1800  # a new house
+        profile = dict(driver="GTiff", width=60, height=60, count=2, dtype="uint16", crs="EPSG:32721",
+                       transform=Affine(10, 0, x0 - 200, 0, -10, y0 + 400))
+        with rasterio.open(drops / f"a_{day.replace('-', '')}.tif", "w", **profile) as dst:
+            dst.write(img)
+            dst.descriptions = ("B02", "B03")
+        for name, env in (("gated", {"MONITOR_CHANGE_NEEDS_BUILDING": "true"}), ("union", {})):
+            out = json.loads(cli("process", "--area", name, env=env).stdout)
+            assert out["processed"] == 1 and out["errors"] == [], out
+    alerted = q(engine, "SELECT ar.name, p.external_id, a.source FROM alerts a JOIN parcels p ON "
+                        "p.id = a.parcel_id JOIN areas ar ON ar.id = a.area_id ORDER BY 1, 2")
+    assert [r for r in alerted if r[0] == "gated"] == [("gated", "P20", "change_model")]
+    assert [r[:2] for r in alerted if r[0] == "union"] == [("union", "P10"), ("union", "P20")]
+
 def test_a_building_missed_on_one_date_is_not_new_when_seen_again(world, cli, engine):  # noqa: F811
     """The segmenter misses an old building on one date (no cloud: a miss); found again, it is no new one."""
     _imp(cli, D1, buildings().write(world / "m1.tif"))
