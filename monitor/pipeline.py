@@ -278,12 +278,16 @@ def vectorize_scene(engine: Engine, scene_id: int, settings: Settings, probabili
 GATE_GROW_PX = 1
 
 
+def gates_change(probabilities: dict[str, dict], settings: Settings) -> bool:
+    """Whether the segmenter only gates the change model on this date: ``change_needs_building`` and
+    both models' maps."""
+    return settings.change_needs_building and {ModelKind.SEGMENTER, ModelKind.CHANGE} <= probabilities.keys()
+
+
 def gating_buildings(probabilities: dict[str, dict], settings: Settings, clear) -> np.ndarray | None:
-    """With ``change_needs_building`` and both a segmenter and a change model: where the segmenter sees a
-    building on the date, grown by ``GATE_GROW_PX`` pixels (misregistration, rough outlines): the change
-    model's changes count only there; else None."""
-    if not (settings.change_needs_building and ModelKind.SEGMENTER in probabilities
-            and ModelKind.CHANGE in probabilities):
+    """When ``gates_change``: where the segmenter sees a building on the date, grown by ``GATE_GROW_PX``
+    pixels (misregistration, rough outlines), the only places the change model's changes count; else None."""
+    if not gates_change(probabilities, settings):
         return None
     made = probabilities[ModelKind.SEGMENTER]
     built = read_probability(made["path"], clear_path=clear)
@@ -292,9 +296,8 @@ def gating_buildings(probabilities: dict[str, dict], settings: Settings, clear) 
 
 def diffs_buildings(probabilities: dict[str, dict], settings: Settings) -> bool:
     """Whether the date's segmenter detections are diffed against earlier dates: there is a segmenter,
-    and it is not only the gate of a change model (``gating_buildings``)."""
-    return ModelKind.SEGMENTER in probabilities and not (settings.change_needs_building
-                                                          and ModelKind.CHANGE in probabilities)
+    and it is not only the gate of a change model (``gates_change``)."""
+    return ModelKind.SEGMENTER in probabilities and not gates_change(probabilities, settings)
 
 
 def _vectorize(s: Session, scene_id: int, settings: Settings, probabilities: dict[str, dict],
