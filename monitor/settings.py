@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from monitor.errors import BadInput
 
 
 class Settings(BaseSettings):
@@ -234,6 +236,17 @@ SECTIONS = {
 def variable(name: str) -> str:
     """The environment variable of the setting ``name``."""
     return "DATABASE_URL" if name == "database_url" else f"MONITOR_{name.upper()}"
+
+
+def from_environment() -> Settings:
+    """``Settings()``; a value that does not parse is ``BadInput`` naming its variable (never its value,
+    which may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "settings"
+        raise BadInput(first["msg"], field=name if name.isupper() else variable(name)) from None
 
 
 def _default(value: object) -> str:

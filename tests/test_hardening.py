@@ -838,3 +838,19 @@ def test_scene_size_check_counts_overviews(tmp_path):
     with rasterio.open(path, "r+") as ds:
         ds.build_overviews([2, 4, 8, 16])
     check_size(product, grid, max_pixels=1e10, max_ratio=100)
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"MONITOR_FAINT_MEMORY_SHARE": "abc"}, "MONITOR_FAINT_MEMORY_SHARE"),
+    ({"MONITOR_CHANGE_NEEDS_BUILDING": "maybe"}, "MONITOR_CHANGE_NEEDS_BUILDING"),
+    ({"DATABASE_URL": "mysql://user:s3cr3tpw@127.0.0.1/db"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "postgresql://user:s3cr3tpw@127.0.0.1:notaport/db"}, "DATABASE_URL"),
+])
+def test_a_setting_that_does_not_parse_is_bad_input_naming_its_variable_not_its_value(env, variable):
+    from typer.testing import CliRunner
+
+    from monitor.cli import app
+
+    r = CliRunner().invoke(app, ["areas", "list"], env=env)
+    assert r.exit_code == 2, r.output
+    assert variable in r.output and "s3cr3tpw" not in r.output and "Traceback" not in r.output

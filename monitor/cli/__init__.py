@@ -7,7 +7,7 @@ import typer
 from monitor import __version__
 from monitor.cli import access, areas, daemon, db, ml, pipeline_cmd, results, scenes, settings_cmd, settlements
 from monitor.cli.common import State, new_app, setup_logging
-from monitor.settings import Settings
+from monitor.settings import from_environment
 
 app = new_app("Watch land parcels from space and report new construction without a building permit.")
 
@@ -22,7 +22,7 @@ def _version(value: bool) -> None:
 def _root(ctx: typer.Context,
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
-    settings = Settings()
+    settings = from_environment()
     setup_logging(settings.log_level)
     ctx.obj = State(settings)
 

@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 from monitor.db.engine import make_engine
 from monitor.errors import BadInput, MonitorError
 from monitor.redact import RedactingFilter, redact
-from monitor.settings import Settings
+from monitor.settings import Settings, from_environment
 from monitor.text import table
 
 __all__ = ["State", "echo_json", "new_app", "setup_logging", "state", "table", "warn"]
@@ -64,7 +64,7 @@ def state(ctx: typer.Context) -> State:
     """The invocation's ``State``, made from the environment when the root callback did not run."""
     root = ctx.find_root()
     if not isinstance(root.obj, State):
-        root.obj = State(Settings())
+        root.obj = State(from_environment())
     return root.obj
 
 

@@ -6,13 +6,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import URL, Engine, create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session
 
 from monitor.db.embedded import Cluster
-from monitor.errors import DatabaseError
+from monitor.errors import BadInput, DatabaseError
 from monitor.redact import redact
 from monitor.settings import Settings
+
+URL_FORM = "postgresql://USER@HOST:PORT/DATABASE"
 
 
 def database_url(settings: Settings) -> str:
@@ -21,6 +23,8 @@ def database_url(settings: Settings) -> str:
         url = settings.database_url
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+        if not url.startswith("postgresql"):  # the value is not printed: it may hold a password
+            raise BadInput(f"is not a PostgreSQL URL ({URL_FORM})", field="DATABASE_URL")
         return url
     return Cluster(settings).ensure()
 
@@ -39,7 +43,10 @@ def make_engine(settings: Settings | None = None, url: str | None = None) -> Eng
     if url is None:
         url = database_url(settings or Settings())
     pool = settings.db_pool_size if settings else 5
-    engine = create_engine(url, pool_pre_ping=True, pool_size=pool, max_overflow=pool * 2)
+    try:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=pool, max_overflow=pool * 2)
+    except (ArgumentError, ValueError):  # the value is not printed: it may hold a password
+        raise BadInput(f"is not a database URL ({URL_FORM})", field="DATABASE_URL") from None
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
