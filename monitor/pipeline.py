@@ -55,7 +55,7 @@ from monitor.ml.modelstore import LoadedModel, open_model
 from monitor.redact import redact
 from monitor.settings import Settings
 from monitor.settlements import tile_polygons
-from monitor.vectorize import polygonize, read_probability
+from monitor.vectorize import Probability, polygonize, read_probability
 
 log = logging.getLogger(__name__)
 #: Settlement tiles start every 1/SETTLEMENT_SPAN of a tile: each overlaps its neighbours by half.
@@ -284,14 +284,11 @@ def gates_change(probabilities: dict[str, dict], settings: Settings) -> bool:
     return settings.change_needs_building and {ModelKind.SEGMENTER, ModelKind.CHANGE} <= probabilities.keys()
 
 
-def gating_buildings(probabilities: dict[str, dict], settings: Settings, clear) -> np.ndarray | None:
-    """When ``gates_change``: where the segmenter sees a building on the date, grown by ``GATE_GROW_PX``
-    pixels (misregistration, rough outlines), the only places the change model's changes count; else None."""
-    if not gates_change(probabilities, settings):
-        return None
-    made = probabilities[ModelKind.SEGMENTER]
-    built = read_probability(made["path"], clear_path=clear)
-    return ndimage.binary_dilation(built.valid & (built.values > made["threshold"]), iterations=GATE_GROW_PX)
+def gating_buildings(built: Probability, threshold: float) -> np.ndarray:
+    """Where the segmenter's map ``built`` sees a building, grown by ``GATE_GROW_PX`` pixels
+    (misregistration, rough outlines): when ``gates_change``, the only places the change model's changes
+    count."""
+    return ndimage.binary_dilation(built.valid & (built.values > threshold), iterations=GATE_GROW_PX)
 
 
 def diffs_buildings(probabilities: dict[str, dict], settings: Settings) -> bool:
@@ -305,9 +302,13 @@ def _vectorize(s: Session, scene_id: int, settings: Settings, probabilities: dic
     out: dict[str, int] = {}
     scene, area = queries.scene_and_area(s, scene_id)
     clear = clear_path_for(str(scene.file_path))
-    gate = gating_buildings(probabilities, settings, clear)
+    read: dict[str, Probability] = {}  # the segmenter's map, read once when it gates the change model
+    gate = None
+    if gates_change(probabilities, settings):
+        read[ModelKind.SEGMENTER] = read_probability(probabilities[ModelKind.SEGMENTER]["path"], clear_path=clear)
+        gate = gating_buildings(read[ModelKind.SEGMENTER], probabilities[ModelKind.SEGMENTER]["threshold"])
     for kind, made in probabilities.items():
-        prob = read_probability(made["path"], clear_path=clear)
+        prob = read.pop(kind, None) or read_probability(made["path"], clear_path=clear)
         if kind == ModelKind.CHANGE and gate is not None:
             prob.values[~gate] = 0.0
         polys = polygonize(prob.values, prob.transform, threshold=made["threshold"],

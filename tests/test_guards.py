@@ -259,7 +259,6 @@ def test_a_change_model_field_that_comes_and_goes_is_never_confirmed(cli, engine
     assert [(p, e) for url, p, e in by_sub if url.endswith("confirmed-only")] == [("P20", "alert.escalated")]
 
 
-
 def _rule_segmenter(folder):
     """A real Keras segmenter whose weights encode a rule: B03 over 1500 is building."""
     from monitor.ml.modelstore import save_model
