@@ -1,7 +1,8 @@
 """Parcel alerts on a SpaceNet 7 tile, against its labelled new buildings, beside an untrained reference.
 
     .venv/bin/python -m bench alerts_sn7 [--data TILE_DIR] [--model SPEC] [--grid-m 25] [--part validation|train|all]
-        [--months 2018-01,2018-07,2020-01] [--alert-min-m2 M2] [--segmenter SEG] [--out DIR]
+        [--months 2018-01,2018-07,2020-01] [--alert-min-m2 M2] [--segmenter SEG] [--thresholds 0.5,0.6,0.7]
+        [--out DIR]
 
 A fresh database; the area is the tile's footprint, watched through the ``local`` provider with the
 tile's ``images/`` as drop folder (each mosaic a scene dated the 1st of its month), prepared on the
@@ -21,6 +22,11 @@ last month. Scored on the parcels whose centre is in ``--part`` (validation: the
 - the same for the model's confirmed alerts only (still seen on a later month, so never those first
   seen in the last month);
 - the settings of the diff and the judge that decided the alerts (``RULES``; set in the environment);
+- with ``--thresholds``: the change model runs through the pipeline once per threshold, and the one
+  with the highest parcel F1 on its validation band (the rows of the tile's west that ``monitor train
+  change`` held out to choose its own threshold, ``CHOICE_RULE``) is the one scored; ``choice`` holds the
+  band's scores, ``sweep`` every threshold on the scored part (a diagnostic, since choosing there would
+  look at the answer);
 - the same for the reference: change-vector magnitude between the first and the last month (each
   date standardized per band), the top 1 % of the tile's pixels, a 3-pixel median filter.
 """
@@ -31,9 +37,11 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -151,20 +159,33 @@ class Truth:
         ever = footprint_mask([g for _ids, geoms in per_month.values() for g in geoms], g)
         built = np.bincount(index[ever > 0].ravel(), minlength=len(names) + 1)
 
-        def inside(x: float) -> bool:
-            return part == "all" or (x >= x_split) == (part == "validation")
-
-        self.parcels = {n: {"new_px": int(counts[k + 1]), "built_px": int(built[k + 1])} for k, n in enumerate(names)
-                        if inside(cells[n].centroid.x)}
-        self.area_km2 = sum(cells[n].area for n in self.parcels) / 1e6
+        self.x_split, self.top = x_split, y1
+        self.new_px_by_cell = {n: {"new_px": int(counts[k + 1]), "built_px": int(built[k + 1])}
+                               for k, n in enumerate(names)}
         tree = shapely.STRtree(list(cells.values()))
-        self.buildings = []
-        for i, geom in zip(ids.tolist(), geoms):
-            if not inside(geom.centroid.x):
-                continue
-            touched = [names[k] for k in tree.query(geom, predicate="intersects")]
-            self.buildings.append({"id": i, "first_month": first_seen[i], "parcels": touched})
+        self.all_buildings = [{"id": i, "first_month": first_seen[i], "centre": geom.centroid,
+                               "parcels": [names[k] for k in tree.query(geom, predicate="intersects")]}
+                              for i, geom in zip(ids.tolist(), geoms)]
         self.index = index
+        self.parcels, self.buildings, self.area_km2 = self.scored(self.where(part))
+
+    def where(self, part: str, band_rows: tuple[int, int] | None = None) -> Callable[[shapely.Point], bool]:
+        """Whether a point is in ``part``: ``all``, ``validation`` (the east fifth), ``train`` (the rest) or
+        ``band`` (grid rows ``band_rows`` of the rest, the rows a change model chose its threshold on)."""
+        if part == "band":
+            if band_rows is None:
+                raise ValueError("the band needs its rows")
+            r0, r1 = band_rows
+            y_top, y_bottom = self.top - r0 * RESOLUTION_M, self.top - r1 * RESOLUTION_M
+            return lambda pt: pt.x < self.x_split and y_bottom < pt.y <= y_top
+        return lambda pt: part == "all" or (pt.x >= self.x_split) == (part == "validation")
+
+    def scored(self, inside: Callable[[shapely.Point], bool]) -> tuple[dict[str, dict], list[dict], float]:
+        """The parcels (by centre), the new buildings (by centre) and the km² of a part."""
+        parcels = {n: v for n, v in self.new_px_by_cell.items() if inside(self.cells[n].centroid)}
+        buildings = [{k: b[k] for k in ("id", "first_month", "parcels")} for b in self.all_buildings
+                     if inside(b["centre"])]
+        return parcels, buildings, sum(self.cells[n].area for n in parcels) / 1e6
 
     def parcels_geojson(self, path: Path) -> Path:
         """The parcel grid as a GeoJSON file (EPSG:4326) with a ``parcel_id`` field."""
@@ -228,6 +249,37 @@ def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path,
     return alerts, confirmed, {"scenes": scenes, "processed": run["processed"], "errors": run["errors"][:5]}
 
 
+#: How ``--thresholds`` picks one: on the parcels of the rows the change model held out to choose its own
+#: threshold (its ``model.json`` ``training.split``), never on the scored part.
+CHOICE_RULE = "the highest parcel F1 on the model's validation band; ties: the higher threshold"
+SWEEP_KEYS = ("precision", "recall", "changed", "alerted")
+
+
+def f1(r: dict) -> float:
+    """Parcel F1 of a ``score``."""
+    p, q = r["precision"], r["recall"]
+    return round(2 * p * q / (p + q), 4) if p + q else 0.0
+
+
+def band_rows(model_dir: Path, tile: str) -> tuple[int, int]:
+    """The grid rows a change model held out on ``tile`` to choose its threshold (west of the east fifth)."""
+    split = ModelMeta.read(model_dir).extra.get("training", {}).get("split", {}).get(tile, {})
+    if "validation_rows" not in split:
+        raise SystemExit(f"{model_dir}: model.json records no validation rows for {tile}; "
+                         "--thresholds needs a change model trained on this tile")
+    r0, r1 = split["validation_rows"]
+    return int(r0), int(r1)
+
+
+def with_threshold(model_dir: Path, threshold: float, out: Path) -> Path:
+    """A copy of a model that alerts at a fixed ``threshold`` (any per-scene rule dropped)."""
+    shutil.copytree(model_dir, out)
+    meta = json.loads((out / "model.json").read_text())
+    meta.update(threshold=threshold, threshold_rule=None)
+    (out / "model.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
 def rules(settings: Settings) -> dict:
     """The settings of the diff and the judge that decided the alerts, by name."""
     return {k: getattr(settings, k) for k in RULES}
@@ -253,6 +305,9 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--min-px", type=int, default=3, help="4 m pixels that make a parcel changed or alerted")
     p.add_argument("--alert-min-m2", type=float, default=None,
                    help="new built area on a parcel that raises an alert (MONITOR_ALERT_MIN_M2); default: --min-px pixels")
+    p.add_argument("--thresholds", default=None,
+                   help="comma-separated thresholds for the change model: the pipeline runs at each, and the one "
+                        "with the highest parcel F1 on the model's validation band is reported (see CHOICE_RULE)")
     p.add_argument("--out", type=Path, default=None, help="keep the work folder here (its parcels.geojson: the grid)")
     a = p.parse_args(args or [])
     if a.data is None:
@@ -269,14 +324,39 @@ def main(args: list[str] | None = None) -> None:
                     "months": [m.month for m in truth.months], "area_km2": round(truth.area_km2, 3)}
     result["reference"] = score(truth.parcels, truth.buildings, reference_alerts(truth, min_px=a.min_px), **common)
     if a.model:
-        with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
-            work = a.out or Path(tmp)
-            work.mkdir(parents=True, exist_ok=True)
-            settings = bench_settings(work / "home", a.min_px, a.alert_min_m2)
-            alerts, confirmed, run = pipeline_alerts(engine, settings, truth, a.model, work, a.segmenter)
+        thresholds: list[float | None] = [float(t) for t in a.thresholds.split(",")] if a.thresholds else [None]
+        runs = {}
+        for t in thresholds:
+            with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
+                work = (a.out / f"threshold-{t}" if t is not None else a.out) if a.out else Path(tmp)
+                work.mkdir(parents=True, exist_ok=True)
+                model = a.model if t is None else str(with_threshold(Path(a.model), t, Path(tmp) / "model"))
+                settings = bench_settings(work / "home", a.min_px, a.alert_min_m2)
+                runs[t] = pipeline_alerts(engine, settings, truth, model, work, a.segmenter)
+        chosen = thresholds[0]
+        if len(thresholds) > 1:
+            rows_ = band_rows(Path(a.model), a.data.name)
+            band_parcels, band_buildings, band_km2 = truth.scored(truth.where("band", rows_))
+            on_band = {t: score(band_parcels, band_buildings, runs[t][0], min_px=a.min_px, area_km2=band_km2)
+                       for t in thresholds}
+            chosen = max(thresholds, key=lambda t: (f1(on_band[t]), t))
+            result["choice"] = {
+                "on": "band", "rows": list(rows_), "rule": CHOICE_RULE, "chosen": chosen,
+                "band": [{"threshold": t, **{k: on_band[t][k] for k in SWEEP_KEYS}, "f1": f1(on_band[t])}
+                         for t in thresholds]}
+            swept = {t: score(truth.parcels, truth.buildings, runs[t][0], **common) for t in thresholds}
+            result["sweep"] = [{"threshold": t, **{k: swept[t][k] for k in SWEEP_KEYS}} for t in thresholds]
+        alerts, confirmed, run = runs[chosen]
         result["settings"] = rules(settings)
-        result["model"] = {"spec": a.model, **score(truth.parcels, truth.buildings, alerts, **common), "run": run}
+        result["model"] = {"spec": a.model, **({"threshold": chosen} if chosen is not None else {}),
+                           **score(truth.parcels, truth.buildings, alerts, **common), "run": run}
         result["model_confirmed"] = score(truth.parcels, truth.buildings, confirmed, **common)
+        if "sweep" in result:
+            print_table([[r["threshold"], b["precision"], b["recall"], b["f1"], r["precision"], r["recall"],
+                          "chosen" if r["threshold"] == chosen else ""]
+                         for r, b in zip(result["sweep"], result["choice"]["band"])],
+                        ["threshold", "band precision", "band recall", "band F1", f"{a.part} precision",
+                         f"{a.part} recall", ""])
     rows = [[name, r["precision"], r["recall"], r["building_recall"], r["false_alerts_per_km2"],
              r["false_alerts_unbuilt"], r["false_alerts_beside_new"], r["false_alerts_old_building"],
              r["median_delay_months"], r["alerted"], r["changed"]]

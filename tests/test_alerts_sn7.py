@@ -127,3 +127,70 @@ def test_the_bench_leaves_its_parcel_grid_for_a_users_own_area(shared_data, tmp_
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(grid) == printed["reference"]["parcels"] > 0
     assert len({f["properties"]["parcel_id"] for f in grid}) == len(grid)
+
+
+@pytest.mark.realdata
+def test_the_band_a_threshold_is_chosen_on_is_the_west_rows_of_the_model_split(shared_data, tmp_path):
+    src = crop_tile(shared_data / "spacenet7" / TILE, tmp_path / "tile", col=640, row=336, size=96,
+                    months=["2018-01", "2020-01"])
+    truth = Truth(src, 25.0, "all")
+    parcels, buildings, km2 = truth.scored(truth.where("band", (0, 40)))
+    # rows 0 to 40 of 4 m are the top 160 m: cells whose centres lie 12.5 to 137.5 m down, 6 grid rows,
+    # each as many cells as have their centre west of the east fifth
+    west = {n for n, box in truth.cells.items() if box.centroid.x < truth.x_split}
+    assert set(parcels) == {n for n in west if int(n[1:5]) < 6}
+    assert km2 == pytest.approx(len(parcels) * 625 / 1e6)
+    whole, _, _ = truth.scored(truth.where("all"))
+    assert 0 < len(parcels) < len(whole) and all(set(b["parcels"]) & set(whole) for b in buildings)
+
+
+@pytest.fixture
+def rgb_change_rule_model(tmp_path):
+    """A real Keras change model with a fixed rule: a pixel brighter after than before is change."""
+    k = keras()
+    inputs = k.Input((None, None, 6))
+    outputs = k.layers.Conv2D(1, 1, activation="sigmoid")(inputs)
+    model = k.Model(inputs, outputs)
+    model.layers[-1].set_weights([np.array([-1, -1, -1, 1, 1, 1], "float32").reshape(1, 1, 6, 1) * 2,
+                                  np.full(1, -1.0, "float32")])
+    meta = {"kind": "change", "version": "change-rgb-rule", "bands": ["red", "green", "blue"],
+            "normalization": {"mean": [71.0, 67.0, 46.0] * 2, "std": [32.0, 25.0, 21.0] * 2}, "tile": 64,
+            "threshold": 0.5, "resolution_m": 4.0, "architecture": {"depth": 0}}
+    return save_model(model, tmp_path / "change-rule", meta)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_thresholds_are_chosen_on_the_band_and_scored_on_the_part(shared_data, db_url, tmp_path, capsys,
+                                                                  monkeypatch, rgb_change_rule_model):
+    import json
+
+    from bench.alerts_sn7 import f1, main
+
+    src = crop_tile(shared_data / "spacenet7" / TILE, tmp_path / "tile", col=640, row=336, size=96,
+                    months=["2018-01", "2020-01"])
+    meta_file = rgb_change_rule_model / "model.json"
+    meta = json.loads(meta_file.read_text())
+    meta["training"] = {"split": {"tile": {"validation_rows": [0, 60], "held_out_columns": [92, 115]}}}
+    meta_file.write_text(json.dumps(meta))
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    main(["--data", str(src), "--model", str(rgb_change_rule_model), "--part", "all", "--thresholds", "0.7,0.95"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    band, sweep = printed["choice"]["band"], printed["sweep"]
+    assert [b["threshold"] for b in band] == [s["threshold"] for s in sweep] == [0.7, 0.95]
+    assert printed["choice"]["rows"] == [0, 60]
+    best = max(band, key=lambda b: (b["f1"], b["threshold"]))
+    assert printed["choice"]["chosen"] == printed["model"]["threshold"] == best["threshold"]
+    assert all(b["f1"] == f1(b) for b in band)
+    chosen = next(s for s in sweep if s["threshold"] == best["threshold"])
+    assert (printed["model"]["precision"], printed["model"]["recall"]) == (chosen["precision"], chosen["recall"])
+    assert sweep[0]["alerted"] > sweep[1]["alerted"]  # a lower threshold alerts more parcels
+    assert band[0]["alerted"] >= band[1]["alerted"] and band[0]["changed"] == band[1]["changed"]
+    assert json.loads(meta_file.read_text())["threshold"] == 0.5  # the model itself is left as it was
+
+
+def test_thresholds_need_the_rows_the_model_chose_its_own_on(tmp_path, rgb_change_rule_model):
+    from bench.alerts_sn7 import band_rows
+
+    with pytest.raises(SystemExit, match="no validation rows for tile"):
+        band_rows(rgb_change_rule_model, "tile")

@@ -441,3 +441,35 @@ def test_alerts_wait_for_a_second_sighting(world, cli, engine):
     assert pid(*H) not in alerts
     assert run(d4, buildings().put(*A, *NEW).put(*B, *NEW).put(*I, *NEW), "d4.tif")["alerts"]["created"] == 0
     assert q(engine, "SELECT count(*) FROM alerts")[0][0] == 3
+
+
+# An alert's outline and the next date's construction on its parcel, from a pass over the real SpaceNet 7 tile:
+# the second, cut by the parcel line, ends in a spike, and the union of the two is a polygon and a line.
+SN7_ALERT = ("MULTIPOLYGON(((-117.16718196802468 33.121563052376736,-117.16731053362946 33.12152679907658,"
+             "-117.16735327475112 33.121454580188754,-117.16737474795002 33.121472591716795,-117.16737500460977 "
+             "33.121607894176734,-117.16718205347964 33.12160815313704,-117.16718196802468 33.121563052376736)))")
+SN7_NEXT = ("MULTIPOLYGON(((-117.16731053362946 33.12152679907658,-117.16726758724123 33.121490775984725,"
+            "-117.16731025996481 33.12138247645559,-117.16722450412611 33.12138259156651,-117.16722450412598 "
+            "33.12138259149551,-117.16737457684353 33.12138239008366,-117.16737485061387 33.12152671267652,"
+            "-117.16731053362946 33.12152679907658)))")
+
+
+def test_an_alert_takes_in_the_next_dates_construction_as_polygons_only(world, cli, engine):
+    from monitor.db.queries import sql
+
+    imp(cli, D1, buildings().write(world / "d1.tif"))
+    imp(cli, D2, buildings().put(*A, *NEW).write(world / "d2.tif"))
+    (alert_id, parcel_id), = q(engine, "SELECT id, parcel_id FROM alerts")
+    with Session(engine) as s, s.begin():
+        s.execute(sa.text("UPDATE alerts SET geom = ST_GeomFromText(:g, 4326) WHERE id = :id"),
+                  {"g": SN7_ALERT, "id": alert_id})
+        s.execute(sa.text("CREATE TEMP TABLE _judge_parcels AS SELECT CAST(:p AS int) AS parcel_id, "
+                          "ST_GeomFromText(:g, 4326) AS g, 2500.0 AS parcel_m2"), {"p": parcel_id, "g": SN7_NEXT})
+        grown = s.execute(sa.text(sql("judge_update")), {"ids": [alert_id], "epsg": 32611, "day": dt.date(2024, 3, 10),
+                                                          "replace": False}).all()
+    assert [r[0] for r in grown] == [alert_id]
+    (kind, area_m2), = q(engine, "SELECT GeometryType(geom), new_area_m2 FROM alerts")
+    assert kind == "MULTIPOLYGON"
+    (a, b), = q(engine, "SELECT ST_Area(ST_Transform(ST_GeomFromText(:a, 4326), 32611)), "
+                        "ST_Area(ST_Transform(ST_GeomFromText(:b, 4326), 32611))", a=SN7_ALERT, b=SN7_NEXT)
+    assert max(a, b) < area_m2 < a + b  # both outlines, their overlap once

@@ -7,8 +7,8 @@ WITH clear AS (
     FROM scenes s JOIN areas a ON a.id = s.area_id WHERE s.id = :sid),
 held AS (
     SELECT pc.parcel_id, pc.observed_on, array_agg(pc.id) AS ids, max(p.area_m2) AS parcel_m2,
-           ST_Multi(ST_Union(CASE WHEN ST_Covers(p.geom, c.geom) THEN c.geom
-                                  ELSE ST_CollectionExtract(ST_Intersection(c.geom, p.geom), 3) END)) AS geom,
+           ST_Multi(ST_CollectionExtract(ST_Union(CASE WHEN ST_Covers(p.geom, c.geom) THEN c.geom
+                   ELSE ST_CollectionExtract(ST_Intersection(c.geom, p.geom), 3) END), 3)) AS geom,
            (array_agg(c.source ORDER BY pc.area_m2 DESC))[1] AS source,
            (array_agg(c.model_version ORDER BY pc.area_m2 DESC))[1] AS model_version
     FROM parcel_changes pc JOIN changes c ON c.id = pc.change_id JOIN parcels p ON p.id = pc.parcel_id

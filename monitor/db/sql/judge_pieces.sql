@@ -13,7 +13,7 @@ WHERE c.scene_id = :sid;
 DELETE FROM _judge_pieces WHERE area_m2 < :min_piece;
 CREATE TEMP TABLE _judge_parcels AS
 SELECT j.parcel_id, j.g, ST_Area(ST_Transform(j.g, :epsg)) AS new_m2, j.parcel_m2, j.source, j.model_version
-FROM (SELECT parcel_id, ST_Multi(ST_Union(g)) AS g, max(parcel_m2) AS parcel_m2,
+FROM (SELECT parcel_id, ST_Multi(ST_CollectionExtract(ST_Union(g), 3)) AS g, max(parcel_m2) AS parcel_m2,
              (array_agg(source ORDER BY area_m2 DESC))[1] AS source,
              (array_agg(model_version ORDER BY area_m2 DESC))[1] AS model_version
       FROM _judge_pieces GROUP BY parcel_id) j;

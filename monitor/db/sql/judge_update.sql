@@ -5,7 +5,7 @@
 WITH old AS (SELECT id, new_area_m2, last_seen FROM alerts WHERE id = ANY(:ids)),
 merged AS (
     SELECT a.id, CASE WHEN :replace AND a.first_seen = :day THEN ST_Multi(j.g)
-                      ELSE ST_Multi(ST_Union(a.geom, j.g)) END AS g, j.parcel_m2
+                      ELSE ST_Multi(ST_CollectionExtract(ST_Union(a.geom, j.g), 3)) END AS g, j.parcel_m2
     FROM alerts a JOIN _judge_parcels j ON j.parcel_id = a.parcel_id WHERE a.id = ANY(:ids))
 UPDATE alerts a SET geom = m.g, new_area_m2 = ST_Area(ST_Transform(m.g, :epsg)),
        fraction = ST_Area(ST_Transform(m.g, :epsg)) / NULLIF(m.parcel_m2, 0),
