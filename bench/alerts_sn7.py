@@ -273,7 +273,7 @@ def band_rows(model_dir: Path, tile: str) -> tuple[int, int]:
 
 def with_threshold(model_dir: Path, threshold: float, out: Path) -> Path:
     """A copy of a model that alerts at a fixed ``threshold`` (any per-scene rule dropped)."""
-    shutil.copytree(model_dir, out)
+    shutil.copytree(model_dir, out, dirs_exist_ok=True)
     meta = json.loads((out / "model.json").read_text())
     meta.update(threshold=threshold, threshold_rule=None)
     (out / "model.json").write_text(json.dumps(meta, indent=2))
@@ -308,7 +308,9 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--thresholds", default=None,
                    help="comma-separated thresholds for the change model: the pipeline runs at each, and the one "
                         "with the highest parcel F1 on the model's validation band is reported (see CHOICE_RULE)")
-    p.add_argument("--out", type=Path, default=None, help="keep the work folder here (its parcels.geojson: the grid)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="keep the work folder here (its parcels.geojson: the grid; with --thresholds, "
+                        "threshold-T/model: the model at threshold T)")
     a = p.parse_args(args or [])
     if a.data is None:
         found = sorted(d for d in SHARED_TILES.glob("*") if (d / "images").is_dir()) if SHARED_TILES.is_dir() else []
@@ -330,7 +332,7 @@ def main(args: list[str] | None = None) -> None:
             with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
                 work = (a.out / f"threshold-{t}" if t is not None else a.out) if a.out else Path(tmp)
                 work.mkdir(parents=True, exist_ok=True)
-                model = a.model if t is None else str(with_threshold(Path(a.model), t, Path(tmp) / "model"))
+                model = a.model if t is None else str(with_threshold(Path(a.model), t, work / "model"))
                 settings = bench_settings(work / "home", a.min_px, a.alert_min_m2)
                 runs[t] = pipeline_alerts(engine, settings, truth, model, work, a.segmenter)
         chosen = thresholds[0]

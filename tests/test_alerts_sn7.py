@@ -174,7 +174,8 @@ def test_thresholds_are_chosen_on_the_band_and_scored_on_the_part(shared_data, d
     meta["training"] = {"split": {"tile": {"validation_rows": [0, 60], "held_out_columns": [92, 115]}}}
     meta_file.write_text(json.dumps(meta))
     monkeypatch.setenv("DATABASE_URL", db_url)
-    main(["--data", str(src), "--model", str(rgb_change_rule_model), "--part", "all", "--thresholds", "0.7,0.95"])
+    main(["--data", str(src), "--model", str(rgb_change_rule_model), "--part", "all", "--thresholds", "0.7,0.95",
+          "--out", str(tmp_path / "work")])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     band, sweep = printed["choice"]["band"], printed["sweep"]
     assert [b["threshold"] for b in band] == [s["threshold"] for s in sweep] == [0.7, 0.95]
@@ -187,6 +188,8 @@ def test_thresholds_are_chosen_on_the_band_and_scored_on_the_part(shared_data, d
     assert sweep[0]["alerted"] > sweep[1]["alerted"]  # a lower threshold alerts more parcels
     assert band[0]["alerted"] >= band[1]["alerted"] and band[0]["changed"] == band[1]["changed"]
     assert json.loads(meta_file.read_text())["threshold"] == 0.5  # the model itself is left as it was
+    kept = json.loads((tmp_path / "work" / f"threshold-{best['threshold']}" / "model" / "model.json").read_text())
+    assert kept["threshold"] == best["threshold"] and kept["version"] == meta["version"]
 
 
 def test_thresholds_need_the_rows_the_model_chose_its_own_on(tmp_path, rgb_change_rule_model):
