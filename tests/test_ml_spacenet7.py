@@ -172,3 +172,33 @@ def test_cli_and_bad_input(tile_dir, tmp_path):
     r = CliRunner().invoke(app, ["dataset", "spacenet7", str(tmp_path), "--out", str(tmp_path / "ds3")])
     assert r.exit_code == 2 and "monthly mosaics" in r.output
     assert not (tmp_path / "ds3").exists() and not (tmp_path / "ds2").exists()
+
+
+def test_a_band_of_the_west_can_be_the_validation_and_the_east_a_test_part(tile_dir, tmp_path):
+    src = crop_tile(tile_dir, tmp_path / "crop", col=300, row=300, size=192, months=["2018-01", "2020-01"])
+    r = CliRunner().invoke(app, ["dataset", "spacenet7", str(src), "--out", str(tmp_path / "ds"), "--tile", "32",
+                                 "--validation-rows", "40:70"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "ds" / "summary.json").read_text())
+    assert s["split"]["validation_rows"] == [32, 96]  # whole tiles of 32 rows that reach into rows 40 to 70
+    top = s["transform"][5]
+
+    def rows(split):
+        return {round((top - t.f) / 4.0) for _, t in _mosaic(tmp_path / "ds", split, "2018-01", "images").values()}
+
+    def cols(split):
+        return {round((t.c - s["transform"][2]) / 4.0) for _, t in
+                _mosaic(tmp_path / "ds", split, "2018-01", "images").values()}
+
+    c0 = s["split"]["validation_columns"][0]
+    assert rows("validation") == {32, 64} and not rows("train") & {32, 64}
+    assert max(cols("train") | cols("validation")) < c0 <= min(cols("test"))
+    assert s["tiles"]["test"] > 0 and set(s["tiles"]) == {"train", "validation", "test"}
+    with open(tmp_path / "ds" / "buildings.csv") as f:
+        parts = {row["part"] for row in csv.DictReader(f)}
+    assert parts == {"train", "validation", "test"}
+    for bad in ("70:40", "a:b", "0:5000"):
+        r = CliRunner().invoke(app, ["dataset", "spacenet7", str(src), "--out", str(tmp_path / "bad"),
+                                     "--validation-rows", bad])
+        assert r.exit_code == 2 and "validation_rows" in r.output, r.output
+    assert not (tmp_path / "bad").exists()

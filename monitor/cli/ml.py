@@ -140,11 +140,21 @@ def dataset_spacenet7(
                                "first month."),
     after: str = typer.Option(None, "--after", help="Second month (YYYY-MM) of the change layout. Default: the "
                               "last month."),
+    validation_rows: str = typer.Option(None, "--validation-rows", help="R0:R1, grid rows of the west: the "
+                                        "segmenter's validation is the tiles reaching into them, and the east "
+                                        "--val-fraction goes to test/, never trained on."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Convert a SpaceNet 7 tile: segmenter tiles per month on its UTM grid, a change layout, a building table."""
+    rows = None
+    if validation_rows is not None:
+        try:
+            r0, r1 = (int(v) for v in validation_rows.split(":"))
+        except ValueError:
+            raise BadInput(f"'{validation_rows}' is not R0:R1 (two whole numbers)", field="validation_rows") from None
+        rows = (r0, r1)
     s = convert_spacenet7(src, out, resolution_m=resolution, tile=tile, val_fraction=val_fraction, before=before,
-                          after=after, overwrite=overwrite, progress=True)
+                          after=after, validation_rows=rows, overwrite=overwrite, progress=True)
     typer.echo(table([(split, n, s["positive_pixel_fraction"][split]) for split, n in s["tiles"].items()],
                      ["split", "tiles", "building_fraction"]))
     c = s["change"]

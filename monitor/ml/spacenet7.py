@@ -185,7 +185,8 @@ def building_table(per_month: dict[str, tuple[np.ndarray, np.ndarray]], epsg: in
             if i not in rows:
                 c = reproject(g.centroid, f"EPSG:{epsg}", 4326)
                 rows[i] = {"id": i, "first_month": month, "last_month": month, "area_m2": round(float(g.area), 2),
-                           "lon": round(c.x, 7), "lat": round(c.y, 7), "x": float(g.centroid.x)}
+                           "lon": round(c.x, 7), "lat": round(c.y, 7), "x": float(g.centroid.x),
+                           "y": float(g.centroid.y)}
             rows[i]["last_month"] = month
     return [rows[i] for i in sorted(rows)]
 
@@ -217,11 +218,14 @@ def _cut(a: np.ndarray, r: int, c: int, tile: int, c1: int) -> np.ndarray:
 
 def convert_spacenet7(src: str | Path, out: str | Path, *, resolution_m: float = 4.0, tile: int = 128,
                       val_fraction: float = 0.2, before: str | None = None, after: str | None = None,
-                      overwrite: bool = False, progress: bool = False) -> dict:
+                      validation_rows: tuple[int, int] | None = None, overwrite: bool = False,
+                      progress: bool = False) -> dict:
     """Convert a SpaceNet 7 tile folder to segmenter tiles, a change layout and a building table.
 
     ``before`` and ``after`` (YYYY-MM) choose the months of the change layout (default: the first and
-    the last). Returns the summary.
+    the last). With ``validation_rows`` (grid rows [r0, r1) of 4 m pixels), the segmenter's validation
+    is the tiles of the west that reach into those rows, and the east ``val_fraction`` is written to
+    ``test/``, which training never reads. Returns the summary.
     """
     src, out = Path(src), Path(out)
     if tile < 16 or tile % 16:
@@ -241,6 +245,20 @@ def convert_spacenet7(src: str | Path, out: str | Path, *, resolution_m: float =
     grid = utm_grid(months[0].image, resolution_m)
     c_val = split_column(grid.width, val_fraction)
     parts = {"train": (0, c_val), "validation": (c_val, grid.width)}
+    band = None
+    if validation_rows is not None:
+        r0, r1 = validation_rows
+        if not 0 <= r0 < r1 <= grid.height:
+            raise BadInput(f"validation rows {r0}:{r1} are not within the grid's {grid.height} rows",
+                           field="validation_rows")
+        band = (r0 // tile * tile, min(-(-r1 // tile) * tile, grid.height))  # whole tiles
+        parts = {"train": (0, c_val), "validation": (0, c_val), "test": (c_val, grid.width)}
+
+    def tiles_of(split: str, c0: int, c1: int) -> list[tuple[int, int]]:
+        every = _tiles(c0, c1, grid.height, tile)
+        if band is None or split == "test":
+            return every
+        return [(r, c) for r, c in every if (band[0] <= r < band[1]) == (split == "validation")]
     tmp = prepare_out(out, overwrite)
     try:
         per_month: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -259,7 +277,7 @@ def convert_spacenet7(src: str | Path, out: str | Path, *, resolution_m: float =
             for split, (c0, c1) in parts.items():
                 for sub in ("images", "masks", "buildings"):
                     (tmp / split / sub).mkdir(parents=True, exist_ok=True)
-                for r, c in _tiles(c0, c1, grid.height, tile):
+                for r, c in tiles_of(split, c0, c1):
                     v = _cut(valid, r, c, tile, c1)
                     if not v.any():
                         continue
@@ -288,7 +306,12 @@ def convert_spacenet7(src: str | Path, out: str | Path, *, resolution_m: float =
             w = csv.DictWriter(f, ["id", "first_month", "last_month", "area_m2", "lon", "lat", "part"])
             w.writeheader()
             for row in rows:
-                part = "validation" if row.pop("x") >= x_val else "train"
+                x, y = row.pop("x"), row.pop("y")
+                row_px = (grid.transform.f - y) / resolution_m
+                if band is None:
+                    part = "validation" if x >= x_val else "train"
+                else:
+                    part = "test" if x >= x_val else "validation" if band[0] <= row_px < band[1] else "train"
                 w.writerow({**row, "part": part})
         new_ids, new_geoms = new_buildings(per_month, before, after)
         (b_img, b_ok), (a_img, a_ok) = images[before], images[after]
@@ -304,7 +327,10 @@ def convert_spacenet7(src: str | Path, out: str | Path, *, resolution_m: float =
             "crs": f"EPSG:{grid.epsg}", "resolution_m": resolution_m, "width": grid.width, "height": grid.height,
             "transform": list(grid.transform)[:6], "months": names,
             "split": {"by": "location", "validation": f"the east {val_fraction:g} of the columns",
-                      "validation_columns": [c_val, grid.width]},
+                      "validation_columns": [c_val, grid.width]} if band is None else {
+                "by": "location", "validation": f"rows {band[0]} to {band[1]} of the west",
+                "validation_rows": list(band), "test": f"the east {val_fraction:g} of the columns, not trained on",
+                "validation_columns": [c_val, grid.width]},
             "tiles": {s: c["tiles"] for s, c in counts.items()},
             "positive_pixel_fraction": {s: round(c["building_pixels"] / c["pixels"], 6) if c["pixels"] else 0.0
                                         for s, c in counts.items()},
