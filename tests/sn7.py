@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import rasterio
 import shapely
 from rasterio.windows import Window
@@ -41,3 +42,18 @@ def crop_tile(src: Path, out: Path, *, col: int, row: int, size: int, months: li
         gj["features"] = [f for f in gj["features"] if f["geometry"] and shape(f["geometry"]).intersects(box)]
         (out / "labels" / m.labels.name).write_text(json.dumps(gj))
     return out
+
+
+def bright_is_built(path: Path, tile: int = 32) -> Path:
+    """A real Keras segmenter with a fixed rule: bright pixels (roofs, bare ground) are built."""
+    from monitor.ml.modelstore import save_model
+    from monitor.ml.runtime import keras
+
+    k = keras()
+    inputs = k.Input((None, None, 3))
+    model = k.Model(inputs, k.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
+    model.layers[-1].set_weights([np.full((1, 1, 3, 1), 3.0, "float32"), np.full(1, -4.0, "float32")])
+    meta = {"kind": "segmenter", "version": "segmenter-rgb-rule", "bands": ["red", "green", "blue"],
+            "normalization": {"mean": [71.0, 67.0, 46.0], "std": [32.0, 25.0, 21.0]}, "tile": tile,
+            "threshold": 0.5, "resolution_m": 4.0, "architecture": {"depth": 0}}
+    return save_model(model, path, meta)

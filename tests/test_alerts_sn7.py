@@ -25,7 +25,7 @@ from monitor.db.engine import transaction
 from monitor.db.tables import Scene
 from monitor.ml.modelstore import save_model
 from monitor.ml.runtime import keras
-from tests.sn7 import TILE, crop_tile
+from tests.sn7 import TILE, bright_is_built, crop_tile
 
 
 def test_scoring_of_a_hand_computed_case():
@@ -62,16 +62,7 @@ def test_reported_rules_carry_the_environment_settings(tmp_path, monkeypatch):
 
 @pytest.fixture
 def rgb_rule_model(tmp_path):
-    """A real Keras segmenter with a fixed rule: bright pixels (roofs, bare ground) are built."""
-    k = keras()
-    inputs = k.Input((None, None, 3))
-    outputs = k.layers.Conv2D(1, 1, activation="sigmoid")(inputs)
-    model = k.Model(inputs, outputs)
-    model.layers[-1].set_weights([np.full((1, 1, 3, 1), 3.0, "float32"), np.full(1, -4.0, "float32")])
-    meta = {"kind": "segmenter", "version": "segmenter-rgb-rule", "bands": ["red", "green", "blue"],
-            "normalization": {"mean": [71.0, 67.0, 46.0], "std": [32.0, 25.0, 21.0]}, "tile": 64,
-            "threshold": 0.5, "resolution_m": 4.0, "architecture": {"depth": 0}}
-    return save_model(model, tmp_path / "rule", meta)
+    return bright_is_built(tmp_path / "rule", tile=64)
 
 
 @pytest.mark.realdata

@@ -18,7 +18,7 @@ from monitor.cli import app
 from monitor.errors import BadInput
 from monitor.geo import reproject
 from monitor.ml.spacenet7 import convert_spacenet7, find_months
-from tests.sn7 import TILE, crop_tile
+from tests.sn7 import TILE, bright_is_built, crop_tile
 
 pytestmark = pytest.mark.realdata
 
@@ -197,8 +197,18 @@ def test_a_band_of_the_west_can_be_the_validation_and_the_east_a_test_part(tile_
     with open(tmp_path / "ds" / "buildings.csv") as f:
         parts = {row["part"] for row in csv.DictReader(f)}
     assert parts == {"train", "validation", "test"}
+    # the test part is scored like the others, and a dataset without one says so
+    model = bright_is_built(tmp_path / "rule")
+    r = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--data", str(tmp_path / "ds"), "--split", "test"])
+    assert r.exit_code == 0, r.output
+    assert 0 < json.loads(r.output[r.output.index("{"):])["iou"] < 1
+    CliRunner().invoke(app, ["dataset", "spacenet7", str(src), "--out", str(tmp_path / "plain"), "--tile", "32"])
+    r = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--data", str(tmp_path / "plain"), "--split",
+                                 "test"])
+    assert r.exit_code == 2 and "has no test part" in r.output
     for bad in ("70:40", "a:b", "0:5000"):
         r = CliRunner().invoke(app, ["dataset", "spacenet7", str(src), "--out", str(tmp_path / "bad"),
                                      "--validation-rows", bad])
         assert r.exit_code == 2 and "validation_rows" in r.output, r.output
     assert not (tmp_path / "bad").exists()
+

@@ -424,7 +424,7 @@ def evaluate(
     ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Model directory, or builtin:NAME (`monitor models list`)."),
     data: Path = typer.Option(..., "--data", help="Dataset folder of the model's kind."),
-    split: str = typer.Option("validation", "--split", help="Tile datasets: train or validation."),
+    split: str = typer.Option("validation", "--split", help="Tile datasets: train, validation or test (a part training never read)."),
     city: list[str] = typer.Option([], "--city", help="Change datasets: score this city (repeatable). Default: "
                                    "every labelled city."),
     window: int = typer.Option(None, "--window", min=16, help="Change datasets: inference window side, pixels. "

@@ -35,8 +35,10 @@ def evaluate(model: LoadedModel, data_dir: str | Path, *, split: str = "validati
         raise BadInput(f"is a {kind} dataset but model {model.version} is a {model.kind}", file=data_dir)
     if kind == ModelKind.CHANGE:
         return _evaluate_change(model, data_dir, summary, cities, batch, progress, window, overlap)
-    if split not in ("train", "validation"):
-        raise BadInput("split must be train or validation", field="split")
+    if split not in ("train", "validation", "test"):
+        raise BadInput("split must be train, validation or test", field="split")
+    if split == "test" and not (Path(data_dir) / split).is_dir():
+        raise BadInput("has no test part (monitor dataset spacenet7 --validation-rows writes one)", file=data_dir)
     if kind == ModelKind.CLASSIFIER:
         x, y, _ = load_classifier_split(data_dir, split, model.bands)
         valid = None
