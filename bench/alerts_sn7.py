@@ -261,6 +261,17 @@ def f1(r: dict) -> float:
     return round(2 * p * q / (p + q), 4) if p + q else 0.0
 
 
+def threshold_list(text: str) -> list[float]:
+    """``--thresholds``: comma-separated numbers in (0, 1), at least one."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+    if not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}': every threshold must lie between 0 and 1")
+    return values
+
+
 def band_rows(model_dir: Path, tile: str) -> tuple[int, int]:
     """The grid rows a change model held out on ``tile`` to choose its threshold (west of the east fifth)."""
     split = ModelMeta.read(model_dir).extra.get("training", {}).get("split", {}).get(tile, {})
@@ -305,7 +316,7 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--min-px", type=int, default=3, help="4 m pixels that make a parcel changed or alerted")
     p.add_argument("--alert-min-m2", type=float, default=None,
                    help="new built area on a parcel that raises an alert (MONITOR_ALERT_MIN_M2); default: --min-px pixels")
-    p.add_argument("--thresholds", default=None,
+    p.add_argument("--thresholds", type=threshold_list, default=None,
                    help="comma-separated thresholds for the change model: the pipeline runs at each, and the one "
                         "with the highest parcel F1 on the model's validation band is reported (see CHOICE_RULE)")
     p.add_argument("--out", type=Path, default=None,
@@ -326,7 +337,8 @@ def main(args: list[str] | None = None) -> None:
                     "months": [m.month for m in truth.months], "area_km2": round(truth.area_km2, 3)}
     result["reference"] = score(truth.parcels, truth.buildings, reference_alerts(truth, min_px=a.min_px), **common)
     if a.model:
-        thresholds: list[float | None] = [float(t) for t in a.thresholds.split(",")] if a.thresholds else [None]
+        thresholds: list[float | None] = list(a.thresholds) if a.thresholds else [None]
+        band = band_rows(Path(a.model), a.data.name) if len(thresholds) > 1 else None
         runs = {}
         for t in thresholds:
             with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
@@ -336,14 +348,13 @@ def main(args: list[str] | None = None) -> None:
                 settings = bench_settings(work / "home", a.min_px, a.alert_min_m2)
                 runs[t] = pipeline_alerts(engine, settings, truth, model, work, a.segmenter)
         chosen = thresholds[0]
-        if len(thresholds) > 1:
-            rows_ = band_rows(Path(a.model), a.data.name)
-            band_parcels, band_buildings, band_km2 = truth.scored(truth.where("band", rows_))
+        if band is not None:
+            band_parcels, band_buildings, band_km2 = truth.scored(truth.where("band", band))
             on_band = {t: score(band_parcels, band_buildings, runs[t][0], min_px=a.min_px, area_km2=band_km2)
                        for t in thresholds}
             chosen = max(thresholds, key=lambda t: (f1(on_band[t]), t))
             result["choice"] = {
-                "on": "band", "rows": list(rows_), "rule": CHOICE_RULE, "chosen": chosen,
+                "on": "band", "rows": list(band), "rule": CHOICE_RULE, "chosen": chosen,
                 "band": [{"threshold": t, **{k: on_band[t][k] for k in SWEEP_KEYS}, "f1": f1(on_band[t])}
                          for t in thresholds]}
             swept = {t: score(truth.parcels, truth.buildings, runs[t][0], **common) for t in thresholds}

@@ -188,3 +188,12 @@ def test_thresholds_need_the_rows_the_model_chose_its_own_on(tmp_path, rgb_chang
 
     with pytest.raises(SystemExit, match="no validation rows for tile"):
         band_rows(rgb_change_rule_model, "tile")
+
+
+@pytest.mark.parametrize("bad", ["0.5,x", "0.5,1.5", ""])
+def test_thresholds_that_are_not_numbers_between_0_and_1_exit_2(bad, capsys):
+    from bench.alerts_sn7 import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--thresholds", bad, "--model", "m"])
+    assert e.value.code == 2 and "--thresholds" in capsys.readouterr().err
