@@ -2,7 +2,7 @@
 change vector analysis (``builtin:cva``) measured in the same run.
 
     .venv/bin/python -m bench.oscd_loco [--src ../shared/data/oscd] [--data DIR] [--out DIR]
-        [--seeds 0,1] [--cities a,b] [--arch features|unet] [--time-limit MIN] [--members N] [--reuse]
+        [--seeds 0,1] [--cities a,b] [--arch features|unet] [--time-limit MIN] [--members N] [--ema M] [--reuse]
 
 For each held-out city and seed, ``monitor train change``'s default recipe (``--arch features``) is
 trained on the other cities and scored on the held-out one at its own threshold rule. CVA's k (of the
@@ -38,6 +38,8 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--arch", default="features", choices=["features", "unet"], help="recipe to train")
     p.add_argument("--time-limit", type=float, default=25.0, help="minutes per fold")
     p.add_argument("--members", type=int, default=1, help="features: networks averaged per model (seeds SEED, SEED+1, ...)")
+    p.add_argument("--ema", type=float, default=None, help="features: score and keep epochs with this moving "
+                   "average of the weights (default: the recipe's)")
     p.add_argument("--reuse", action="store_true", help="score the models already in --out (loco-<seed>-<city>) "
                    "instead of training them again")
     a = p.parse_args(args or [])
@@ -91,6 +93,7 @@ def main(args: list[str] | None = None) -> None:
                     model_dir = target
                 elif a.arch == "features":
                     model_dir = train_change_features(data, target, cities=train, seed=seed, members=a.members,
+                                                      **({"ema": a.ema} if a.ema is not None else {}),
                                                       time_limit_s=a.time_limit * 60 * a.members)
                 else:
                     model_dir = train_change(data, target, cities=train, seed=seed, time_limit_s=a.time_limit * 60)
@@ -112,7 +115,7 @@ def main(args: list[str] | None = None) -> None:
     results["cva_pooled_f1"] = results["cva"]["pooled"]["f1"]
     results["margin_over_cva"] = {str(s): round(f - results["cva_pooled_f1"], 4) for s, f in zip(seeds, f1s)}
     results["settings"] = {"arch": a.arch, "seeds": seeds, "cities": held_out, "time_limit_min": a.time_limit,
-                           "members": a.members}
+                           "members": a.members, "ema": a.ema}
     rows = []
     for city in held_out:
         c = results["cva"]["cities"][city]

@@ -149,3 +149,46 @@ def test_change_patches_move_the_earlier_date_by_at_most_the_shift():
             assert found, "the earlier date is the later one moved by at most the shift"
             moves.add((shift, found[0] != (0, 0) if shift else False))
     assert moves == {(0, False), (2, False), (2, True)}  # unmoved without shift; with it, some moved, some not
+
+
+def test_epochs_are_scored_and_kept_with_the_moving_average_of_the_weights():
+    from monitor.ml.runtime import keras
+    from monitor.ml.training import _callbacks
+
+    k = keras()
+    x, y = np.linspace(-1, 1, 32, dtype=np.float32)[:, None], np.linspace(0, 2, 32, dtype=np.float32)[:, None]
+    start = [np.array([[0.3]], np.float32), np.array([0.1], np.float32)]
+
+    def fit(ema: float):
+        model = k.Sequential([k.Input((1,)), k.layers.Dense(1)])
+        model.set_weights(start)
+        model.compile(optimizer=k.optimizers.SGD(0.1), loss="mse")
+        after_batch, scored = [], []
+
+        class Seen(k.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                after_batch.append([w.copy() for w in self.model.get_weights()])
+
+            def on_epoch_end(self, epoch, logs=None):
+                scored.append([w.copy() for w in self.model.get_weights()])
+                logs["val_f1"] = 1.0 - epoch  # the first epoch is the best
+
+        cbs = _callbacks(monitor="val_f1", patience=5, epochs=2, progress=False, time_limit_s=None, first=[Seen()],
+                         ema=ema)
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=cbs)
+        return after_batch, scored, model.get_weights()
+
+    after_batch, scored, kept = fit(0.5)
+    average = [w.copy() for w in after_batch[0]]
+    for weights in after_batch[1:4]:  # the 4 batches of the first epoch
+        average = [0.5 * a + 0.5 * w for a, w in zip(average, weights)]
+    for got, want in zip(scored[0], average):
+        np.testing.assert_allclose(got, want, rtol=1e-6)  # the epoch is scored with the average
+    for got, want in zip(kept, average):
+        np.testing.assert_allclose(got, want, rtol=1e-6)  # the best epoch's average is what is kept
+    plain_after_batch, plain_scored, plain_kept = fit(0.0)
+    for got, want in zip(after_batch, plain_after_batch):  # training itself goes on from the raw weights
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    assert not np.allclose(plain_kept[0], kept[0])
+    with pytest.raises(BadInput, match="ema"):
+        _callbacks(monitor="val_f1", patience=5, epochs=2, progress=False, time_limit_s=None, ema=1.5)

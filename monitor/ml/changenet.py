@@ -112,7 +112,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
                           time_limit_s: float | None = 1500, progress: bool = False, precision: str = "float32",
                           version: str | None = None, sigmas: tuple[float, ...] = SIGMAS,
                           texture: tuple[float, ...] = TEXTURE, texture_skip: bool = True,
-                          dates: bool = True, members: int = 1) -> Path:
+                          dates: bool = True, members: int = 1, ema: float = 0.0) -> Path:
     """Train the feature network on a change dataset (``monitor dataset oscd``); returns the model directory.
 
     With ``members`` > 1 that many networks are trained, with seeds ``seed``, ``seed + 1``, ..., each
@@ -123,6 +123,8 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
     is trained on the columns before them only: the held-out part is left to evaluation.
 
     ``sigmas``, ``texture``, ``texture_skip`` and ``dates`` shape the network (``layers.build_feature_net``).
+    With ``ema`` in (0, 1) epochs are scored and kept with an exponential moving average of the weights
+    (``training._callbacks``).
     """
     if members < 1:
         raise BadInput("must be at least 1", field="members")
@@ -191,7 +193,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         training._compile(net, training.bce_dice(pos_weight), k.optimizers.Adam(lr), [training._f1_metric()])
         live = LoadedModel(Path(out_dir), meta, net)
         cbs = training._callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress,
-                                  time_limit_s=time_limit_s / members if time_limit_s else None,
+                                  time_limit_s=time_limit_s / members if time_limit_s else None, ema=ema,
                                   first=[training._val_f1_callback(lambda live=live: val_predict(live), val_truth,
                                                                    val_valid)])
         history = net.fit(batches(member_seed), steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=cbs,
@@ -212,7 +214,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         "recipe": "features", "data": str(Path(data_dir).resolve()), "cities": cities, "split": split,
         "patch": patch, "batch": batch, "steps_per_epoch": steps_per_epoch, "lr": lr, "pos_weight": pos_weight,
         "change_share": change_share, "jitter": jitter, "swap": swap, "val_fraction": val_fraction, "seed": seed,
-        **{k_: v for k_, v in runs[0].items() if k_ != "seed"}, "seconds": round(time.perf_counter() - t0, 1),
+        "ema": ema, **{k_: v for k_, v in runs[0].items() if k_ != "seed"}, "seconds": round(time.perf_counter() - t0, 1),
         **({"members": runs} if members > 1 else {})},
         metrics={"validation": {**val, "cities": per_city}})
     return save_model(model, out_dir, meta)

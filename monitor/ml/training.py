@@ -82,7 +82,13 @@ def _f1_metric(threshold: float = 0.5):
 
 
 def _callbacks(*, monitor: str, patience: int, epochs: int, progress: bool, time_limit_s: float | None,
-               first: list | None = None, start_from_epoch: int = 0) -> list:
+               first: list | None = None, start_from_epoch: int = 0, ema: float = 0.0) -> list:
+    """Early stopping on ``monitor`` (restoring the best epoch's weights), a time limit and a progress bar,
+    after the ``first`` callbacks (those that add ``monitor`` to the logs). With ``ema`` in (0, 1) the
+    weights are also averaged after every batch (an exponential moving average, ``ema`` the weight of
+    the past): each epoch is scored, and the best kept, with the averaged weights, while training goes
+    on from the raw ones. The average smooths out the step-to-step noise of small batches, so that the
+    epoch chosen on a small validation set depends less on that noise."""
     k = keras()
 
     class Progress(k.callbacks.Callback):  # type: ignore[name-defined]
@@ -109,7 +115,31 @@ def _callbacks(*, monitor: str, patience: int, epochs: int, progress: bool, time
 
     stop = k.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience, restore_best_weights=True,
                                      start_from_epoch=start_from_epoch)
-    return [*(first or []), stop, TimeLimit(), Progress()]
+    if not ema:
+        return [*(first or []), stop, TimeLimit(), Progress()]
+    if not 0.0 < ema < 1.0:
+        raise BadInput(f"{ema} is not in (0, 1)", field="ema")
+    averaged: dict[str, list] = {}
+
+    class AveragedIn(k.callbacks.Callback):  # type: ignore[name-defined]
+        def on_train_batch_end(self, batch, logs=None):
+            weights = self.model.get_weights()
+            if "ema" not in averaged:
+                averaged["ema"] = [w.copy() for w in weights]
+                return
+            for avg, w in zip(averaged["ema"], weights):
+                avg *= ema
+                avg += (1.0 - ema) * w
+
+        def on_epoch_end(self, epoch, logs=None):
+            averaged["raw"] = self.model.get_weights()
+            self.model.set_weights(averaged["ema"])
+
+    class AveragedOut(k.callbacks.Callback):  # type: ignore[name-defined]
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.set_weights(averaged["raw"])
+
+    return [AveragedIn(), *(first or []), stop, AveragedOut(), TimeLimit(), Progress()]
 
 
 def _val_f1_callback(predict, truth: np.ndarray, valid: np.ndarray):
