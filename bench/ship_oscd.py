@@ -68,7 +68,7 @@ def main(args: list[str] | None = None) -> None:
 
         out = builtins.SHIPPED / "oscd-change"
         if not a.scores_only:
-            train_change_features(data, out, cities=cities, seed=a.seed, version="builtin-oscd-change-3")
+            train_change_features(data, out, cities=cities, seed=a.seed, version="builtin-oscd-change-4")
         meta = json.loads((out / "model.json").read_text())
         meta["training"]["data"] = {**SOURCE, "cities": cities}
         meta["resolution_m"] = 10.0

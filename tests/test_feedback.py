@@ -89,7 +89,7 @@ def test_fine_tune_from_feedback_records_its_parent(feedback, cli, tmp_path):
               "--epochs", "2", "--steps", "2", "--batch", "4", "--patch", "32").stdout
     assert "fine-tuned from builtin:oscd-change" in out
     meta = ModelMeta.read(model).to_dict()
-    assert meta["parent"]["model"] == "builtin:oscd-change" and meta["parent"]["version"] == "builtin-oscd-change-3"
+    assert meta["parent"]["model"] == "builtin:oscd-change" and meta["parent"]["version"] == "builtin-oscd-change-4"
     assert meta["bands"] == ["B02", "B03", "B04", "B08"] and meta["architecture"]["type"] == "features"
     t = meta["training"]
     assert t["recipe"] == "fine-tune" and t["init"] == "builtin:oscd-change" and t["epochs_run"] == 2

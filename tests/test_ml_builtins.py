@@ -251,7 +251,7 @@ def test_a_new_area_on_real_10m_imagery_uses_the_shipped_change_model(cli, engin
         versions = conn.execute(sa.text("SELECT model_versions FROM runs WHERE scene_id IS NOT NULL "
                                         "AND status = 'succeeded'")).scalars().all()
         sources = conn.execute(sa.text("SELECT DISTINCT source FROM changes")).scalars().all()
-    assert versions and all(v == {"change": "builtin-oscd-change-3"} for v in versions), versions
+    assert versions and all(v == {"change": "builtin-oscd-change-4"} for v in versions), versions
     assert sources in ([], ["change_model"])
     cli("areas", "add", "ba2", "--geometry", ba / "lots.shp", "--provider", "local", "--source", f"local={drops}",
         "--band-order", "B04,B03,B02,B08")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.ml_synthetic import buildings_scene, saved_model
+from tests.ml_synthetic import buildings_scene, change_dataset, saved_model
 
 
 def test_build_train_predict_evaluate_and_list(cli, tmp_path):
@@ -81,3 +81,12 @@ def test_oscd_pair_in_change_probability_out(cli, shared_data, tmp_path):
     out = json.loads(cli("evaluate", "--model", model, "--data", tmp_path / "oscd").stdout)
     assert list(out["cities"]) == ["paris"] and out["pooled"]["cities"] == ["paris"]
     assert sum(out["pooled"]["confusion"].values()) == 408 * 390
+
+
+def test_train_change_refuses_a_moving_average_it_cannot_use(cli, tmp_path):
+    data = change_dataset(tmp_path / "pairs", cities=1, size=64)
+    for args, field in ((["--arch", "unet", "--ema", "0.5"], "ema"), (["--ema", "1.5", "--epochs", "1"], "ema"),
+                        (["--init", "builtin:oscd-change", "--ema", "0.5"], "init")):
+        r = cli("train", "change", "--data", data, "--out", tmp_path / "m", *args, expect=2)
+        assert f"field '{field}'" in r.stderr, r.stderr
+        assert not (tmp_path / "m" / "model.json").exists()

@@ -21,7 +21,7 @@ from monitor.domain import ModelKind, ModelMeta
 from monitor.errors import BadInput
 from monitor.inventory.models import register_model
 from monitor.ml import finetune, training
-from monitor.ml.changenet import train_change_features
+from monitor.ml.changenet import EMA, train_change_features
 from monitor.ml.datasets import build_tiles
 from monitor.ml.evaluation import evaluate as run_evaluation
 from monitor.ml.inference import NODATA, classify_tiles, predict_raster, raster_threshold
@@ -261,6 +261,8 @@ def train_change(
                                "are swapped."),
     members: int = typer.Option(1, "--members", min=1, help="features: train this many networks (seeds SEED, "
                                 "SEED+1, ...; the time limit shared between them) and keep their mean."),
+    ema: float = typer.Option(EMA, "--ema", help="features: score and keep each epoch with a moving average of the "
+                              "weights, this the weight of the past at every batch (0: the raw weights)."),
     base_filters: int = typer.Option(16, "--base-filters", help="unet: filters of the first U-Net level."),
     per_image: bool = typer.Option(True, "--per-image/--global", help="unet: standardize each image by its own band "
                                    "statistics first (robust to radiometric differences between dates and places), "
@@ -278,9 +280,9 @@ def train_change(
     common: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     common.update(seed=seed, batch=batch, progress=True, time_limit_s=time_limit * 60 or None, version=version)
     if init is not None:
-        if arch is not None or bands or city or members > 1:
+        if arch is not None or bands or city or members > 1 or ema != EMA:
             raise BadInput("--init keeps the parent's architecture and bands and trains on every site: drop "
-                           "--arch, --bands, --city and --members", field="init")
+                           "--arch, --bands, --city, --members and --ema", field="init")
         model_dir = finetune.fine_tune_change(data, out, init, swap=swap, **common)
         _report(model_dir)
         m = ModelMeta.read(model_dir).to_dict()
@@ -291,9 +293,10 @@ def train_change(
         return
     common.update(bands=_bands(bands), cities=city or None)
     if arch in (None, "features"):
-        _report(train_change_features(data, out, swap=swap, members=members, **common))
-    elif members > 1:
-        raise BadInput("--members trains the features network only", field="members")
+        _report(train_change_features(data, out, swap=swap, members=members, ema=ema, **common))
+    elif members > 1 or ema != EMA:
+        raise BadInput("--members and --ema train the features network only", field="members" if members > 1
+                       else "ema")
     elif arch == "unet":
         _report(training.train_change(data, out, base_filters=base_filters, per_image=per_image, shift=shift, tta=tta,
                                       **common))

@@ -8,7 +8,9 @@ changes the fine structure of a place where crops, water and seasons mostly chan
 3x3 convolution and two 1x1 convolutions learn the rest, about 3,200 weights in all.
 Training patches get a random flip or rotation, their own gain and offset per band and date, and a
 random swap of the dates; half of them are centred near a change pixel. Each city keeps a band of rows
-for validation: the epoch with the best validation F1 is kept, and the threshold rule (a fixed
+for validation: each epoch is scored with a moving average of the weights (``EMA``; the raw weights
+of one epoch and the next differ by more than epochs do, and the choice of one on a small validation
+band was mostly that noise), the epoch with the best validation F1 is kept, and the threshold rule (a fixed
 probability, or a per-scene ``robust_z``, ``top_quantile`` or ``cva_share`` rule, see
 ``scores.scene_threshold``) is the one with the best pooled F1 on those bands, each city's threshold
 computed from its whole map. ``cva_share`` takes the top share of a scene that the pair's own
@@ -37,6 +39,7 @@ from monitor.ml.runtime import keras, precision_policy, seed_everything
 FEATURE_BANDS = ["B02", "B03", "B04", "B08"]
 SIGMAS = (1.0, 2.0, 4.0)
 TEXTURE = (1.5,)
+EMA = 0.99  # weight of the past in the moving average of the weights: about two epochs of 50 batches
 RULES = ([{"rule": "fixed"}] + [{"rule": "robust_z", "k": k} for k in (3.0, 4.0, 5.0, 6.0, 8.0, 10.0)]
          + [{"rule": "top_quantile", "q": q} for q in (0.01, 0.015, 0.02, 0.03, 0.04)]
          + [{"rule": "cva_share", "a": a, "k": scores.CVA_SHARE_K} for a in (0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0)])
@@ -112,7 +115,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
                           time_limit_s: float | None = 1500, progress: bool = False, precision: str = "float32",
                           version: str | None = None, sigmas: tuple[float, ...] = SIGMAS,
                           texture: tuple[float, ...] = TEXTURE, texture_skip: bool = True,
-                          dates: bool = True, members: int = 1, ema: float = 0.0) -> Path:
+                          dates: bool = True, members: int = 1, ema: float = EMA) -> Path:
     """Train the feature network on a change dataset (``monitor dataset oscd``); returns the model directory.
 
     With ``members`` > 1 that many networks are trained, with seeds ``seed``, ``seed + 1``, ..., each
@@ -128,6 +131,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
     """
     if members < 1:
         raise BadInput("must be at least 1", field="members")
+    training.checked_ema(ema)
     t0 = time.perf_counter()
     summary = read_change_summary(data_dir)
     labelled = [c for c, e in summary["cities"].items() if e.get("labelled")]

@@ -30,6 +30,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -323,15 +324,15 @@ def convert_spacenet7(src: str | Path, out: str | Path, *, resolution_m: float =
         entry.update(resolution_m=resolution_m, new_buildings=len(new_ids), validation_columns=[c_val, grid.width])
         write_summary(tmp / "change", BANDS, {src.name: entry}, source=str(src.resolve()), resolution_m=resolution_m)
         east = f"the east {val_fraction:g} of the columns"
-        split = {"by": "location", "validation": east, "validation_columns": [c_val, grid.width]}
+        layout: dict[str, Any] = {"by": "location", "validation": east, "validation_columns": [c_val, grid.width]}
         if band is not None:
-            split.update(validation=f"rows {band[0]} to {band[1]} of the west", validation_rows=list(band),
+            layout.update(validation=f"rows {band[0]} to {band[1]} of the west", validation_rows=list(band),
                          test=f"{east}, not trained on")
         summary = {
             "kind": "segmenter", "source": str(src.resolve()), "tile": tile, "bands": BANDS, "dtype": "uint8",
             "crs": f"EPSG:{grid.epsg}", "resolution_m": resolution_m, "width": grid.width, "height": grid.height,
             "transform": list(grid.transform)[:6], "months": names,
-            "split": split,
+            "split": layout,
             "tiles": {s: c["tiles"] for s, c in counts.items()},
             "positive_pixel_fraction": {s: round(c["building_pixels"] / c["pixels"], 6) if c["pixels"] else 0.0
                                         for s, c in counts.items()},

@@ -115,10 +115,8 @@ def _callbacks(*, monitor: str, patience: int, epochs: int, progress: bool, time
 
     stop = k.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience, restore_best_weights=True,
                                      start_from_epoch=start_from_epoch)
-    if not ema:
+    if not checked_ema(ema):
         return [*(first or []), stop, TimeLimit(), Progress()]
-    if not 0.0 < ema < 1.0:
-        raise BadInput(f"{ema} is not in (0, 1)", field="ema")
     averaged: dict[str, list] = {}
 
     class AveragedIn(k.callbacks.Callback):  # type: ignore[name-defined]
@@ -140,6 +138,13 @@ def _callbacks(*, monitor: str, patience: int, epochs: int, progress: bool, time
             self.model.set_weights(averaged["raw"])
 
     return [AveragedIn(), *(first or []), stop, AveragedOut(), TimeLimit(), Progress()]
+
+
+def checked_ema(ema: float) -> float:
+    """``ema`` if it is a weight of the past that a moving average can use (0 for none), else ``BadInput``."""
+    if not 0.0 <= ema < 1.0:
+        raise BadInput(f"{ema} is not in [0, 1)", field="ema")
+    return ema
 
 
 def _val_f1_callback(predict, truth: np.ndarray, valid: np.ndarray):
