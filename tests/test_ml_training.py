@@ -192,3 +192,14 @@ def test_epochs_are_scored_and_kept_with_the_moving_average_of_the_weights():
     assert not np.allclose(plain_kept[0], kept[0])
     with pytest.raises(BadInput, match="ema"):
         _callbacks(monitor="val_f1", patience=5, epochs=2, progress=False, time_limit_s=None, ema=1.5)
+
+
+def test_averaged_epochs_are_compared_once_the_untrained_network_has_faded_from_the_average():
+    from monitor.ml.training import first_averaged_epoch
+
+    assert 0.99 ** (10 * 50) < 0.01 <= 0.99 ** (9 * 50)  # the 10th epoch of 50 steps is the first
+    assert first_averaged_epoch(0.99, 50, 30) == 9
+    assert first_averaged_epoch(0.99, 50, 2) == 1  # a short run still keeps its last epoch
+    assert first_averaged_epoch(0.0, 50, 30) == 0  # raw weights: every epoch counts
+    with pytest.raises(BadInput, match="ema"):
+        first_averaged_epoch(-0.1, 50, 30)

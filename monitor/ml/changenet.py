@@ -127,7 +127,8 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
 
     ``sigmas``, ``texture``, ``texture_skip`` and ``dates`` shape the network (``layers.build_feature_net``).
     With ``ema`` in (0, 1) epochs are scored and kept with an exponential moving average of the weights
-    (``training._callbacks``).
+    (``training._callbacks``), from the first epoch whose average has forgotten the untrained network
+    (``training.first_averaged_epoch``: the 10th with 0.99 and 50 steps an epoch).
     """
     if members < 1:
         raise BadInput("must be at least 1", field="members")
@@ -198,6 +199,7 @@ def train_change_features(data_dir: str | Path, out_dir: str | Path, *, cities: 
         live = LoadedModel(Path(out_dir), meta, net)
         cbs = training._callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress,
                                   time_limit_s=time_limit_s / members if time_limit_s else None, ema=ema,
+                                  start_from_epoch=training.first_averaged_epoch(ema, steps_per_epoch, epochs),
                                   first=[training._val_f1_callback(lambda live=live: val_predict(live), val_truth,
                                                                    val_valid)])
         history = net.fit(batches(member_seed), steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=cbs,

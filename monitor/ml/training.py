@@ -147,6 +147,16 @@ def checked_ema(ema: float) -> float:
     return ema
 
 
+def first_averaged_epoch(ema: float, steps_per_epoch: int, epochs: int) -> int:
+    """The first epoch (0-based) whose moving average of the weights holds under 1 % of the weights it
+    started from (``ema ** steps < 0.01``): before it, the average is still partly the untrained network,
+    and its epochs are not compared. At most the last epoch; 0 without an average."""
+    if not checked_ema(ema):
+        return 0
+    steps = math.log(0.01) / math.log(ema)
+    return min(max(0, math.ceil(steps / steps_per_epoch) - 1), epochs - 1)
+
+
 def _val_f1_callback(predict, truth: np.ndarray, valid: np.ndarray):
     """Adds ``val_f1`` (the best F1 over thresholds on validation data) to each epoch's logs."""
     k = keras()
