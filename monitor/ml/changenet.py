@@ -9,8 +9,8 @@ changes the fine structure of a place where crops, water and seasons mostly chan
 Training patches get a random flip or rotation, their own gain and offset per band and date, and a
 random swap of the dates; half of them are centred near a change pixel. Each city keeps a band of rows
 for validation: each epoch is scored with a moving average of the weights (``EMA``; the raw weights
-of one epoch and the next differ by more than epochs do, and the choice of one on a small validation
-band was mostly that noise), the epoch with the best validation F1 is kept, and the threshold rule (a fixed
+jump from batch to batch, and the epoch a small validation band chose among them was mostly that
+noise), the epoch with the best validation F1 is kept, and the threshold rule (a fixed
 probability, or a per-scene ``robust_z``, ``top_quantile`` or ``cva_share`` rule, see
 ``scores.scene_threshold``) is the one with the best pooled F1 on those bands, each city's threshold
 computed from its whole map. ``cva_share`` takes the top share of a scene that the pair's own
