@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench alerts_sn7 [--data TILE_DIR] [--model SPEC] [--grid-m 25] [--part validation|train|all]
         [--months 2018-01,2018-07,2020-01] [--alert-min-m2 M2] [--segmenter SEG] [--thresholds 0.5,0.6,0.7]
-        [--out DIR]
+        [--choose f1|recall:R] [--out DIR]
 
 A fresh database; the area is the tile's footprint, watched through the ``local`` provider with the
 tile's ``images/`` as drop folder (each mosaic a scene dated the 1st of its month), prepared on the
@@ -23,8 +23,9 @@ last month. Scored on the parcels whose centre is in ``--part`` (validation: the
   seen in the last month);
 - the settings of the diff and the judge that decided the alerts (``RULES``; set in the environment);
 - with ``--thresholds``: the change model runs through the pipeline once per threshold, and the one
-  with the highest parcel F1 on its validation band (the rows of the tile's west that ``monitor train
-  change`` held out to choose its own threshold, ``CHOICE_RULE``) is the one scored; ``choice`` holds the
+  chosen on its validation band (the rows of the tile's west that ``monitor train change`` held out to
+  choose its own threshold) by ``--choose`` (``CHOICE_RULES``: the highest parcel F1, or the highest
+  threshold that keeps a band recall of R with a margin) is the one scored; ``choice`` holds the
   band's scores, ``sweep`` every threshold on the scored part (a diagnostic, since choosing there would
   look at the answer);
 - the same for the reference: change-vector magnitude between the first and the last month (each
@@ -250,8 +251,13 @@ def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path,
 
 
 #: How ``--thresholds`` picks one: on the parcels of the rows the change model held out to choose its own
-#: threshold (its ``model.json`` ``training.split``), never on the scored part.
-CHOICE_RULE = "the highest parcel F1 on the model's validation band; ties: the higher threshold"
+#: threshold (its ``model.json`` ``training.split``), never on the scored part; ``--choose`` names the rule.
+CHOICE_RULES = {
+    "f1": "the highest parcel F1 on the model's validation band; ties: the higher threshold",
+    "recall": "the highest threshold whose parcel recall on the model's validation band is at least R plus one "
+              "standard error of a recall measured on the band's changed parcels, sqrt(R(1-R)/n); none: the "
+              "highest band recall",
+}
 SWEEP_KEYS = ("precision", "recall", "changed", "alerted")
 
 
@@ -259,6 +265,36 @@ def f1(r: dict) -> float:
     """Parcel F1 of a ``score``."""
     p, q = r["precision"], r["recall"]
     return round(2 * p * q / (p + q), 4) if p + q else 0.0
+
+
+def choice_rule(text: str) -> tuple[str, float | None]:
+    """``--choose``: ``f1``, or ``recall:R`` with R in (0, 1)."""
+    name, _, value = text.partition(":")
+    if name == "f1" and not value:
+        return "f1", None
+    try:
+        target = float(value) if name == "recall" else math.nan
+    except ValueError:
+        target = math.nan
+    if not 0 < target < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': give f1, or recall:R with R between 0 and 1")
+    return "recall", target
+
+
+def required_recall(target: float, changed: int) -> float:
+    """The band recall the ``recall`` rule asks for: ``target`` plus one standard error on ``changed`` parcels."""
+    return target + math.sqrt(target * (1 - target) / max(changed, 1))
+
+
+def choose(on_band: dict[float, dict], rule: tuple[str, float | None]) -> float:
+    """The threshold ``rule`` (from ``choice_rule``) picks from each threshold's ``score`` on the band."""
+    name, target = rule
+    if name == "f1":
+        return max(on_band, key=lambda t: (f1(on_band[t]), t))
+    assert target is not None
+    need = required_recall(target, max(r["changed"] for r in on_band.values()))
+    reaching = [t for t, r in on_band.items() if r["recall"] >= need]
+    return max(reaching) if reaching else max(on_band, key=lambda t: (on_band[t]["recall"], t))
 
 
 def threshold_list(text: str) -> list[float]:
@@ -318,7 +354,11 @@ def main(args: list[str] | None = None) -> None:
                    help="new built area on a parcel that raises an alert (MONITOR_ALERT_MIN_M2); default: --min-px pixels")
     p.add_argument("--thresholds", type=threshold_list, default=None,
                    help="comma-separated thresholds for the change model: the pipeline runs at each, and the one "
-                        "with the highest parcel F1 on the model's validation band is reported (see CHOICE_RULE)")
+                        "chosen on the model's validation band is reported (see --choose)")
+    p.add_argument("--choose", type=choice_rule, default=("f1", None),
+                   help="how --thresholds picks one on the band: f1 (the highest parcel F1, the default) or "
+                        "recall:R (the highest threshold whose band recall is at least R plus one standard error; "
+                        "see CHOICE_RULES)")
     p.add_argument("--out", type=Path, default=None,
                    help="keep the work folder here (its parcels.geojson: the grid; with --thresholds, "
                         "threshold-T/model: the model at threshold T)")
@@ -352,9 +392,12 @@ def main(args: list[str] | None = None) -> None:
             band_parcels, band_buildings, band_km2 = truth.scored(truth.where("band", band))
             on_band = {t: score(band_parcels, band_buildings, runs[t][0], min_px=a.min_px, area_km2=band_km2)
                        for t in thresholds}
-            chosen = max(thresholds, key=lambda t: (f1(on_band[t]), t))
+            chosen = choose(on_band, a.choose)
+            name, target = a.choose
             result["choice"] = {
-                "on": "band", "rows": list(band), "rule": CHOICE_RULE, "chosen": chosen,
+                "on": "band", "rows": list(band), "rule": CHOICE_RULES[name], "chosen": chosen,
+                **({"target_recall": target, "required_band_recall": round(
+                    required_recall(target, on_band[chosen]["changed"]), 4)} if target is not None else {}),
                 "band": [{"threshold": t, **{k: on_band[t][k] for k in SWEEP_KEYS}, "f1": f1(on_band[t])}
                          for t in thresholds]}
             swept = {t: score(truth.parcels, truth.buildings, runs[t][0], **common) for t in thresholds}

@@ -197,3 +197,26 @@ def test_thresholds_that_are_not_numbers_between_0_and_1_exit_2(bad, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--thresholds", bad, "--model", "m"])
     assert e.value.code == 2 and "--thresholds" in capsys.readouterr().err
+
+
+def test_the_recall_rule_keeps_the_highest_threshold_that_reaches_the_recall_with_a_margin():
+    from bench.alerts_sn7 import choose, required_recall
+
+    def band(recall, precision):
+        return {"recall": recall, "precision": precision, "changed": 44, "alerted": 0}
+
+    on_band = {0.3: band(0.80, 0.30), 0.4: band(0.64, 0.45), 0.5: band(0.57, 0.55), 0.6: band(0.40, 0.70)}
+    assert required_recall(0.5, 44) == pytest.approx(0.5 + (0.25 / 44) ** 0.5)  # 0.5754
+    assert choose(on_band, ("recall", 0.5)) == 0.4  # 0.57 at 0.5 falls short of 0.5754
+    assert choose(on_band, ("recall", 0.3)) == 0.6  # 0.40 >= 0.3 + 0.069
+    assert choose(on_band, ("recall", 0.9)) == 0.3  # none reaches 0.945: the highest band recall
+    assert choose(on_band, ("f1", None)) == 0.5  # F1 0.4400, 0.5246, 0.5605, 0.5091
+
+
+@pytest.mark.parametrize("bad", ["recall", "recall:1", "recall:x", "f2", "f1:0.5"])
+def test_a_choice_rule_that_is_not_f1_or_recall_between_0_and_1_exits_2(bad, capsys):
+    from bench.alerts_sn7 import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--choose", bad, "--model", "m"])
+    assert e.value.code == 2 and "--choose" in capsys.readouterr().err
