@@ -281,6 +281,22 @@ def test_fixed_blur_stays_float32_and_model_json_names_its_precision(tmp_path):
     np.testing.assert_allclose(low(x), load_model(d)(x), atol=3e-2)
 
 
+@pytest.mark.parametrize("sigma", [1.0, 1.5, 4.0])
+def test_the_fixed_blur_is_the_zero_padded_2d_gaussian_of_each_channel(sigma):
+    """``GaussianBlur`` runs as two 1-D passes; it must equal the 2-D Gaussian filter (zero outside the
+    image, cut at 3 sigma) that the change features are defined by, near the edges too."""
+    from scipy import ndimage
+
+    from monitor.ml.layers import custom_objects
+
+    x = np.random.default_rng(1).normal(0, 1, (2, 30, 41, 3)).astype(np.float32)
+    radius = int(np.ceil(3 * sigma))
+    want = np.stack([[ndimage.gaussian_filter(x[b, :, :, ch].astype(np.float64), sigma, mode="constant",
+                                              truncate=radius / sigma) for ch in range(3)] for b in range(2)])
+    got = np.asarray(custom_objects()["GaussianBlur"](sigma)(x))
+    np.testing.assert_allclose(got, want.transpose(0, 2, 3, 1), atol=1e-5)
+
+
 def test_texture_layers_measure_local_spread_and_the_feature_net_with_them_round_trips(tmp_path):
     """``LocalStd`` is the spread of each channel in a Gaussian window (0 on a flat image, 1 on a +-1
     checkerboard), ``DateSplitNorm`` the norm of each date's bands; a feature network with texture

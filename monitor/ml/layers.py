@@ -15,11 +15,11 @@ from monitor.ml.runtime import dtype_policy, keras
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
-    """A normalized 2-D Gaussian (side 2 * ceil(3 sigma) + 1) as float32."""
+    """A normalized 1-D Gaussian (length 2 * ceil(3 sigma) + 1) as float32; the 2-D blur is its outer
+    product with itself, applied as two 1-D passes."""
     r = max(1, int(np.ceil(3 * sigma)))
     g = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k = np.outer(g, g)
-    return (k / k.sum()).astype(np.float32)
+    return (g / g.sum()).astype(np.float32)
 
 
 @lru_cache(maxsize=1)
@@ -52,7 +52,9 @@ def custom_objects() -> dict:
 
     @register
     class GaussianBlur(k.layers.Layer):  # type: ignore[name-defined]
-        """Each channel smoothed by a fixed Gaussian of ``sigma`` pixels (a depthwise convolution, zero padded).
+        """Each channel smoothed by a fixed Gaussian of ``sigma`` pixels, zero padded: a depthwise convolution
+        along the rows, then one along the columns (the Gaussian is separable, so this equals the 2-D
+        convolution with 2 x 25 instead of 25 x 25 multiplications a pixel at 4 pixels).
 
         It always runs in float32 (``float32_only``): oneDNN has no fast bfloat16 kernel for large depthwise
         convolutions, where a 25x25 blur ran over a hundred times slower than in float32.
@@ -65,9 +67,10 @@ def custom_objects() -> dict:
             self.sigma = float(sigma)
 
         def blur(self, x):
-            g = gaussian_kernel(self.sigma)
-            kernel = np.repeat(g[:, :, None, None], x.shape[-1], axis=2)
-            return ops.depthwise_conv(x, ops.cast(kernel, x.dtype), padding="same")
+            g = np.repeat(gaussian_kernel(self.sigma)[:, None, None], x.shape[-1], axis=1)  # (side, channels, 1)
+            for kernel in (g[:, None], g[None, :]):  # down the rows, then along the columns
+                x = ops.depthwise_conv(x, ops.cast(kernel, x.dtype), padding="same")
+            return x
 
         def call(self, x):
             return self.blur(x)
