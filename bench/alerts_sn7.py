@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench alerts_sn7 [--data TILE_DIR] [--model SPEC] [--grid-m 25] [--part validation|train|all]
         [--months 2018-01,2018-07,2020-01] [--alert-min-m2 M2] [--segmenter SEG] [--thresholds 0.5,0.6,0.7]
-        [--choose f1|recall:R] [--out DIR]
+        [--choose f1|recall:R] [--rasters DIR] [--out DIR]
 
 A fresh database; the area is the tile's footprint, watched through the ``local`` provider with the
 tile's ``images/`` as drop folder (each mosaic a scene dated the 1st of its month), prepared on the
@@ -27,7 +27,8 @@ last month. Scored on the parcels whose centre is in ``--part`` (validation: the
   choose its own threshold) by ``--choose`` (``CHOICE_RULES``: the highest parcel F1, or the highest
   threshold that keeps a band recall of R with a margin) is the one scored; ``choice`` holds the
   band's scores, ``sweep`` every threshold on the scored part (a diagnostic, since choosing there would
-  look at the answer);
+  look at the answer); the models' probability rasters are inferred once and shared by the passes
+  (``RasterPool``; kept for later runs with ``--rasters``);
 - the same for the reference: change-vector magnitude between the first and the last month (each
   date standardized per band), the top 1 % of the tile's pixels, a 3-pixel median filter.
 """
@@ -83,7 +84,7 @@ VAL_FRACTION = 0.2
 #: the environment, MONITOR_<NAME>).
 RULES = ("shift_tolerance_m", "min_change_m2", "change_min_z", "change_check_same_season", "faint_memory_share",
          "alert_min_px", "alert_min_m2", "alert_min_fraction",
-         "alert_min_sightings", "persist_days", "change_needs_building")
+         "alert_min_sightings", "persist_days", "change_needs_building", "change_needs_new_building")
 
 
 def months_between(a: str, b: str) -> int:
@@ -216,11 +217,55 @@ def reference_alerts(truth: Truth, *, top: float = 0.01, median_px: int = 3, min
     return {n: last.month for k, n in enumerate(names) if counts[k + 1] >= min_px}
 
 
-def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path,
-                    segmenter: str | None = None) -> tuple[dict[str, str], dict[str, str], dict]:
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` the same file as ``src``: a hard link, or a copy across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+class RasterPool:
+    """Probability rasters shared by passes over one tile's months (``--rasters``): the pipeline names them
+    ``<scene id>_<kind>_<model version>.tif`` and keeps one already there, so a pass whose models have the
+    same versions (a change model at another threshold, another diff or judge setting) reuses what an
+    earlier pass inferred. Scene ids are given in date order on a fresh database, so they match from pass
+    to pass over the same months; ``scenes.json`` records them, and a pass that gave other ids is an error."""
+
+    def __init__(self, folder: Path, truth: Truth) -> None:
+        self.folder, self.index = folder, folder / "scenes.json"
+        names = sorted(m.image.name for m in truth.months)
+        if self.index.exists() and sorted(self.scenes().values()) != names:
+            raise SystemExit(f"--rasters {folder}: its rasters are of other months ({self.index})")
+
+    def scenes(self) -> dict[int, str]:
+        return {int(k): v for k, v in json.loads(self.index.read_text()).items()} if self.index.exists() else {}
+
+    def lend(self, probability_dir: Path) -> None:
+        """Link the pool's rasters into a fresh pass's ``probability_dir``."""
+        probability_dir.mkdir(parents=True, exist_ok=True)
+        for f in self.folder.glob("*.tif"):
+            _link(f, probability_dir / f.name)
+
+    def take(self, probability_dir: Path, scenes: dict[int, str]) -> None:
+        """Add the pass's new rasters; ``scenes``: its scene ids and product ids (the drop files' names)."""
+        known = self.scenes()
+        if known and known != scenes:
+            raise SystemExit(f"--rasters {self.folder}: this pass gave the scenes other ids than {self.index}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for f in probability_dir.glob("*.tif"):
+            if not (self.folder / f.name).exists():
+                _link(f, self.folder / f.name)
+        if not known:
+            self.index.write_text(json.dumps(scenes, indent=1))
+
+
+def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path, segmenter: str | None = None,
+                    rasters: Path | None = None) -> tuple[dict[str, str], dict[str, str], dict]:
     """Parcels alerted by the whole pipeline over the months, on ``engine`` (a migrated database):
     parcel id -> month of its first alert, the same for the alerts confirmed (still seen on a later
-    month), and what the pass did. ``segmenter``: a segmenter beside a change model ``model``."""
+    month), and what the pass did. ``segmenter``: a segmenter beside a change model ``model``.
+    ``rasters``: a ``RasterPool`` folder whose probability rasters the pass reuses and adds to."""
     drops = work / "drops"
     drops.mkdir(parents=True, exist_ok=True)
     for m in truth.months:
@@ -237,8 +282,14 @@ def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path,
                        allow_outside=True)  # the grid covers the tile, the area its imagery
         configure_area(s, "sn7", models=models)
         area_id = area.id
+    pool = RasterPool(rasters, truth) if rasters else None
+    if pool:
+        pool.lend(settings.probability_dir(area_id))
     run = run_area(engine, area_id, settings, progress=True)
     with transaction(engine) as s:
+        if pool:
+            pool.take(settings.probability_dir(area_id), dict(s.execute(
+                select(Scene.id, Scene.product_id).where(Scene.area_id == area_id)).all()))
         rows = s.execute(select(Parcel.external_id, func.min(Alert.first_seen),
                                 func.bool_or(Alert.confidence == str(Confidence.CONFIRMED)))
                          .join(Alert, Alert.parcel_id == Parcel.id).where(Alert.area_id == area_id)
@@ -359,6 +410,9 @@ def main(args: list[str] | None = None) -> None:
                    help="how --thresholds picks one on the band: f1 (the highest parcel F1, the default) or "
                         "recall:R (the highest threshold whose band recall is at least R plus one standard error; "
                         "see CHOICE_RULES)")
+    p.add_argument("--rasters", type=Path, default=None,
+                   help="keep the probability rasters here and reuse them in later runs of the same models over "
+                        "the same months (default: shared by the --thresholds of this run only)")
     p.add_argument("--out", type=Path, default=None,
                    help="keep the work folder here (its parcels.geojson: the grid; with --thresholds, "
                         "threshold-T/model: the model at threshold T)")
@@ -380,13 +434,15 @@ def main(args: list[str] | None = None) -> None:
         thresholds: list[float | None] = list(a.thresholds) if a.thresholds else [None]
         band = band_rows(Path(a.model), a.data.name) if len(thresholds) > 1 else None
         runs = {}
-        for t in thresholds:
-            with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
-                work = (a.out / f"threshold-{t}" if t is not None else a.out) if a.out else Path(tmp)
-                work.mkdir(parents=True, exist_ok=True)
-                model = a.model if t is None else str(with_threshold(Path(a.model), t, work / "model"))
-                settings = bench_settings(work / "home", a.min_px, a.alert_min_m2)
-                runs[t] = pipeline_alerts(engine, settings, truth, model, work, a.segmenter)
+        with tempfile.TemporaryDirectory() as shared:
+            pool = a.rasters or (Path(shared) / "rasters" if len(thresholds) > 1 else None)
+            for t in thresholds:
+                with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
+                    work = (a.out / f"threshold-{t}" if t is not None else a.out) if a.out else Path(tmp)
+                    work.mkdir(parents=True, exist_ok=True)
+                    model = a.model if t is None else str(with_threshold(Path(a.model), t, work / "model"))
+                    settings = bench_settings(work / "home", a.min_px, a.alert_min_m2)
+                    runs[t] = pipeline_alerts(engine, settings, truth, model, work, a.segmenter, pool)
         chosen = thresholds[0]
         if band is not None:
             band_parcels, band_buildings, band_km2 = truth.scored(truth.where("band", band))

@@ -183,6 +183,50 @@ def test_thresholds_are_chosen_on_the_band_and_scored_on_the_part(shared_data, d
     assert kept["threshold"] == best["threshold"] and kept["version"] == meta["version"]
 
 
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_passes_share_the_probability_rasters_of_their_models(shared_data, db_url, tmp_path, capsys, monkeypatch,
+                                                             rgb_change_rule_model):
+    import json
+
+    from bench.alerts_sn7 import main
+
+    src = crop_tile(shared_data / "spacenet7" / TILE, tmp_path / "tile", col=640, row=336, size=96,
+                    months=["2018-01", "2018-07", "2020-01"])
+    meta_file = rgb_change_rule_model / "model.json"
+    meta = json.loads(meta_file.read_text())
+    meta["training"] = {"split": {"tile": {"validation_rows": [0, 60], "held_out_columns": [92, 115]}}}
+    meta_file.write_text(json.dumps(meta))
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    pool = tmp_path / "pool"
+
+    def run(thresholds: str, out: str) -> dict:
+        main(["--data", str(src), "--model", str(rgb_change_rule_model), "--part", "all", "--thresholds", thresholds,
+              "--rasters", str(pool), "--out", str(tmp_path / out)])
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    def rasters(out: str, threshold: float) -> dict[str, int]:
+        folder = tmp_path / out / f"threshold-{threshold}" / "home" / "data" / "probability" / "1"
+        return {f.name: f.stat().st_ino for f in folder.glob("*.tif")}
+
+    first = run("0.6,0.95", "first")
+    pooled = {f.name: f.stat().st_ino for f in pool.glob("*.tif")}
+    images = sorted(f.name for f in (src / "images").glob("*.tif"))  # in date order by their names
+    assert json.loads((pool / "scenes.json").read_text()) == {str(i + 1): n for i, n in enumerate(images)}
+    assert {"2_change_change-rgb-rule.tif", "3_change_change-rgb-rule.tif"} <= set(pooled)
+    assert rasters("first", 0.6).items() <= pooled.items()  # the pool holds the very files the first pass made
+    assert rasters("first", 0.95).items() <= pooled.items()  # and the second pass read them, made none again
+    again = run("0.6", "again")
+    assert {f.name: f.stat().st_ino for f in pool.glob("*.tif")} == pooled
+    assert rasters("again", 0.6).items() <= pooled.items()
+    swept = next(r for r in first["sweep"] if r["threshold"] == 0.6)
+    assert (again["model"]["precision"], again["model"]["recall"], again["model"]["alerted"]) == (
+        swept["precision"], swept["recall"], swept["alerted"])
+    (pool / "scenes.json").write_text(json.dumps({"1": images[0], "2": images[2]}))
+    with pytest.raises(SystemExit, match="other months"):
+        run("0.6", "months")
+
+
 def test_thresholds_need_the_rows_the_model_chose_its_own_on(tmp_path, rgb_change_rule_model):
     from bench.alerts_sn7 import band_rows
 
