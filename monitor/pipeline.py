@@ -291,19 +291,6 @@ def gating_buildings(built: Probability, threshold: float) -> np.ndarray:
     return ndimage.binary_dilation(built.valid & (built.values > threshold), iterations=GATE_GROW_PX)
 
 
-def standing_buildings(s: Session, scene: Scene, probability_dir: Path, version: str, threshold: float,
-                       shape: tuple[int, ...]) -> np.ndarray:
-    """Where the segmenter (model ``version``) saw a building on the change model's before date of ``scene``,
-    grown as ``gating_buildings``: with ``change_needs_new_building``, places a gated change does not count.
-    Nothing when that date has no map of this segmenter (or one of another grid)."""
-    before = queries.before_image(s, scene)
-    found = probability_dir / f"{before.id}_{ModelKind.SEGMENTER}_{version}.tif" if before else None
-    if found is None or not found.exists():
-        return np.zeros(shape, bool)
-    built = gating_buildings(read_probability(found), threshold)
-    return built if built.shape == shape else np.zeros(shape, bool)
-
-
 def diffs_buildings(probabilities: dict[str, dict], settings: Settings) -> bool:
     """Whether the date's segmenter detections are diffed against earlier dates: there is a segmenter,
     and it is not only the gate of a change model (``gates_change``)."""
@@ -318,12 +305,8 @@ def _vectorize(s: Session, scene_id: int, settings: Settings, probabilities: dic
     read: dict[str, Probability] = {}  # the segmenter's map, read once when it gates the change model
     gate = None
     if gates_change(probabilities, settings):
-        made = probabilities[ModelKind.SEGMENTER]
-        read[ModelKind.SEGMENTER] = read_probability(made["path"], clear_path=clear)
-        gate = gating_buildings(read[ModelKind.SEGMENTER], made["threshold"])
-        if settings.change_needs_new_building:
-            gate &= ~standing_buildings(s, scene, Path(made["path"]).parent, made["version"], made["threshold"],
-                                        gate.shape)
+        read[ModelKind.SEGMENTER] = read_probability(probabilities[ModelKind.SEGMENTER]["path"], clear_path=clear)
+        gate = gating_buildings(read[ModelKind.SEGMENTER], probabilities[ModelKind.SEGMENTER]["threshold"])
     for kind, made in probabilities.items():
         prob = read.pop(kind, None) or read_probability(made["path"], clear_path=clear)
         if kind == ModelKind.CHANGE and gate is not None:

@@ -141,10 +141,6 @@ class Settings(BaseSettings):
                                         "date and the segmenter sees a building on it (within one pixel); the "
                                         "diff of the segmenter's detections between dates is not run. Off: each "
                                         "raises its own alerts.")
-    change_needs_new_building: bool = Field(False, description="With MONITOR_CHANGE_NEEDS_BUILDING, the "
-                                            "building must also be new: where the segmenter saw a building on "
-                                            "the change model's before date (within one pixel), the change model's "
-                                            "changes do not count either.")
     faint_memory_share: float = Field(0.0, ge=0, description="Drop a new construction piece of the diff when, "
                                       "on an earlier date the diff remembers, the segmenter's mean probability "
                                       "inside it was at least this share of its threshold: a building found "
