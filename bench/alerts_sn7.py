@@ -84,7 +84,7 @@ VAL_FRACTION = 0.2
 #: the environment, MONITOR_<NAME>).
 RULES = ("shift_tolerance_m", "min_change_m2", "change_min_z", "change_check_same_season", "faint_memory_share",
          "alert_min_px", "alert_min_m2", "alert_min_fraction",
-         "alert_min_sightings", "persist_days", "change_needs_building", "change_needs_new_building")
+         "alert_min_sightings", "persist_days", "change_needs_building")
 
 
 def months_between(a: str, b: str) -> int:
