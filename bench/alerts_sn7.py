@@ -45,6 +45,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import rasterio
@@ -85,6 +86,12 @@ VAL_FRACTION = 0.2
 RULES = ("shift_tolerance_m", "min_change_m2", "change_min_z", "change_check_same_season", "faint_memory_share",
          "alert_min_px", "alert_min_m2", "alert_min_fraction",
          "alert_min_sightings", "persist_days", "change_needs_building")
+
+
+def refuse(message: str) -> NoReturn:
+    """Stop on bad input: ``message`` (naming the option or file) on stderr, exit status 2."""
+    print(f"bench.alerts_sn7: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def months_between(a: str, b: str) -> int:
@@ -135,7 +142,7 @@ class Truth:
     def __init__(self, tile_dir: Path, grid_m: float, part: str, months: list[str] | None = None) -> None:
         self.months = [m for m in find_months(tile_dir) if not months or m.month in months]
         if len(self.months) < 2:
-            raise SystemExit(f"{tile_dir}: needs at least two months, has {[m.month for m in self.months]}")
+            refuse(f"{tile_dir}: needs at least two months, has {[m.month for m in self.months]}")
         first, last = self.months[0], self.months[-1]
         self.grid = g = utm_grid(first.image, RESOLUTION_M)
         with rasterio.open(first.image) as src:
@@ -236,7 +243,7 @@ class RasterPool:
         self.folder, self.index = folder, folder / "scenes.json"
         names = sorted(m.image.name for m in truth.months)
         if self.index.exists() and sorted(self.scenes().values()) != names:
-            raise SystemExit(f"--rasters {folder}: its rasters are of other months ({self.index})")
+            refuse(f"--rasters {folder}: its rasters are of other months ({self.index})")
 
     def scenes(self) -> dict[int, str]:
         return {int(k): v for k, v in json.loads(self.index.read_text()).items()} if self.index.exists() else {}
@@ -251,7 +258,7 @@ class RasterPool:
         """Add the pass's new rasters; ``scenes``: its scene ids and product ids (the drop files' names)."""
         known = self.scenes()
         if known and known != scenes:
-            raise SystemExit(f"--rasters {self.folder}: this pass gave the scenes other ids than {self.index}")
+            refuse(f"--rasters {self.folder}: this pass gave the scenes other ids than {self.index}")
         self.folder.mkdir(parents=True, exist_ok=True)
         for f in probability_dir.glob("*.tif"):
             if not (self.folder / f.name).exists():
@@ -363,7 +370,7 @@ def band_rows(model_dir: Path, tile: str) -> tuple[int, int]:
     """The grid rows a change model held out on ``tile`` to choose its threshold (west of the east fifth)."""
     split = ModelMeta.read(model_dir).extra.get("training", {}).get("split", {}).get(tile, {})
     if "validation_rows" not in split:
-        raise SystemExit(f"{model_dir}: model.json records no validation rows for {tile}; "
+        refuse(f"{model_dir}: model.json records no validation rows for {tile}; "
                          "--thresholds needs a change model trained on this tile")
     r0, r1 = split["validation_rows"]
     return int(r0), int(r1)
@@ -420,7 +427,7 @@ def main(args: list[str] | None = None) -> None:
     if a.data is None:
         found = sorted(d for d in SHARED_TILES.glob("*") if (d / "images").is_dir()) if SHARED_TILES.is_dir() else []
         if not found:
-            raise SystemExit(f"no tile folder under {SHARED_TILES}: give one with --data")
+            refuse(f"no tile folder under {SHARED_TILES}: give one with --data")
         a.data = found[0]
     truth = Truth(a.data, a.grid_m, a.part, a.months.split(",") if a.months else None)
     if a.out:  # the parcel grid, for a user's own area over the tile (docs/walkthrough-spacenet7.md)

@@ -223,15 +223,17 @@ def test_passes_share_the_probability_rasters_of_their_models(shared_data, db_ur
     assert (again["model"]["precision"], again["model"]["recall"], again["model"]["alerted"]) == (
         swept["precision"], swept["recall"], swept["alerted"])
     (pool / "scenes.json").write_text(json.dumps({"1": images[0], "2": images[2]}))
-    with pytest.raises(SystemExit, match="other months"):
+    with pytest.raises(SystemExit) as stop:
         run("0.6", "months")
+    assert stop.value.code == 2 and f"--rasters {pool}: its rasters are of other months" in capsys.readouterr().err
 
 
-def test_thresholds_need_the_rows_the_model_chose_its_own_on(tmp_path, rgb_change_rule_model):
+def test_thresholds_need_the_rows_the_model_chose_its_own_on(tmp_path, rgb_change_rule_model, capsys):
     from bench.alerts_sn7 import band_rows
 
-    with pytest.raises(SystemExit, match="no validation rows for tile"):
+    with pytest.raises(SystemExit) as stop:
         band_rows(rgb_change_rule_model, "tile")
+    assert stop.value.code == 2 and "model.json records no validation rows for tile" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", ["0.5,x", "0.5,1.5", ""])
