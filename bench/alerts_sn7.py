@@ -268,11 +268,11 @@ class RasterPool:
 
 
 def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path, segmenter: str | None = None,
-                    rasters: Path | None = None) -> tuple[dict[str, str], dict[str, str], dict]:
+                    pool: RasterPool | None = None) -> tuple[dict[str, str], dict[str, str], dict]:
     """Parcels alerted by the whole pipeline over the months, on ``engine`` (a migrated database):
     parcel id -> month of its first alert, the same for the alerts confirmed (still seen on a later
     month), and what the pass did. ``segmenter``: a segmenter beside a change model ``model``.
-    ``rasters``: a ``RasterPool`` folder whose probability rasters the pass reuses and adds to."""
+    ``pool``: probability rasters the pass reuses and adds to."""
     drops = work / "drops"
     drops.mkdir(parents=True, exist_ok=True)
     for m in truth.months:
@@ -289,13 +289,13 @@ def pipeline_alerts(engine, settings, truth: Truth, model: str, work: Path, segm
                        allow_outside=True)  # the grid covers the tile, the area its imagery
         configure_area(s, "sn7", models=models)
         area_id = area.id
-    pool = RasterPool(rasters, truth) if rasters else None
+    probability_dir = settings.probability_dir(area_id)
     if pool:
-        pool.lend(settings.probability_dir(area_id))
+        pool.lend(probability_dir)
     run = run_area(engine, area_id, settings, progress=True)
     with transaction(engine) as s:
         if pool:
-            pool.take(settings.probability_dir(area_id), dict(s.execute(
+            pool.take(probability_dir, dict(s.execute(
                 select(Scene.id, Scene.product_id).where(Scene.area_id == area_id)).all()))
         rows = s.execute(select(Parcel.external_id, func.min(Alert.first_seen),
                                 func.bool_or(Alert.confidence == str(Confidence.CONFIRMED)))
@@ -371,7 +371,7 @@ def band_rows(model_dir: Path, tile: str) -> tuple[int, int]:
     split = ModelMeta.read(model_dir).extra.get("training", {}).get("split", {}).get(tile, {})
     if "validation_rows" not in split:
         refuse(f"{model_dir}: model.json records no validation rows for {tile}; "
-                         "--thresholds needs a change model trained on this tile")
+               "--thresholds needs a change model trained on this tile")
     r0, r1 = split["validation_rows"]
     return int(r0), int(r1)
 
@@ -442,7 +442,8 @@ def main(args: list[str] | None = None) -> None:
         band = band_rows(Path(a.model), a.data.name) if len(thresholds) > 1 else None
         runs = {}
         with tempfile.TemporaryDirectory() as shared:
-            pool = a.rasters or (Path(shared) / "rasters" if len(thresholds) > 1 else None)
+            folder = a.rasters or (Path(shared) / "rasters" if len(thresholds) > 1 else None)
+            pool = RasterPool(folder, truth) if folder else None
             for t in thresholds:
                 with tempfile.TemporaryDirectory() as tmp, scratch_database("monitor_bench_sn7") as engine:
                     work = (a.out / f"threshold-{t}" if t is not None else a.out) if a.out else Path(tmp)
