@@ -20,8 +20,11 @@ def test_build_train_predict_evaluate_and_list(cli, tmp_path):
     assert "saved segmenter model segmenter-" in r.stdout
     models_dir = tmp_path / "home" / "models"
     (model_dir,) = list(models_dir.iterdir())
-    version = json.loads((model_dir / "model.json").read_text())["version"]
+    meta = json.loads((model_dir / "model.json").read_text())
+    version = meta["version"]
     assert model_dir.name == version
+    # a dozen training tiles are two batches: an epoch repeats them up to the default 30 batches
+    assert meta["training"]["train_tiles"] <= 16 and meta["training"]["steps_per_epoch"] == 30
 
     r = cli("models", "list")
     assert version in r.stdout and "no" in r.stdout.split(version)[1].splitlines()[0]

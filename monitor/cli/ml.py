@@ -184,6 +184,9 @@ def train_segmenter(
     patience: int = typer.Option(10, "--patience", help="Early-stopping patience, epochs."),
     min_steps: int = typer.Option(200, "--min-steps", help="Training steps before epochs are compared and early "
                                   "stopping may stop."),
+    epoch_steps: int = typer.Option(30, "--epoch-steps", min=1, help="Batches per epoch at least: an epoch is one "
+                                    "pass over the training tiles, or more passes up to this many batches on a "
+                                    "small dataset, so that --epochs and --patience mean enough training."),
     per_image: bool = typer.Option(True, "--per-image/--global", help="Standardize each tile by the band statistics "
                                    "of its scene (default), or all by the training data's."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average the model's maps over the 8 flips and rotations "
@@ -194,7 +197,8 @@ def train_segmenter(
     out, version = _out_dir(ctx, out, "segmenter")
     _report(training.train_segmenter(data, out, epochs=epochs, seed=seed, bands=_bands(bands), depth=depth,
                                      base_filters=base_filters, upsample=upsample, batch=batch, lr=lr, patience=patience,
-                                     min_steps=min_steps, per_image=per_image, tta=tta, progress=True,
+                                     min_steps=min_steps, epoch_steps=epoch_steps, per_image=per_image, tta=tta,
+                                     progress=True,
                                      time_limit_s=time_limit * 60 or None, version=version))
 
 

@@ -227,10 +227,15 @@ def _bands_of(summary: dict, bands: list[str] | None, data_dir) -> list[str]:
 def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 50, seed: int = 0,
                     bands: list[str] | None = None, depth: int = 4, base_filters: int = 16, dropout: float = 0.1,
                     upsample: int = 1, batch: int = 8, lr: float = 1e-3, pos_weight: float = 1.0, patience: int = 10,
-                    min_steps: int = 200, per_image: bool = True, tta: bool = False, progress: bool = False,
-                    precision: str = "auto", time_limit_s: float | None = None, version: str | None = None) -> Path:
+                    min_steps: int = 200, epoch_steps: int = 30, per_image: bool = True, tta: bool = False,
+                    progress: bool = False, precision: str = "auto", time_limit_s: float | None = None,
+                    version: str | None = None) -> Path:
     """U-Net on ``dataset build --kind segmenter`` (or ``dataset spacenet7``) tiles; loss BCE + Dice; returns
     the model directory.
+
+    An epoch is one pass over the training tiles, and at least ``epoch_steps`` batches (further passes,
+    each in a new order): on a few dozen tiles a pass is a handful of steps, and ``epochs`` and
+    ``patience`` counted in such passes would stop training before it has learnt anything.
 
     With ``per_image`` every tile is first standardized by the band statistics of the scene it was cut
     from (its ``scene`` tag), as inference standardizes a whole scene: this takes out the brightness
@@ -265,13 +270,14 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
                        policy=precision_policy(precision), name="segmenter")
     _compile(model, bce_dice(pos_weight), k.optimizers.Adam(lr),
              [_f1_metric(), k.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")])
-    steps = max(1, math.ceil(len(x_tr) / batch))
+    steps_per_pass = max(1, math.ceil(len(x_tr) / batch))
+    steps = max(steps_per_pass, epoch_steps)
 
     def batches():
         rng = np.random.default_rng(seed)
         while True:
             order = rng.permutation(len(x_tr))
-            for i in range(steps):
+            for i in range(steps_per_pass):
                 idx = order[i * batch:(i + 1) * batch]
                 pairs = [_augment(x_tr[j], y_tr[j], rng) for j in idx]
                 yield (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])[..., None])
