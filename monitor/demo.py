@@ -58,7 +58,7 @@ def demo_models(world: World, models_dir: Path, seed: int) -> dict[str, Path]:
                     seed=seed, overwrite=True)
         # the synthetic world has one sensor and no seasons: the recipe its 16 alerts were measured with
         train_segmenter(data / "segmenter", out["segmenter"], epochs=25, seed=seed, per_image=False, min_steps=0,
-                        epoch_steps=1, progress=True)
+                        epoch_steps=1, ema=0.0, progress=True)
         _say(f"  trained in {time.perf_counter() - t0:.0f} s")
     if not (out["classifier"] / "model.json").exists():
         _say("training the demo settlement classifier (small backbone)")

@@ -16,7 +16,8 @@ def test_build_train_predict_evaluate_and_list(cli, tmp_path):
     r = cli("dataset", "build", "--scene", scene, "--labels", labels, "--out", tmp_path / "ds", "--tile", 32,
             "--kind", "segmenter")
     assert "segmenter dataset written" in r.stdout and "validation" in r.stdout
-    r = cli("train", "segmenter", "--data", tmp_path / "ds", "--epochs", 2, "--depth", 2, "--base-filters", 4)
+    r = cli("train", "segmenter", "--data", tmp_path / "ds", "--epochs", 2, "--depth", 2, "--base-filters", 4,
+            "--ema", 0.9)
     assert "saved segmenter model segmenter-" in r.stdout
     models_dir = tmp_path / "home" / "models"
     (model_dir,) = list(models_dir.iterdir())
@@ -25,6 +26,7 @@ def test_build_train_predict_evaluate_and_list(cli, tmp_path):
     assert model_dir.name == version
     # a dozen training tiles are two batches: an epoch repeats them up to the default 30 batches
     assert meta["training"]["train_tiles"] <= 16 and meta["training"]["steps_per_epoch"] == 30
+    assert meta["training"]["ema"] == 0.9
 
     r = cli("models", "list")
     assert version in r.stdout and "no" in r.stdout.split(version)[1].splitlines()[0]
@@ -62,6 +64,10 @@ def test_errors_exit_2_with_a_message(cli, tmp_path):
     assert "summary.json" in r.stderr
     r = cli("dataset", "build", "--scene", tmp_path / "none.tif", "--labels", labels, "--out", tmp_path / "x", expect=2)
     assert "none.tif" in r.stderr
+    cli("dataset", "build", "--scene", scene, "--labels", labels, "--out", tmp_path / "ds", "--tile", 32,
+        "--kind", "segmenter")
+    r = cli("train", "segmenter", "--data", tmp_path / "ds", "--out", tmp_path / "m", "--ema", 1.5, expect=2)
+    assert "field 'ema'" in r.stderr and not (tmp_path / "m").exists()
 
 
 def test_every_ml_command_has_help(cli):

@@ -192,13 +192,15 @@ def train_segmenter(
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average the model's maps over the 8 flips and rotations "
                              "of its input (8 times the inference time); the threshold is chosen on such maps."),
     time_limit: float = _LIMIT,
+    ema: float = typer.Option(training.SEGMENTER_EMA, "--ema", help="Score and keep each epoch with a moving average "
+                              "of the weights, this the weight of the past at every batch (0: the raw weights)."),
 ) -> None:
     """U-Net on image/mask tiles; loss BCE + Dice; IoU and F1 metrics."""
     out, version = _out_dir(ctx, out, "segmenter")
     _report(training.train_segmenter(data, out, epochs=epochs, seed=seed, bands=_bands(bands), depth=depth,
                                      base_filters=base_filters, upsample=upsample, batch=batch, lr=lr, patience=patience,
                                      min_steps=min_steps, epoch_steps=epoch_steps, per_image=per_image, tta=tta,
-                                     progress=True,
+                                     progress=True, ema=ema,
                                      time_limit_s=time_limit * 60 or None, version=version))
 
 

@@ -224,12 +224,14 @@ def _bands_of(summary: dict, bands: list[str] | None, data_dir) -> list[str]:
 
 # ---------------------------------------------------------------- segmenter
 
+SEGMENTER_EMA = 0.98  # weight of the past in the moving average of the weights: about 50 batches
+
 def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 50, seed: int = 0,
                     bands: list[str] | None = None, depth: int = 4, base_filters: int = 16, dropout: float = 0.1,
                     upsample: int = 1, batch: int = 8, lr: float = 1e-3, pos_weight: float = 1.0, patience: int = 10,
                     min_steps: int = 200, epoch_steps: int = 30, per_image: bool = True, tta: bool = False,
                     progress: bool = False, precision: str = "auto", time_limit_s: float | None = None,
-                    version: str | None = None) -> Path:
+                    ema: float = SEGMENTER_EMA, version: str | None = None) -> Path:
     """U-Net on ``dataset build --kind segmenter`` (or ``dataset spacenet7``) tiles; loss BCE + Dice; returns
     the model directory.
 
@@ -245,9 +247,11 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
     ``buildings/`` rasters (``dataset spacenet7``), ``model.json`` also reports building-level recall
     on validation by size class. With ``tta`` the model's maps are the mean over the 8 flips and
     rotations of its input (8 times the inference time), and the threshold and validation scores are
-    those of such maps.
+    those of such maps. With ``ema`` in (0, 1) epochs are scored and kept with a moving average of the
+    weights (``_callbacks``), from the first epoch whose average has forgotten the untrained network.
     """
     t0 = time.perf_counter()
+    checked_ema(ema)
     summary = read_summary(data_dir)
     if summary.get("kind") != "segmenter":
         raise BadInput(f"is a {summary.get('kind')} dataset; build one with --kind segmenter", file=data_dir)
@@ -282,10 +286,11 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
                 pairs = [_augment(x_tr[j], y_tr[j], rng) for j in idx]
                 yield (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])[..., None])
 
-    start = max(0, math.ceil(min_steps / steps) - 1)  # the first epoch whose end is at least min_steps in
+    start = max(0, math.ceil(min_steps / steps) - 1,  # the first epoch whose end is at least min_steps in
+                first_averaged_epoch(ema, steps, epochs))
     cbs = _callbacks(monitor="val_f1", patience=patience, epochs=epochs, progress=progress, time_limit_s=time_limit_s,
                      first=[_val_f1_callback(lambda: _batched_call(model, x_va, batch), y_va > 0.5, valid)],
-                     start_from_epoch=start)
+                     start_from_epoch=start, ema=ema)
     history = model.fit(batches(), steps_per_epoch=steps, epochs=epochs, callbacks=cbs, verbose=0, shuffle=False)
     prob = _batched_call(model, x_va, batch, tta=tta)
     threshold, pixel_scores = scores.best_threshold(prob, y_va > 0.5, valid)
@@ -304,7 +309,7 @@ def train_segmenter(data_dir: str | Path, out_dir: str | Path, *, epochs: int = 
         "training": {"data": str(Path(data_dir).resolve()), "train_tiles": len(x_tr), "validation_tiles": len(x_va),
                      "positive_pixel_fraction": round(float(y_tr.mean()), 6), "batch": batch, "lr": lr,
                      "pos_weight": pos_weight, "min_steps": min_steps, "per_image": per_image, "seed": seed,
-                     "steps_per_epoch": steps, **_summary_of_run(cbs, history, t0)},
+                     "steps_per_epoch": steps, "ema": ema, **_summary_of_run(cbs, history, t0)},
         "metrics": {"validation": val},
     }
     return save_model(model, out_dir, meta)
